@@ -1,0 +1,214 @@
+"""The ``attnflow`` command line. Commands run Prefect flows; bad input is reported before any flow starts.
+
+Feature modules may add commands by defining ``register(app)`` in ``attnflow/commands/<name>.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    name="attnflow",
+    help="Attention research methods as versioned components: Prefect flows, MLflow tracking, ONNX export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "bad input": reported as one line, exit code 2."""
+    from components.attention.session import UnsupportedModelError
+    from components.modeling import UnsupportedArchitectureError
+
+    return (ValueError, LookupError, FileNotFoundError, UnsupportedArchitectureError, UnsupportedModelError)
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn user errors (bad names, params, paths) into a one-line message and exit code 2."""
+    try:
+        return fn()
+    except _user_errors() as e:
+        fail(str(e))
+
+
+def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
+    """Run a Prefect flow, print where its results went, exit non-zero if it failed."""
+    state = flow_fn(**params, return_state=True)
+    if not state.is_completed():
+        try:
+            state.result()
+        except _user_errors() as e:
+            fail(str(e))
+        except Exception as e:  # noqa: BLE001 - report any flow failure and exit 1
+            typer.secho(f"flow {flow_fn.name!r} failed: {type(e).__name__}: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from None
+    return state.result()
+
+
+def print_table(table: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=table.get("title"), show_lines=False)
+    t.add_column("component")
+    t.add_column("version")
+    for col in table["columns"]:
+        arrow = "↑" if table["higher_is_better"].get(col, True) else "↓"
+        t.add_column(f"{col} {arrow}", justify="right")
+    for row in table["rows"]:
+        cells = []
+        for col in table["columns"]:
+            c = table["cells"][row].get(col)
+            cells.append("-" if c is None else f"{c['mean']:.4g}" + (f" ± {c['std']:.2g}" if c["n"] > 1 else ""))
+        t.add_row(row, table["versions"].get(row, ""), *cells)
+    Console().print(t)
+
+
+def split_list(values: list[str]) -> list[str]:
+    from registry.specs import split_top_level
+
+    return [item for v in values for item in split_top_level(v)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def components(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the README methods table (Markdown)."),
+    family: Optional[str] = typer.Option(None, help="Only this family (patch, benchmark, analyzer, ...)."),
+    show: Optional[str] = typer.Option(None, help="Show one component's parameters and docstring."),
+    all_versions: bool = typer.Option(False, "--all-versions", help="List every version, not only the newest."),
+) -> None:
+    """List registered components: name, version, family, paper, summary."""
+    import registry
+
+    if show:
+        info = guarded(lambda: registry.get(show))
+        typer.echo(f"{info.ref}  [{info.family}]  {info.paper_url or info.paper or ''}\n")
+        typer.echo((info.cls.__doc__ or "").strip() + "\n")
+        typer.echo((sys.modules[info.cls.__module__].__doc__ or "").strip())
+        return
+    infos = registry.all_components(family) if all_versions else registry.latest(family)
+    if markdown:
+        typer.echo(methods_markdown(infos))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="attnflow components")
+    for col in ("name", "version", "family", "paper", "summary"):
+        t.add_column(col, overflow="fold")
+    for i in infos:
+        t.add_row(i.name, i.version, i.family, i.paper or "-", i.summary)
+    Console().print(t)
+
+
+def methods_markdown(infos: list[Any]) -> str:
+    """The README methods table, generated from the registry."""
+    lines = ["| component | family | version | paper | status | summary |", "|---|---|---|---|---|---|"]
+    for i in infos:
+        paper = f"[{i.paper}]({i.paper_url})" if i.paper_url else (i.paper or "-")
+        lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.status} | {i.summary} |")
+    return "\n".join(lines)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
+    component: str = typer.Option("baseline", help="Component name or name@version."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Component parameter key=value (repeatable)."),
+    task: str = typer.Option("kv_retrieval", help="Task (benchmark) name or spec."),
+    task_param: list[str] = typer.Option([], "--task-param", help="Task parameter key=value (repeatable)."),
+    seeds: str = typer.Option("0", help="Comma-separated data seeds."),
+    batch_size: int = typer.Option(16),
+    experiment: str = typer.Option("evaluate", help="MLflow experiment."),
+    dtype: str = typer.Option("float32"),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
+) -> None:
+    """Evaluate one component on one task (runs the `evaluate` flow)."""
+    from registry.specs import Spec, parse, parse_kv
+    from tasks.plan import plan_request
+
+    def prepare():
+        params, tparams = parse_kv(param), parse_kv(task_param, "--task-param")
+        comp, bench = parse(component), parse(task)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        plan_request.fn(model, [Spec(comp.name, comp.version, {**comp.params, **params}).text()],
+                        [Spec(bench.name, bench.version, {**bench.params, **tparams}).text()], seed_list,
+                        trust_remote_code=trust_remote_code)
+        return params, tparams, seed_list
+
+    params, tparams, seed_list = guarded(prepare)
+    from flows.evaluate import evaluate as evaluate_flow
+
+    out = run_flow(evaluate_flow, model=model, component=component, params=params, task=task,
+                   task_params=tparams, seeds=seed_list, batch_size=batch_size, experiment=experiment,
+                   dtype=dtype, trust_remote_code=trust_remote_code)
+    print_table(out["table"])
+
+
+@app.command()
+def compare(
+    model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
+    components: list[str] = typer.Option([], "--components", "-c",
+                                         help="Comma-separated component specs, e.g. baseline,zerotuning(gamma=4)."),
+    tasks: list[str] = typer.Option([], "--tasks", "-t", help="Comma-separated task specs."),
+    preset: Optional[str] = typer.Option(None, help="A preset from registry/presets (or a YAML path)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated data seeds (default 0)."),
+    batch_size: int = typer.Option(16),
+    experiment: str = typer.Option("compare", help="MLflow experiment."),
+    dtype: str = typer.Option("float32"),
+    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
+) -> None:
+    """Compare components on tasks for one model (runs the `compare` flow)."""
+    from flows.compare import DEFAULT_COMPONENTS, DEFAULT_TASKS
+    from registry.specs import load_preset
+    from tasks.plan import plan_request
+
+    def prepare():
+        cfg = load_preset(preset) if preset else {}
+        comps = split_list(components) or cfg.get("components") or DEFAULT_COMPONENTS
+        tks = split_list(tasks) or cfg.get("tasks") or DEFAULT_TASKS
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else cfg.get("seeds", [0])
+        plan_request.fn(model, comps, tks, seed_list, trust_remote_code=trust_remote_code)
+        return comps, tks, seed_list
+
+    comps, tks, seed_list = guarded(prepare)
+    from flows.compare import compare as compare_flow
+
+    out = run_flow(compare_flow, model=model, components=comps, tasks=tks, seeds=seed_list,
+                   batch_size=batch_size, experiment=experiment, dtype=dtype, trust_remote_code=trust_remote_code)
+    print_table(out["table"])
+
+
+def _load_command_modules() -> None:
+    import attnflow.commands as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"attnflow.commands.{mod.name}")
+        if hasattr(module, "register"):
+            module.register(app)
+
+
+_load_command_modules()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

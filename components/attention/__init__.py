@@ -1,0 +1,1 @@
+"""The attention dispatcher: scoped patching through transformers' AttentionInterface (see ``session``)."""

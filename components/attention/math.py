@@ -1,0 +1,157 @@
+"""Attention arithmetic used by the dispatcher: SDPA with its log-sum-exp, bias channels, exact sparse-bias
+correction, and the materialised fallback.
+
+Conventions: q (B, H, T, D); k, v (B, Hkv, S, D) (not repeated for GQA); outputs (B, H, T, D); probabilities
+(B, H, T, S). ``mask`` is transformers' bool mask (True = attend) or None for plain causal attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from components.attention.types import CallInfo, KeyBias
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, Hkv, S, D) -> (B, Hkv * n_rep, S, D), each KV head repeated for its query group."""
+    if n_rep == 1:
+        return x
+    b, hkv, s, d = x.shape
+    return x[:, :, None].expand(b, hkv, n_rep, s, d).reshape(b, hkv * n_rep, s, d)
+
+
+def exporting() -> bool:
+    """True while torch.export / dynamo traces the model (ONNX export): use only standard ops then."""
+    return bool(torch.compiler.is_compiling())
+
+
+def lse_available(q: torch.Tensor) -> bool:
+    """Can the fused kernel hand back its log-sum-exp here? (CPU flash kernel, outside tracing.)"""
+    return q.device.type == "cpu" and not exporting()
+
+
+def sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scaling: float,
+    want_lse: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused attention. Returns out (B, H, T, Dv) and, when asked and available, lse (B, H, T) in float32."""
+    n_rep = q.shape[1] // k.shape[1]
+    if want_lse:
+        # The CPU flash kernel returns (out, logsumexp); it needs repeated KV heads and an additive mask.
+        if mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, torch.finfo(q.dtype).min)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), 0.0, is_causal, attn_mask=mask, scale=scaling
+        )
+        return out, lse
+    if n_rep > 1 and mask is None and k.shape[-1] == v.shape[-1]:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scaling, enable_gqa=True)
+    else:
+        out = F.scaled_dot_product_attention(
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, is_causal=is_causal, scale=scaling
+        )
+    return out, None
+
+
+def append_bias_channels(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: list[KeyBias], scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold dense key biases into extra head-dim channels (q, k and v padded alike, so SDPA stays fused)."""
+    b, h, t, _ = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    q_ch = torch.stack([bias.coef_bh(b).to(q.dtype) / scaling for bias in biases], dim=-1)  # (B, H, r)
+    k_ch = torch.stack([bias.dense(s, k.dtype) for bias in biases], dim=-1)  # (B, S, r)
+    q = torch.cat([q, q_ch[:, :, None, :].expand(b, h, t, -1)], dim=-1)  # (B, H, T, D+r)
+    k = torch.cat([k, k_ch[:, None].expand(b, hkv, s, -1)], dim=-1)  # (B, Hkv, S, D+r)
+    v = F.pad(v, (0, len(biases)))  # (B, Hkv, S, D+r)
+    return q, k, v
+
+
+def dense_bias_logits(biases: list[KeyBias], batch: int, kv_len: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Sum of biases as a (B, H, 1, S) tensor (for the materialised path)."""
+    total = None
+    for bias in biases:
+        term = bias.coef_bh(batch).to(dtype)[:, :, None, None] * bias.dense(kv_len, dtype)[:, None, None, :]
+        total = term if total is None else total + term
+    return total
+
+
+def correct_sparse_biases(
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    biases: list[KeyBias],
+    call: CallInfo,
+    extra_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply sparse key biases after the fused kernel, exactly.
+
+    With p_ij = exp(s_ij - lse_i) the unbiased probability of a biased key j and w_ij = p_ij (e^{b_ij} - 1):
+        o'_i = (o_i + sum_j w_ij v_j) / (1 + sum_j w_ij)
+    which is softmax(s + b) V. ``q, k, v`` are the tensors the kernel saw (k/v not repeated); ``extra_logits``
+    (B, H, 1, S) holds dense biases already folded into the kernel so s_ij matches it.
+    """
+    b, h = q.shape[0], q.shape[1]
+    n_rep = h // k.shape[1]
+    index = torch.cat([bias.index for bias in biases], dim=1)  # (B, K)
+    coef = torch.cat(
+        [bias.coef_bh(b)[:, :, None].expand(b, h, bias.index.shape[1]) for bias in biases], dim=2
+    )  # (B, H, K)
+    idx = index.clamp(0, k.shape[2] - 1)
+    gather = idx[:, None, :, None]  # (B, 1, K, 1)
+    k_sel = k.gather(2, gather.expand(b, k.shape[1], -1, k.shape[3]))  # (B, Hkv, K, D)
+    v_sel = v.gather(2, gather.expand(b, v.shape[1], -1, v.shape[3]))  # (B, Hkv, K, Dv)
+    k_sel, v_sel = repeat_kv(k_sel, n_rep), repeat_kv(v_sel, n_rep)  # (B, H, K, *)
+    s = torch.matmul(q, k_sel.transpose(-1, -2)).float() * call.scaling  # (B, H, T, K)
+    if extra_logits is not None:
+        s = s + extra_logits.float().expand(b, h, 1, -1).gather(3, idx[:, None, None, :].expand(b, h, 1, -1))
+    vis = call.visible(index)  # (B, 1, T, K)
+    lse_f = lse.float()[..., None]  # (B, H, T, 1)
+    p = torch.where(vis & torch.isfinite(lse_f), torch.exp(s - lse_f), 0.0)  # (B, H, T, K)
+    w = p * torch.expm1(coef.float())[:, :, None, :]  # (B, H, T, K)
+    num = out.float() + torch.matmul(w, v_sel.float())  # (B, H, T, Dv)
+    return (num / (1.0 + w.sum(-1, keepdim=True))).to(out.dtype)
+
+
+def causal_mask(call: CallInfo, device: torch.device) -> torch.Tensor:
+    """(1, 1, q, kv) bool, bottom-right aligned: key j visible to query i iff j <= i + past."""
+    qpos = torch.arange(call.q_len, device=device)[:, None] + call.past_len
+    kpos = torch.arange(call.kv_len, device=device)[None, :]
+    return (kpos <= qpos)[None, None]
+
+
+def materialized_logits(
+    q: torch.Tensor, k: torch.Tensor, call: CallInfo, biases: list[KeyBias], softcap: float | None = None
+) -> torch.Tensor:
+    """Masked logits (B, H, T, S) in at least float32; masked entries are -inf."""
+    n_rep = q.shape[1] // k.shape[1]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    logits = torch.matmul(q.to(dtype), repeat_kv(k, n_rep).to(dtype).transpose(-1, -2)) * call.scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    extra = dense_bias_logits(biases, q.shape[0], k.shape[2], dtype)
+    if extra is not None:
+        logits = logits + extra
+    if call.mask is not None:
+        visible = call.mask
+    elif call.is_causal or call.q_len > 1:
+        visible = causal_mask(call, q.device)
+    else:
+        visible = None
+    if visible is not None:
+        logits = logits.masked_fill(~visible, float("-inf"))
+    return logits
+
+
+def softmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys; fully masked rows (padding queries) become all-zero instead of NaN."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)

@@ -1,0 +1,2 @@
+"""Evaluation tasks (family ``benchmark``): versioned, deterministic for their parameters, scored by the
+evaluate flow."""

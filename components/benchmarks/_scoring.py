@@ -1,0 +1,137 @@
+"""Shared scoring routines for benchmarks: batched greedy answers, choice log-probabilities, token NLL."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    session: Any = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy continuations of left-padded prompt batches (KV cache; patches see prefill then decode steps)."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    outs: list[str] = []
+    bar = _progress(len(prompts), desc, progress)
+    for chunk in batches(list(prompts), batch_size):
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+        if session is not None:
+            session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+        )
+        new = gen[:, enc["input_ids"].shape[1] :]  # (B, new)
+        outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        bar.update(len(chunk))
+    bar.close()
+    return outs
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    session: Any = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Sum of log-probabilities of each choice's tokens after its prompt (right padding, one forward per pair)."""
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    pairs = [(i, p, c) for i, (p, cs) in enumerate(zip(prompts, choices)) for c in cs]
+    scores: list[list[float]] = [[] for _ in prompts]
+    bar = _progress(len(pairs), "choices", progress)
+    for chunk in batches(pairs, batch_size):
+        prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
+        full_ids = [tokenizer(p + c)["input_ids"] for _, p, c in chunk]
+        width = max(len(f) for f in full_ids)
+        pad = tokenizer.pad_token_id or 0
+        ids = torch.tensor([f + [pad] * (width - len(f)) for f in full_ids], device=device)  # (B, T)
+        mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in full_ids], device=device)
+        if session is not None:
+            session.set_inputs(texts=[p + c for _, p, c in chunk], input_ids=ids, tokenizer=tokenizer)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+        for row, ((i, _, _), p_ids, f_ids) in enumerate(zip(chunk, prompt_ids, full_ids)):
+            start = min(len(p_ids), len(f_ids) - 1)
+            tgt = torch.tensor(f_ids[start:], device=device)  # choice tokens
+            scores[i].append(logp[row, start - 1 : len(f_ids) - 1].gather(1, tgt[:, None]).sum().item())
+        bar.update(len(chunk))
+    bar.close()
+    return scores
+
+
+@torch.no_grad()
+def token_nll(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    max_tokens: int | None = None,
+    session: Any = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[float, int, list[float]]:
+    """Concatenate texts (EOS-separated) and score non-overlapping windows of ``max_length`` tokens.
+
+    Returns (total NLL in nats, number of predicted tokens, per-window mean NLL).
+    """
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for t in texts:
+        stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"] + sep)
+        if max_tokens is not None and len(stream) >= max_tokens:
+            break
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    windows = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+    windows = [w for w in windows if len(w) >= 2]
+    if not windows:
+        raise ValueError("perplexity: the text source yields fewer than 2 tokens")
+    device = next(model.parameters()).device
+    total, count, per_window = 0.0, 0, []
+    bar = _progress(len(windows), "perplexity", progress)
+    for chunk in batches(windows, batch_size):
+        width = max(len(w) for w in chunk)
+        ids = torch.tensor([w + [0] * (width - len(w)) for w in chunk], device=device)  # (B, T)
+        mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in chunk], device=device)
+        if session is not None:
+            session.set_inputs(input_ids=ids, tokenizer=tokenizer)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
+        )  # (B, T-1)
+        valid = mask[:, 1:].bool()
+        for row in range(len(chunk)):
+            n = int(valid[row].sum())
+            s = float(nll[row][valid[row]].sum())
+            total, count = total + s, count + n
+            per_window.append(s / max(n, 1))
+        bar.update(len(chunk))
+    bar.close()
+    return total, count, per_window

@@ -1,0 +1,71 @@
+"""Benchmark: the family base of evaluation tasks (versioned like every component).
+
+A benchmark is a frozen dataclass whose fields say what data it builds (seed, sizes, lengths, source). It has
+two jobs, kept apart so that data prep can be cached and stored as Parquet by the tasks layer:
+
+- ``build(split)`` -> list of plain rows (JSON-friendly dicts), deterministic for the parameters;
+- ``evaluate(model, tokenizer, rows, session=...)`` -> :class:`EvalResult` with metrics (``higher_is_better``
+  declared per metric), per-example records and breakdown tables (e.g. accuracy per depth x length).
+
+Benchmarks import torch/transformers only; plots are made from the breakdowns by the tasks layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from components.base import Component
+
+
+@dataclass
+class EvalResult:
+    """What one benchmark run produced."""
+
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    breakdowns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Benchmark(Component):
+    """Base class of benchmarks (family ``benchmark``)."""
+
+    splits: ClassVar[tuple[str, ...]] = ("train", "eval")
+    #: metric name -> higher is better
+    metrics: ClassVar[dict[str, bool]] = {}
+    primary_metric: ClassVar[str] = ""
+    #: figure specs the tasks layer draws from breakdowns: {breakdown name: (kind, x, y, value)}
+    figures: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def build(self, split: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]], *,
+                 session: Any = None, batch_size: int = 16, progress: bool = False) -> EvalResult:
+        raise NotImplementedError
+
+    def uses_seed(self) -> bool:
+        """Whether the data depends on ``seed`` (flows run one evaluation per requested seed only then)."""
+        return any(f.name == "seed" for f in dataclasses.fields(self))
+
+    def data_fingerprint(self) -> str:
+        """Extra identity of external data (e.g. a file's content hash); '' for generated data."""
+        return ""
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"{self.component_name}: unknown split {split!r}; splits: {', '.join(self.splits)}")
+
+    def split_seed(self, split: str) -> int:
+        """A seed per split so that train and eval never share examples."""
+        self.check_split(split)
+        seed = getattr(self, "seed", 0)
+        return seed * 1000 + 17 + self.splits.index(split)
+
+    def with_overrides(self, **kw: Any) -> "Benchmark":
+        known = {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if k in known})

@@ -1,0 +1,1 @@
+"""Language-model building blocks used by train-lm: tokenizer training, presets, data mixtures, the trainer."""

@@ -1,0 +1,168 @@
+"""Loading models and tokenizers: hub ids, local directories and the bundled demo model.
+
+Safe defaults: ``trust_remote_code`` stays off unless the caller passes it; weights load from safetensors when the
+checkpoint has them and otherwise through transformers' ``torch.load(weights_only=True)``; nothing else is
+unpickled. Checks that need only the config (does the path exist, is the architecture patchable) run before any
+weights are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEMO = "demo"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model reference that is neither a local directory nor loadable from the hub."""
+
+
+class UnsupportedArchitectureError(TypeError):
+    """A model class whose attention attnflow cannot patch."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: ``kind`` is ``local`` (a directory) or ``hub`` (a hub id)."""
+
+    ref: str
+    kind: str
+    location: str
+
+    @property
+    def name(self) -> str:
+        """Short name for run names and registered-model names."""
+        if self.ref == DEMO:
+            return "demo-lm"
+        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(self.location).name if self.kind == "local" else self.location)
+
+
+def demo_model_dirs() -> list[Path]:
+    """Where the demo model may live: a user-trained copy under ATTNFLOW_HOME, then the one shipped in the repo."""
+    home = Path(os.environ.get("ATTNFLOW_HOME", Path.home() / ".attnflow")).expanduser()
+    return [home / "models" / "demo-lm", Path(__file__).resolve().parents[1] / "assets" / "demo-lm"]
+
+
+def resolve(ref: str) -> ModelRef:
+    """Resolve ``demo``, a local directory, or a hub id; raise ModelNotFoundError with what was tried."""
+    ref = str(ref).strip()
+    if not ref:
+        raise ModelNotFoundError("empty model reference: pass a hub id, a local directory, or 'demo'")
+    if ref == DEMO:
+        for d in demo_model_dirs():
+            if (d / "config.json").is_file():
+                return ModelRef(ref, "local", str(d))
+        tried = ", ".join(str(d) for d in demo_model_dirs())
+        raise ModelNotFoundError(f"the demo model was not found (looked in {tried}); run `attnflow train-lm`")
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{ref!r} exists but is not a model directory (no config.json in it)")
+        return ModelRef(ref, "local", str(path.resolve()))
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(ref):
+        raise ModelNotFoundError(f"model path {ref!r} does not exist")
+    return ModelRef(ref, "hub", ref)
+
+
+def load_config(ref: ModelRef | str, *, trust_remote_code: bool = False) -> Any:
+    """The model's config (cheap: no weights). Hub ids need network access or a warm HF cache."""
+    from transformers import AutoConfig
+
+    mref = resolve(ref) if isinstance(ref, str) else ref
+    try:
+        return AutoConfig.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"{mref.ref!r} is not a local model directory and could not be loaded from the Hugging Face hub "
+            f"(offline, or no such repository): {str(e).splitlines()[0]}"
+        ) from None
+
+
+def check_supported(config: Any) -> type:
+    """The causal-LM class for ``config``; raise UnsupportedArchitectureError if its attention is not patchable."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"{type(config).__name__} (model_type={getattr(config, 'model_type', '?')!r}) has no causal-LM class "
+            "in transformers"
+        ) from None
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise UnsupportedArchitectureError(
+            f"{cls.__name__} cannot be patched by attnflow: its attention does not dispatch through transformers' "
+            "AttentionInterface (supported: Llama, Qwen2/3, Mistral, Gemma, Phi, GPT-2 and other models that do)"
+        )
+    return cls
+
+
+def load_model(
+    ref: ModelRef | str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    check: bool = True,
+) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer in eval mode with SDPA attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    mref = resolve(ref) if isinstance(ref, str) else ref
+    config = load_config(mref, trust_remote_code=trust_remote_code)
+    if check:
+        check_supported(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model.to(device).eval(), tokenizer
+
+
+def model_fingerprint(ref: ModelRef | str) -> str:
+    """Identify the exact weights: hash of config + weight-file names, sizes and safetensors headers (local), or the
+    hub id and its resolved revision when known."""
+    mref = resolve(ref) if isinstance(ref, str) else ref
+    h = hashlib.sha256(mref.kind.encode())
+    if mref.kind == "hub":
+        h.update(mref.location.encode())
+        return h.hexdigest()[:16]
+    root = Path(mref.location)
+    h.update((root / "config.json").read_bytes())
+    for f in sorted(root.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pt") or f.name == "tokenizer.json":
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with f.open("rb") as fh:  # safetensors header (names, shapes, offsets) + first MiB of data
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def describe(model: torch.nn.Module) -> dict[str, Any]:
+    """A few facts about a loaded model for logging."""
+    cfg = model.config
+    return {
+        "model_class": type(model).__name__,
+        "model_type": getattr(cfg, "model_type", "?"),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_layers": getattr(cfg, "num_hidden_layers", None),
+        "n_heads": getattr(cfg, "num_attention_heads", None),
+        "n_kv_heads": getattr(cfg, "num_key_value_heads", getattr(cfg, "num_attention_heads", None)),
+        "config": json.loads(cfg.to_json_string()) if hasattr(cfg, "to_json_string") else {},
+    }

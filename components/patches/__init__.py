@@ -1,0 +1,1 @@
+"""Training-free attention patches (family ``patch``)."""

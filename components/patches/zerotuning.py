@@ -1,0 +1,62 @@
+"""ZeroTuning: tune the attention paid to the initial token, per head, without training.
+
+For the target heads, the attention to the initial token is scaled by gamma and each row renormalised:
+
+    a'_0 = gamma * a_0 / D,   a'_j = a_j / D  (j > 0),   D = (gamma - 1) * a_0 + 1
+
+which is exactly adding log(gamma) to the logit of key 0. gamma > 1 flattens attention over the other tokens,
+gamma < 1 sharpens it. It runs on every forward (prefill and decoding).
+
+Fast path: a sparse key bias (one key per row) corrected after the fused SDPA kernel from its log-sum-exp
+(O(T*D) extra; the kernel keeps ``is_causal``); in exported graphs an extra head-dim channel carries the bias.
+No attention matrix is materialised.
+
+Based on Han et al., "ZeroTuning: Unlocking the Initial Token's Power to Enhance Large Language Models Without
+Training" (arXiv 2505.11739). Reference code: https://github.com/FeijiangHan/ZeroTuning
+(``core algorithms/modelling_llama.py``, ``ZeroTuning_Attention``).
+
+Deviations from the reference code: the reference scales column 0 of the post-softmax matrix; with left padding
+that column is a pad token, so here "key 0" is each row's first real token (read from the attention mask). The
+reference's token-range ablation (``start/end``) is not implemented. Head profiling and the gamma search are the
+head-search flow's job, not this component's.
+
+Parameters
+----------
+gamma : float
+    Scale of the initial token's attention (> 0; 1 = no-op). Default 2.0.
+heads : HeadSet
+    Target (layer, head) pairs. Default ``all``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from components.attention.types import CallInfo, KeyBias
+from components.base import check_range
+from components.heads import HeadSet
+from components.patches.base import AttentionPatch
+from registry import register
+
+
+@register("zerotuning", version="1.0.0", family="patch", paper="arXiv:2505.11739",
+          summary="Scale attention to the initial token by gamma on chosen heads (log-gamma bias on key 0).")
+@dataclass(frozen=True)
+class ZeroTuning(AttentionPatch):
+    """ZeroTuning: log(gamma) added to the logit of each row's first real token on the target heads."""
+
+    gamma: float = 2.0
+    heads: HeadSet = HeadSet.all()
+
+    example: ClassVar[dict[str, str]] = {"gamma": "3.0", "heads": "0:*,1:0"}
+
+    def __post_init__(self) -> None:
+        check_range("zerotuning.gamma", self.gamma, 0.0, None, lo_open=True)
+
+    def key_bias(self, call: CallInfo) -> KeyBias | None:
+        if self.gamma == 1.0 or not self.head_indices(call):
+            return None
+        coef = self.head_vector(call, on=math.log(self.gamma), off=0.0)  # (H,)
+        return KeyBias(coef=coef, index=call.first_real()[:, None])  # index (B, 1)

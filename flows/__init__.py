@@ -1,0 +1,1 @@
+"""Prefect flows: recipes that call tasks in order. No tensor code here."""

@@ -1,0 +1,85 @@
+"""compare: every component on every task, one model, side by side in MLflow.
+
+prep data -> load model -> apply each component -> evaluate each task -> log runs -> comparison table + plot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
+from prefect import flow
+
+from tasks.data import benchmark_data
+from tasks.evaluate import evaluate
+from tasks.models import load_model
+from tasks.plan import Plan, plan_request
+from tasks.report import comparison_table, to_markdown
+from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
+
+DEFAULT_COMPONENTS = ["baseline", "zerotuning(gamma=2)", "head_mask(heads=0:0;1:1)"]
+DEFAULT_TASKS = ["kv_retrieval", "perplexity"]
+
+
+def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_size: int,
+             trust_remote_code: bool, progress: bool) -> dict[str, Any]:
+    """The shared recipe of ``compare`` and ``evaluate``."""
+    # 1. Publish the component and benchmark versions (once each) to the MLflow registry.
+    versions = publish_components(plan.refs)
+    # 2. Data prep: Parquet per benchmark, cached across runs.
+    data = {b: benchmark_data(_bench(b)) for b in plan.benchmarks}
+    # 3. Load the model once.
+    loaded = load_model(plan.model, dtype=dtype, trust_remote_code=trust_remote_code)
+    parent = start_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
+                       params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks})
+    # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints).
+    results = [evaluate(loaded, c, b, data[b], batch_size=batch_size, progress=progress)
+               for c in plan.components for b in plan.benchmarks]
+    # 5. Log one run per evaluation, then the comparison.
+    for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
+        log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
+    table = comparison_table(results, title=f"{experiment}: {loaded.name}")
+    log_comparison(parent, table, results)
+    finish_run(parent)
+    print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    return {"table": table, "run_id": parent, "experiment": experiment}
+
+
+def _bench(spec: str):
+    from registry.specs import parse
+
+    return parse(spec).create("benchmark")
+
+
+@flow(name="compare", log_prints=True)
+def compare(
+    model: str = "demo",
+    components: list[str] = DEFAULT_COMPONENTS,
+    tasks: list[str] = DEFAULT_TASKS,
+    seeds: list[int] = [0],  # noqa: B006 - a Prefect parameter default, never mutated
+    batch_size: int = 16,
+    experiment: str = "compare",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare components (rows) on tasks (columns) for one model.
+
+    Args:
+        model: Hub id, local model directory, or "demo".
+        components: Component specs, e.g. "zerotuning@1(gamma=4)" or "head_mask(heads=0:1;2:3)".
+        tasks: Benchmark specs, e.g. "kv_retrieval(n_pairs=16)" or "perplexity(source=data.txt)".
+        seeds: Data seeds for benchmarks that have one; results report mean and std over seeds.
+        batch_size: Evaluation batch size.
+        experiment: MLflow experiment name.
+        dtype: float32, bfloat16 or float16.
+        trust_remote_code: Allow model code from the hub (off by default).
+        progress: Show progress bars.
+    """
+    plan = plan_request(model, components, tasks, seeds, trust_remote_code=trust_remote_code)
+    return run_plan(plan, experiment=experiment, run_name=f"compare {plan.model}", dtype=dtype,
+                    batch_size=batch_size, trust_remote_code=trust_remote_code, progress=progress)
+
+
+if __name__ == "__main__":
+    compare()

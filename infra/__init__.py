@@ -1,0 +1,1 @@
+"""Settings, the local stack and the files for running attnflow at scale."""

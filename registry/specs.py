@@ -1,0 +1,131 @@
+"""Component specs as users write them: ``name[@version][(key=value, ...)]``.
+
+    zerotuning                      newest version, default parameters
+    zerotuning@1.0.0(gamma=4)       a version and a parameter
+    head_mask(heads=0:1;2:3)        ';' may stand for ',' inside a value
+    kv_retrieval(n_pairs=16)        benchmarks use the same syntax
+
+A comma-separated list (``baseline,zerotuning(gamma=2),head_mask(heads=0:1)``) splits only at top-level commas.
+Everything is validated against the registry before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import registry
+from registry import ComponentInfo
+
+_SPEC = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:@\s*([0-9][0-9.]*))?\s*(?:\((.*)\))?\s*$", re.S)
+
+
+class SpecError(ValueError):
+    """A malformed component spec."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed spec: registry reference plus raw parameter values."""
+
+    name: str
+    version: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+    def info(self, family: str | None = None) -> ComponentInfo:
+        return registry.get(self.ref, family=family)
+
+    def create(self, family: str | None = None, extra: dict[str, Any] | None = None) -> Any:
+        return self.info(family).create({**self.params, **(extra or {})})
+
+    def text(self) -> str:
+        """Back to ``name@version(k=v, ...)``; commas inside values are written as ';'."""
+        ps = ", ".join(f"{k}={str(v).replace(',', ';')}" for k, v in self.params.items())
+        return self.ref + (f"({ps})" if ps else "")
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside parentheses/brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise SpecError(f"unbalanced parentheses in {text!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise SpecError(f"unbalanced parentheses in {text!r}")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_kv(items: list[str] | tuple[str, ...], where: str = "--param") -> dict[str, str]:
+    """``["k=v", ...]`` -> dict; a clear error for entries without '='."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"{where} {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise SpecError(f"{where} {item!r}: empty key")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def parse(text: str) -> Spec:
+    m = _SPEC.match(text)
+    if not m:
+        raise SpecError(f"cannot read component spec {text!r}; expected name[@version][(key=value, ...)]")
+    name, version, inner = m.group(1), m.group(2), m.group(3)
+    params: dict[str, Any] = {}
+    if inner and inner.strip():
+        for item in split_top_level(inner):
+            if "=" not in item:
+                raise SpecError(f"spec {text!r}: parameter {item!r} must be key=value")
+            k, v = item.split("=", 1)
+            params[k.strip()] = v.strip().replace(";", ",")
+    return Spec(name, version, params)
+
+
+def parse_list(text: str | list[str]) -> list[Spec]:
+    items = split_top_level(text) if isinstance(text, str) else [i for t in text for i in split_top_level(t)]
+    if not items:
+        raise SpecError("empty component list")
+    return [parse(i) for i in items]
+
+
+def validate(specs: list[Spec], family: str) -> list[Any]:
+    """Instantiate every spec (raises on unknown names/versions or bad parameters)."""
+    return [s.create(family) for s in specs]
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A YAML preset by name (``registry/presets/<name>.yaml``) or path; ``include:`` merges a base preset."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise SpecError(f"unknown preset {name_or_path!r}; presets: {', '.join(names)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SpecError(f"preset {str(path)!r} must be a mapping")
+    base = data.pop("include", None)
+    return {**load_preset(base), **data} if base else data

@@ -1,0 +1,70 @@
+"""Evaluation: run a benchmark on a model with a patch applied (cached by fingerprints)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+import registry
+from registry.specs import Spec, parse
+from tasks.data import load_data
+from tasks.models import LoadedModel
+
+
+def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Same model weights + same component code/params + same benchmark code/params/data -> same result."""
+    loaded: LoadedModel = parameters["loaded"]
+    comp = parse(parameters["component"]).create("patch")
+    bench = parse(parameters["benchmark"]).create("benchmark")
+    key = [loaded.fingerprint, comp.fingerprint(), bench.fingerprint(), parameters["data_path"],
+           parameters.get("batch_size"), registry.code_fingerprint(type(bench))]
+    return "eval-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+
+
+@task(cache_key_fn=_eval_cache_key, result_serializer="json", retries=0,
+      task_run_name="evaluate {component} on {benchmark}")
+def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str,
+             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Apply ``component`` to the model and score ``benchmark`` on the prepared rows."""
+    comp, bench = parse(component).create("patch"), parse(benchmark).create("benchmark")
+    rows = load_data(data_path)
+    start = time.perf_counter()
+    with comp.applied(loaded.model) as session:
+        result = bench.evaluate(loaded.model, loaded.tokenizer, rows, session=session, batch_size=batch_size,
+                                progress=progress)
+    seconds = time.perf_counter() - start
+    print(f"{comp.label()} on {bench.label()}: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f" ({seconds:.1f}s)")
+    return {
+        "component": component_record(comp),
+        "benchmark": component_record(bench),
+        "metrics": result.metrics,
+        "higher_is_better": {k: bench.metrics.get(k, True) for k in result.metrics},
+        "primary_metric": bench.primary_metric,
+        "examples": result.examples,
+        "breakdowns": result.breakdowns,
+        "figures": {k: list(v) for k, v in bench.figures.items()},
+        "seconds": seconds,
+        "model": loaded.name,
+        "model_fingerprint": loaded.fingerprint,
+    }
+
+
+def component_record(comp: Any) -> dict[str, Any]:
+    """Identity of a component instance as plain data."""
+    return {
+        "name": comp.component_name, "version": comp.component_version, "family": comp.component_family,
+        "paper": comp.component_paper, "params": comp.params(), "fingerprint": comp.fingerprint(),
+        "code_fingerprint": registry.code_fingerprint(type(comp)), "label": comp.label(), "spec": spec_text(comp),
+    }
+
+
+def spec_text(comp: Any) -> str:
+    """The spec string that recreates ``comp`` exactly (version pinned)."""
+    return Spec(comp.component_name, comp.component_version,
+                {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in comp.params().items()}).text()

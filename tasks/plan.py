@@ -1,0 +1,77 @@
+"""Validate a whole request before any compute: component and benchmark specs, parameters, model reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from infra.settings import settings
+from registry import specs
+from tasks.evaluate import spec_text
+from tasks.models import check_model
+
+
+@dataclass
+class Plan:
+    """Pinned specs (``name@x.y.z(params)``) for every component and benchmark run of a request."""
+
+    model: str
+    components: list[str]
+    benchmarks: list[str]
+    seeds: dict[str, int | None]  # benchmark spec -> seed it was built with
+
+    @property
+    def refs(self) -> list[str]:
+        return [specs.parse(s).ref for s in self.components + self.benchmarks]
+
+
+def resolve_refs(spec: specs.Spec) -> specs.Spec:
+    """Replace ``mlflow:<run_id>/<artifact>`` parameter values by a downloaded ``file:`` path."""
+    params = dict(spec.params)
+    for k, v in params.items():
+        if isinstance(v, str) and v.startswith("mlflow:"):
+            import mlflow
+
+            from tasks.tracking import client
+
+            client()  # sets the tracking URI
+            run_id, _, artifact = v[len("mlflow:"):].partition("/")
+            if not run_id or not artifact:
+                raise specs.SpecError(f"{spec.name}.{k}: {v!r} must look like mlflow:<run_id>/<artifact path>")
+            dst = settings().cache_dir / "mlflow-refs" / run_id
+            dst.mkdir(parents=True, exist_ok=True)
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst))
+            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run/artifact
+                raise specs.SpecError(f"{spec.name}.{k}: cannot fetch {v!r} from MLflow ({e})") from None
+            params[k] = f"file:{Path(local)}"
+    return specs.Spec(spec.name, spec.version, params)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="validate request")
+def plan_request(model: str, components: list[str], benchmarks: list[str], seeds: list[int] | None = None,
+                 benchmark_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False) -> Plan:
+    """Parse and validate everything; raises with a message naming the problem, before any model is loaded."""
+    comps = [resolve_refs(s).create("patch") for s in specs.parse_list(components)]
+    if not comps:
+        raise specs.SpecError("no components given")
+    bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in specs.parse_list(benchmarks)]
+    check_model(model, trust_remote_code=trust_remote_code)
+    for comp in comps:
+        from components import modeling
+
+        comp.check_model(modeling.load_config(model, trust_remote_code=trust_remote_code))
+    pinned: list[str] = []
+    seed_of: dict[str, int | None] = {}
+    for bench in bench_objs:
+        for seed in (seeds or [None]) if bench.uses_seed() else [None]:
+            b = bench.replace(seed=seed) if seed is not None else bench
+            text = spec_text(b)
+            if text not in seed_of:
+                pinned.append(text)
+                seed_of[text] = getattr(b, "seed", None)
+    return Plan(model=model, components=[spec_text(c) for c in comps], benchmarks=pinned, seeds=seed_of)

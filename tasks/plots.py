@@ -1,0 +1,74 @@
+"""Figures people look at (matplotlib, Agg backend): comparison bars, breakdown lines and heatmaps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def comparison_bars(table: dict[str, Any]) -> plt.Figure:
+    """One panel per metric column, one bar per component (error bars = std over seeds)."""
+    cols = table["columns"]
+    n = len(cols)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    labels = table["rows"]
+    for ax, col in zip(axes.flat, cols):
+        means = [table["cells"][r][col]["mean"] if col in table["cells"][r] else float("nan") for r in labels]
+        stds = [table["cells"][r][col].get("std", 0.0) if col in table["cells"][r] else 0.0 for r in labels]
+        colors = ["#888888" if r.startswith("baseline") else f"C{i % 10}" for i, r in enumerate(labels)]
+        ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
+        arrow = "higher is better" if table["higher_is_better"].get(col, True) else "lower is better"
+        ax.set_title(f"{col}\n({arrow})", fontsize=9)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{table.get('title', 'comparison')}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def breakdown_figure(name: str, spec: list[str], rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """``spec`` = ("line", x, y) or ("heatmap", x, y, value)."""
+    kind = spec[0]
+    if kind == "line":
+        x, y = spec[1], spec[2]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([r[x] for r in rows], [r[y] for r in rows], marker="o")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_ylim(-0.02, 1.02) if y in ("accuracy", "recall") else None
+        ax.grid(alpha=0.3)
+    elif kind == "heatmap":
+        x, y, value = spec[1], spec[2], spec[3]
+        xs = sorted({r[x] for r in rows})
+        ys = sorted({r[y] for r in rows})
+        grid = [[float("nan")] * len(xs) for _ in ys]
+        for r in rows:
+            grid[ys.index(r[y])][xs.index(r[x])] = r[value]
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(xs), 1.0 + 0.45 * len(ys)))
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels([f"{v:g}" if isinstance(v, float) else v for v in xs], fontsize=7)
+        ax.set_yticks(range(len(ys)))
+        ax.set_yticklabels([f"{v:g}" if isinstance(v, float) else v for v in ys], fontsize=7)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        fig.colorbar(im, ax=ax, label=value)
+    else:
+        raise ValueError(f"unknown figure kind {kind!r} for breakdown {name}")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: plt.Figure) -> None:
+    plt.close(fig)

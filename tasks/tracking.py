@@ -1,0 +1,171 @@
+"""MLflow logging: published component versions, one run per evaluation, the comparison as table + figure.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no thread-local "active run"), so tasks can run
+in any thread or process. Logging tasks retry with backoff; evaluation results themselves live in Prefect's
+result store, so a failed log loses nothing and a re-run re-logs from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+import registry
+from infra.settings import settings
+from registry import publish as publisher
+from tasks import plots
+from tasks.io import write_rows
+from tasks.report import to_csv_rows, to_markdown
+
+RETRY = dict(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+
+
+def client() -> MlflowClient:
+    uri = settings().tracking_uri
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_root() -> str | None:
+    s = settings()
+    return s.artifact_root.as_uri() if s.uses_local_mlflow else None
+
+
+def experiment_id(name: str) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root()
+    try:
+        return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except mlflow.exceptions.MlflowException:
+        return c.get_experiment_by_name(name).experiment_id
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flow_tags() -> dict[str, str]:
+    tags = {"attnflow.git_commit": git_commit(), "mlflow.source.git.commit": git_commit().removesuffix("-dirty")}
+    run_id = flow_run.get_id()
+    if run_id:
+        tags["attnflow.prefect_flow_run_id"] = str(run_id)
+        tags["attnflow.prefect_flow"] = str(flow_run.get_flow_name() or "")
+    return tags
+
+
+@task(**RETRY, task_run_name="publish components")
+def publish_components(refs: list[str]) -> dict[str, str]:
+    """Publish each component version once to the MLflow model registry; returns {ref: model version}."""
+    c = client()
+    out = {}
+    for ref in dict.fromkeys(refs):
+        info = registry.get(ref)
+        out[info.ref] = str(publisher.publish(info, c, artifact_root()).version)
+    return out
+
+
+@task(**RETRY, task_run_name="start run {run_name}")
+def start_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Create a (parent) run and return its id."""
+    c = client()
+    run = c.create_run(experiment_id(experiment), run_name=run_name, tags={**_flow_tags(), **tags})
+    c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+@task(**RETRY, task_run_name="finish run")
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+@task(**RETRY, task_run_name="log {result[component][label]} / {result[benchmark][label]}")
+def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str | None,
+                   versions: dict[str, str], seed: int | None = None) -> str:
+    """One MLflow run per (component, benchmark): tags, params, metrics, examples and breakdown figures."""
+    c = client()
+    comp, bench = result["component"], result["benchmark"]
+    tags = {
+        **_flow_tags(),
+        "attnflow.component": comp["name"], "attnflow.component_version": comp["version"],
+        "attnflow.fingerprint": comp["fingerprint"], "attnflow.code_fingerprint": comp["code_fingerprint"],
+        "attnflow.paper": comp["paper"] or "", "attnflow.component_label": comp["label"],
+        "attnflow.model": result["model"], "attnflow.model_fingerprint": result["model_fingerprint"],
+        "attnflow.task": bench["name"], "attnflow.task_version": bench["version"],
+        "attnflow.task_fingerprint": bench["fingerprint"],
+        "attnflow.registry_version": versions.get(f"{comp['name']}@{comp['version']}", ""),
+    }
+    if seed is not None:
+        tags["attnflow.seed"] = str(seed)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(experiment), run_name=f"{comp['label']} | {bench['label']}", tags=tags)
+    rid = run.info.run_id
+    params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()]
+    params += [Param(f"task.{k}", str(v)[:6000]) for k, v in bench["params"].items()]
+    params += [Param("model", result["model"])]
+    metrics = [Metric(f"{bench['name']}/{k}", float(v), 0, 0) for k, v in result["metrics"].items()]
+    metrics.append(Metric("eval_seconds", float(result["seconds"]), 0, 0))
+    c.log_batch(rid, metrics=metrics, params=params)
+    with tempfile.TemporaryDirectory() as tmp:
+        if result["examples"]:
+            write_rows(result["examples"], Path(tmp) / "examples.parquet")
+            c.log_artifact(rid, str(Path(tmp) / "examples.parquet"))
+        for name, rows in result["breakdowns"].items():
+            c.log_dict(rid, rows, f"breakdowns/{name}.json")
+            spec = result["figures"].get(name)
+            if spec:
+                fig = plots.breakdown_figure(name, spec, rows, f"{comp['label']} | {bench['label']}")
+                c.log_figure(rid, fig, f"figures/{name}.png")
+                plots.close(fig)
+    c.set_terminated(rid)
+    return rid
+
+
+@task(**RETRY, task_run_name="log comparison")
+def log_comparison(run_id: str, table: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """The comparison as a table artifact (JSON/CSV/Markdown) and a bar plot on the parent run."""
+    c = client()
+    markdown = to_markdown(table)
+    c.log_text(run_id, markdown, "comparison.md")
+    c.log_table(run_id, data=_table_columns(to_csv_rows(table)), artifact_file="comparison_table.json")
+    c.log_dict(run_id, table, "comparison.json")
+    fig = plots.comparison_bars(table)
+    c.log_figure(run_id, fig, "comparison.png")
+    plots.close(fig)
+    metrics = []
+    for row in table["rows"]:
+        for col, cell in table["cells"][row].items():
+            key = f"{row}/{col}".replace("(", "_").replace(")", "").replace("=", "_").replace(",", "_")
+            key = "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+            metrics.append(Metric(key[:250], cell["mean"], 0, 0))
+    c.log_batch(run_id, metrics=metrics[:1000])
+    c.set_tag(run_id, "attnflow.components", json.dumps(table["rows"])[:5000])
+
+
+def _table_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys = list(rows[0]) if rows else []
+    return {k: [r.get(k) for r in rows] for k in keys}

@@ -1,0 +1,35 @@
+"""Test-wide setup: a throw-away ATTNFLOW_HOME (MLflow SQLite store, Prefect home, caches) per test session.
+
+Tiers: tests/unit (no models), tests/integration (tiny models built from configs), tests/flows (real Prefect
+test server + real MLflow store). Nothing downloads anything.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="attnflow-test-home-"))
+os.environ["ATTNFLOW_HOME"] = str(_HOME)
+for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
+    os.environ.pop(var, None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import infra.settings  # noqa: E402,F401  (creates the home and Prefect defaults)
+
+
+@pytest.fixture(scope="session")
+def attnflow_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from tests.helpers.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")

@@ -1,0 +1,53 @@
+"""Tiny models and tokenizers built from configs for tests (no downloads)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+from components.benchmarks import _text
+from components.lm.tokenizer import train_tokenizer
+
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer():
+    corpus = _text.stories(0, 300) + [f"abc:{i:03d} xyz:{i * 7 % 1000:03d}." for i in range(300)]
+    return train_tokenizer(corpus, vocab_size=320)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, vocab_size: int = 320, layers: int = 2,
+               heads: int = 4, kv_heads: int = 2, hidden: int = 64) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=kv_heads, **common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=kv_heads, **common))
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(num_key_value_heads=kv_heads, sliding_window=12, **common))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
+                                           n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    else:
+        raise ValueError(family)
+    # larger random weights than the default init so attention patterns are far from uniform
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and ("q_proj" in name or "k_proj" in name or "c_attn" in name):
+                p.mul_(8.0)
+    return model.eval()
+
+
+def save_tiny(path: Path, family: str = "llama", **kw) -> Path:
+    model = tiny_model(family, **kw)
+    model.save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    return path

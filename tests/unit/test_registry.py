@@ -1,0 +1,107 @@
+"""Registry, specs, parameters and fingerprints (no models)."""
+
+from __future__ import annotations
+
+import pytest
+
+import registry
+from components.base import ParamError
+from components.heads import HeadSet
+from registry.specs import SpecError, load_preset, parse, parse_kv, parse_list, split_top_level
+
+
+def test_lookup_by_name_and_version():
+    assert registry.get("zerotuning").version == "1.0.0"
+    assert registry.get("zerotuning@1").ref == "zerotuning@1.0.0"
+    assert registry.get("zerotuning@1.0").ref == "zerotuning@1.0.0"
+    assert registry.get("zerotuning@1.0.0").family == "patch"
+
+
+def test_unknown_name_lists_what_exists():
+    with pytest.raises(registry.UnknownComponentError) as e:
+        registry.get("zerotunin")
+    msg = str(e.value)
+    assert "Did you mean zerotuning" in msg and "head_mask" in msg and "baseline" in msg
+
+
+def test_unknown_version_lists_versions():
+    with pytest.raises(registry.UnknownComponentError, match=r"no version '9'.*1\.0\.0"):
+        registry.get("zerotuning@9")
+
+
+def test_family_filter():
+    with pytest.raises(registry.UnknownComponentError, match="unknown benchmark component"):
+        registry.get("zerotuning", family="benchmark")
+
+
+def test_every_component_has_paper_docstring_and_example():
+    for info in registry.all_components():
+        doc = __import__(info.cls.__module__, fromlist=["x"]).__doc__ or ""
+        assert "Parameters" in doc, f"{info.ref}: module docstring lacks a Parameters section"
+        comp = info.create(info.cls.example)
+        assert comp.fingerprint() == info.create(info.cls.example).fingerprint()
+
+
+def test_param_parsing_and_validation():
+    zt = registry.get("zerotuning").create({"gamma": "4", "heads": "0:1,2:*"})
+    assert zt.gamma == 4.0 and (2, 5) in zt.heads and (0, 1) in zt.heads and (0, 2) not in zt.heads
+    with pytest.raises(ParamError, match="unknown parameter.*gama.*valid parameters: gamma, heads"):
+        registry.get("zerotuning").create({"gama": "4"})
+    with pytest.raises(ParamError, match=r"gamma=-1.0 is out of range"):
+        registry.get("zerotuning").create({"gamma": "-1"})
+    with pytest.raises(ParamError, match="not a number"):
+        registry.get("zerotuning").create({"gamma": "abc"})
+    with pytest.raises(ParamError, match="head_mask: heads is required"):
+        registry.get("head_mask").create({})
+    with pytest.raises(ParamError, match="'uniform', 'zero'"):
+        registry.get("head_mask").create({"heads": "0:0", "mode": "half"})
+
+
+def test_fingerprint_tracks_params_and_code():
+    a = registry.get("zerotuning").create({"gamma": "2"})
+    b = registry.get("zerotuning").create({"gamma": "3"})
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == registry.get("zerotuning").create({"gamma": 2.0}).fingerprint()
+    assert registry.code_fingerprint(type(a)) != registry.code_fingerprint(registry.get("head_mask").cls)
+
+
+def test_headset_forms_and_validation():
+    hs = HeadSet.parse("L0H3,1-2:0,*:7")
+    assert (0, 3) in hs and (1, 0) in hs and (2, 0) in hs and (5, 7) in hs and (0, 4) not in hs
+    assert HeadSet.parse(hs.to_param()) == hs
+    with pytest.raises(ValueError, match="3:9 out of range for a model with 2 layers x 8 heads"):
+        HeadSet.parse("3:9").validate(2, 8)
+    with pytest.raises(ValueError, match="MLflow reference"):
+        HeadSet.parse("mlflow:abc/heads.json")
+
+
+def test_headset_from_file(tmp_path):
+    f = tmp_path / "heads.json"
+    f.write_text('{"heads": [[0, 1], [2, 3]]}')
+    hs = HeadSet.parse(f"file:{f}")
+    assert hs.expand(3, 4) == [(0, 1), (2, 3)]
+
+
+def test_specs():
+    assert split_top_level("a,b(x=1,y=2),c") == ["a", "b(x=1,y=2)", "c"]
+    s = parse("zerotuning@1.0.0(gamma=4, heads=0:1;2:3)")
+    assert (s.name, s.version, s.params) == ("zerotuning", "1.0.0", {"gamma": "4", "heads": "0:1,2:3"})
+    assert parse(s.text()) == s
+    assert [x.name for x in parse_list("baseline,head_mask(heads=0:1;1:1)")] == ["baseline", "head_mask"]
+    with pytest.raises(SpecError):
+        parse("zerotuning(gamma)")
+    with pytest.raises(SpecError, match="unbalanced"):
+        parse_list("a(b")
+    assert parse_kv(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(SpecError, match="expected key=value"):
+        parse_kv(["nope"])
+
+
+def test_quickstart_preset_is_valid():
+    preset = load_preset("quickstart")
+    for s in parse_list(preset["components"]):
+        s.create("patch")
+    for s in parse_list(preset["tasks"]):
+        s.create("benchmark")
+    with pytest.raises(SpecError, match="unknown preset"):
+        load_preset("nope")
