@@ -91,10 +91,21 @@ def components(
     family: Optional[str] = typer.Option(None, help="Only this family (patch, benchmark, analyzer, ...)."),
     show: Optional[str] = typer.Option(None, help="Show one component's parameters and docstring."),
     all_versions: bool = typer.Option(False, "--all-versions", help="List every version, not only the newest."),
+    update_readme: bool = typer.Option(False, "--update-readme", help="Rewrite the methods table in README.md."),
 ) -> None:
     """List registered components: name, version, family, paper, summary."""
     import registry
 
+    if update_readme:
+        from pathlib import Path
+
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        head, rest = readme.read_text().split("<!-- methods:start -->", 1)
+        _, tail = rest.split("<!-- methods:end -->", 1)
+        table = methods_markdown(registry.latest())
+        readme.write_text(f"{head}<!-- methods:start -->\n{table}\n<!-- methods:end -->{tail}")
+        typer.echo(f"updated {readme}")
+        return
     if show:
         info = guarded(lambda: registry.get(show))
         typer.echo(f"{info.ref}  [{info.family}]  {info.paper_url or info.paper or ''}\n")
@@ -191,6 +202,21 @@ def compare(
 
     out = run_flow(compare_flow, model=model, components=comps, tasks=tks, seeds=seed_list,
                    batch_size=batch_size, experiment=experiment, dtype=dtype, trust_remote_code=trust_remote_code)
+    print_table(out["table"])
+
+
+@app.command()
+def quickstart(
+    preset: str = typer.Option("quickstart", help="Comparison preset (registry/presets/<name>.yaml)."),
+    experiment: str = typer.Option("quickstart", help="MLflow experiment."),
+) -> None:
+    """Offline tour: demo model -> compare ZeroTuning and head masking on the task suite -> MLflow."""
+    from registry.specs import load_preset
+
+    guarded(lambda: load_preset(preset))
+    from flows.quickstart import quickstart as flow
+
+    out = run_flow(flow, preset=preset, experiment=experiment)
     print_table(out["table"])
 
 

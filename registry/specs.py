@@ -115,7 +115,8 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A YAML preset by name (``registry/presets/<name>.yaml``) or path; ``include:`` merges a base preset."""
+    """A YAML preset by name (``registry/presets/<name>.yaml``) or path. ``include: <name>`` merges a base preset
+    (looked up beside the including file first): mappings merge key by key, other values are replaced."""
     import yaml
 
     path = Path(name_or_path)
@@ -128,4 +129,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"preset {str(path)!r} must be a mapping")
     base = data.pop("include", None)
-    return {**load_preset(base), **data} if base else data
+    if not base:
+        return data
+    sibling = path.parent / f"{base}.yaml"
+    parent = load_preset(str(sibling) if sibling.is_file() else base)
+    return {**parent, **{k: ({**parent[k], **v} if isinstance(v, dict) and isinstance(parent.get(k), dict) else v)
+                         for k, v in data.items()}}

@@ -54,6 +54,12 @@ def experiment_id(name: str) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+def metric_key(text: str) -> str:
+    """An MLflow-legal metric name: ``kv_retrieval(n_pairs=4)/accuracy`` -> ``kv_retrieval.n_pairs_4/accuracy``."""
+    text = text.replace("(", ".").replace(")", "").replace(", ", ".").replace(",", ".").replace("=", "_")
+    return "".join(ch if ch.isalnum() or ch in "_-./: " else "_" for ch in text)[:250]
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     repo = Path(__file__).resolve().parents[1]
@@ -156,12 +162,8 @@ def log_comparison(run_id: str, table: dict[str, Any], results: list[dict[str, A
     fig = plots.comparison_bars(table)
     c.log_figure(run_id, fig, "comparison.png")
     plots.close(fig)
-    metrics = []
-    for row in table["rows"]:
-        for col, cell in table["cells"][row].items():
-            key = f"{row}/{col}".replace("(", "_").replace(")", "").replace("=", "_").replace(",", "_")
-            key = "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
-            metrics.append(Metric(key[:250], cell["mean"], 0, 0))
+    metrics = [Metric(metric_key(f"{row}/{col}"), cell["mean"], 0, 0)
+               for row in table["rows"] for col, cell in table["cells"][row].items()]
     c.log_batch(run_id, metrics=metrics[:1000])
     c.set_tag(run_id, "attnflow.components", json.dumps(table["rows"])[:5000])
 

@@ -13,6 +13,7 @@ Benchmarks import torch/transformers only; plots are made from the breakdowns by
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,7 +43,18 @@ class Benchmark(Component):
     figures: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def build(self, split: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""
+        rng = random.Random(self.split_seed(split))
+        return [self.sample(rng, i) for i in range(getattr(self, "n_examples"))]
+
+    def sample(self, rng: random.Random, index: int = 0) -> dict[str, Any]:
+        """One generated example: at least ``prompt``, ``target`` (the exact continuation) and ``answer``."""
+        raise NotImplementedError(f"{self.component_name} is not a generated benchmark")
+
+    @staticmethod
+    def training_text(row: dict[str, Any]) -> str:
+        """Prompt + target: what a language model trains on (the train-lm mixture)."""
+        return row["prompt"] + row["target"]
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]], *,
                  session: Any = None, batch_size: int = 16, progress: bool = False) -> EvalResult:

@@ -64,23 +64,20 @@ class KVRetrieval(Benchmark):
         check_range("kv_retrieval.n_pairs", self.n_pairs, 1, 500)
         check_range("kv_retrieval.n_examples", self.n_examples, 1)
 
-    def build(self, split: str) -> list[dict[str, Any]]:
-        rng = random.Random(self.split_seed(split))
-        rows = []
-        for i in range(self.n_examples):
-            keys = set()
-            while len(keys) < self.n_pairs:
-                keys.add("".join(rng.choices(string.ascii_lowercase, k=3)))
-            pairs = [(k, f"{rng.randrange(1000):03d}") for k in sorted(keys, key=lambda _: rng.random())]
-            q = i % self.n_pairs if self.n_examples >= self.n_pairs else rng.randrange(self.n_pairs)
-            context = " ".join(f"{k}:{v}" for k, v in pairs)
-            rows.append({
-                "prompt": f"{context}. {pairs[q][0]}:",
-                "answer": pairs[q][1],
-                "depth": q / max(self.n_pairs - 1, 1),
-                "n_pairs": self.n_pairs,
-            })
-        return rows
+    def sample(self, rng: random.Random, index: int = 0) -> dict[str, Any]:
+        keys: set[str] = set()
+        while len(keys) < self.n_pairs:
+            keys.add("".join(rng.choices(string.ascii_lowercase, k=3)))
+        pairs = [(k, f"{rng.randrange(1000):03d}") for k in sorted(keys, key=lambda _: rng.random())]
+        q = index % self.n_pairs  # depth spread evenly over the examples
+        context = " ".join(f"{k}:{v}" for k, v in pairs)
+        return {
+            "prompt": f"{context}. {pairs[q][0]}:",
+            "target": pairs[q][1],
+            "answer": pairs[q][1],
+            "depth": q / max(self.n_pairs - 1, 1),
+            "n_pairs": self.n_pairs,
+        }
 
     def evaluate(self, model, tokenizer, rows, *, session=None, batch_size=16, progress=False) -> EvalResult:
         conts = _scoring.greedy_continuations(

@@ -1,0 +1,42 @@
+"""Build a Llama-architecture causal LM from an LM preset and save it as a Hugging Face model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from components.lm.preset import ModelSpec
+
+
+def llama_config(spec: ModelSpec, tokenizer: Any) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.context, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        tie_word_embeddings=spec.tie_embeddings, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised model (deterministic for the seed)."""
+    torch.manual_seed(seed)
+    config = llama_config(spec, tokenizer)
+    model = LlamaForCausalLM._from_config(config, attn_implementation=spec.attention)
+    return model
+
+
+def save_model_dir(model: torch.nn.Module, tokenizer: Any, out_dir: Path, card: str) -> Path:
+    """model.safetensors + config + tokenizer + README.md model card; loadable with from_pretrained."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(card)
+    return out_dir
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,134 @@
+"""LM presets: model size knobs, training hyper-parameters and the data mixture, read from YAML.
+
+A preset (``registry/presets/lm/<name>.yaml``) has three sections::
+
+    model:   {layers: 4, hidden: 128, heads: 4, kv_heads: 2, intermediate: 344, context: 512, vocab_size: 512}
+    train:   {steps: 4000, batch_size: 32, lr: 3.0e-3, warmup: 200, weight_decay: 0.1, ...}
+    mixture: [{task: "kv_retrieval(n_pairs=8)", weight: 0.3}, {text: "builtin:stories", weight: 0.1}, ...]
+
+``include: <preset>`` merges a base preset (sections merge key by key; ``mixture`` is replaced). Every value is
+validated here, so a bad preset fails before a tokenizer or a model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_type_hints
+
+from components.base import ParamError, _coerce, check_range
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 172
+    context: int = 256
+    vocab_size: int = 512
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    attention: str = "sdpa"  # attn_implementation name (kernels register their own)
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
+            check_range(f"model.{name}", getattr(self, name), 1)
+        check_range("model.vocab_size", self.vocab_size, 64)
+        if self.hidden % self.heads:
+            raise ParamError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads}")
+        if self.heads % self.kv_heads:
+            raise ParamError(f"model.heads={self.heads} must be divisible by model.kv_heads={self.kv_heads}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    eval_every: int = 500
+    eval_examples: int = 32
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = leave torch's default)
+
+    def __post_init__(self) -> None:
+        check_range("train.steps", self.steps, 1)
+        check_range("train.batch_size", self.batch_size, 1)
+        check_range("train.lr", self.lr, 0.0, None, lo_open=True)
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("train.warmup", self.warmup, 0)
+        check_range("train.weight_decay", self.weight_decay, 0.0)
+        check_range("train.grad_clip", self.grad_clip, 0.0)
+        check_range("train.checkpoint_every", self.checkpoint_every, 1)
+        check_range("train.keep_checkpoints", self.keep_checkpoints, 1)
+        check_range("train.eval_every", self.eval_every, 1)
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ParamError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
+
+
+@dataclass(frozen=True)
+class MixtureItem:
+    """One source of training sequences: a generated benchmark spec or a text source."""
+
+    weight: float
+    task: str | None = None  # benchmark spec, e.g. "kv_retrieval(n_pairs=8)"
+    text: str | None = None  # text source: file, hf:<id>, builtin:stories
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        check_range("mixture.weight", self.weight, 0.0, None, lo_open=True)
+        if (self.task is None) == (self.text is None):
+            raise ParamError("each mixture item needs exactly one of task: or text:")
+
+
+@dataclass(frozen=True)
+class LMPreset:
+    name: str
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    mixture: tuple[MixtureItem, ...] = ()
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any], overrides: dict[str, Any] | None = None) -> "LMPreset":
+        """Build and validate; ``overrides`` are dotted keys such as ``{"train.steps": 50}``."""
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for key, value in (overrides or {}).items():
+            section, _, attr = key.partition(".")
+            if section not in ("model", "train") or not attr:
+                raise ParamError(f"override {key!r} must look like model.<knob> or train.<knob>")
+            data.setdefault(section, {})[attr] = value
+        unknown = set(data) - {"model", "train", "mixture"}
+        if unknown:
+            raise ParamError(f"preset {name}: unknown section(s) {', '.join(sorted(unknown))}")
+        model = _build(ModelSpec, data.get("model", {}), "model")
+        train = _build(TrainSpec, data.get("train", {}), "train")
+        items = tuple(_build(MixtureItem, item, "mixture") for item in data.get("mixture") or [])
+        if not items:
+            raise ParamError(f"preset {name}: the mixture is empty")
+        return cls(name=name, model=model, train=train, mixture=items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(kind: type, values: dict[str, Any], section: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ParamError(f"{section}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(fields))}")
+    hints = get_type_hints(kind)
+    try:
+        return kind(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    except TypeError as e:
+        raise ParamError(f"{section}: {e}") from None

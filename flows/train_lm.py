@@ -1,0 +1,75 @@
+"""train-lm: train a small Llama-architecture LM from a preset on synthetic in-context tasks (+ optional text).
+
+preset -> run directory (resumable) -> tokenizer -> train (checkpoints, curves in MLflow) -> evaluate the suite
+-> save a Hugging Face model directory -> register it in MLflow (``attnflow.<preset>-lm``, alias champion).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Optional
+
+import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
+from prefect import flow
+
+from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, register_model, resolve_preset,
+                      save_model, suite_specs, train_model)
+from tasks.tracking import finish_run, metric_key
+
+
+@flow(name="train-lm", log_prints=True)
+def train_lm(
+    preset: str = "demo",
+    out: Optional[str] = None,
+    steps: Optional[int] = None,
+    seed: Optional[int] = None,
+    corpus: Optional[str] = None,
+    corpus_weight: float = 0.2,
+    corpus_field: str = "text",
+    overrides: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
+    register_model: bool = True,
+    experiment: str = "train-lm",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train an LM from a preset; re-running the same command resumes from the last checkpoint.
+
+    Args:
+        preset: Preset name in registry/presets/lm (demo, tiny) or a YAML path.
+        out: Output model directory (default ATTNFLOW_HOME/models/<preset>-lm).
+        steps: Override train.steps.
+        seed: Override train.seed.
+        corpus: Optional text corpus mixed in: .txt/.jsonl/.parquet path, hf:<dataset id>, or builtin:stories.
+        corpus_weight: Mixture weight of the corpus.
+        corpus_field: Text field of record corpora.
+        overrides: Other preset overrides, e.g. {"model.layers": 6, "train.lr": 0.001}.
+        register_model: Register the model in MLflow as attnflow.<preset>-lm with alias champion.
+        experiment: MLflow experiment.
+        progress: Show progress bars.
+    """
+    extra = {**overrides, **({"train.steps": steps} if steps else {}), **({"train.seed": seed} if seed is not None else {})}
+    # 1. Validate the preset before any work.
+    spec = resolve_preset(preset, extra, corpus, corpus_weight, corpus_field)
+    # 2. A resumable run directory and its MLflow run.
+    run = prepare_run(spec, experiment)
+    # 3. Tokenizer, then training (checkpoints every N steps; resumes after an interruption).
+    tokenizer = prepare_tokenizer(run)
+    model, info = train_model(run, tokenizer, progress=progress)
+    # 4. Evaluate the whole suite, save the model directory, log and register.
+    metrics, _ = evaluate_suite(model, tokenizer, suite_specs(spec))
+    command = "attnflow train-lm " + " ".join(
+        [f"--preset {shlex.quote(preset)}"] + ([f"--out {shlex.quote(out)}"] if out else [])
+        + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else []))
+    model_dir = save_model(model, tokenizer, run, out, info, metrics, command)
+    log_final(run.mlflow_run_id, metrics, info)
+    version = None
+    if register_model:
+        version = register_model(run.mlflow_run_id, model_dir, f"attnflow.{spec.name}-lm", "champion",
+                                 {"attnflow.data_fingerprint": run.data_fingerprint, "attnflow.preset": spec.name,
+                                  **{metric_key(f"metric.{k}"): f"{v:.4f}" for k, v in metrics.items()}})
+    finish_run(run.mlflow_run_id)
+    return {"model_dir": model_dir, "metrics": metrics, "info": info, "mlflow_run_id": run.mlflow_run_id,
+            "registered_version": version}
+
+
+if __name__ == "__main__":
+    train_lm()
