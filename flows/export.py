@@ -31,6 +31,7 @@ def export(
     speed_lengths: list[int] = [128, 512],  # noqa: B006
     speed_rounds: int = 3,
     register: bool = True,
+    reuse_export: bool = True,
     experiment: str = "export",
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def export(
         speed_lengths: Sequence lengths of the speed measurement.
         speed_rounds: Interleaved timing rounds per length.
         register: Register the verified export in the MLflow model registry.
+        reuse_export: Reuse graphs exported earlier for the same weights, component and options (cache).
         experiment: MLflow experiment.
         trust_remote_code: Allow model code from the hub (off by default).
     """
@@ -61,7 +63,7 @@ def export(
     # 2. Load the model.
     loaded = load_model(plan.model, trust_remote_code=trust_remote_code)
     # 3. Export the graphs with the component applied (into a work directory).
-    exported = export_onnx(loaded, plan, kv_cache)
+    exported = export_onnx(loaded, plan, kv_cache, reuse_export)
     # 4. ONNX Runtime fusions; record which fused ops each graph holds.
     graphs = optimize_onnx(exported, plan.optimize)
     # 5. Parity with the patched PyTorch model.

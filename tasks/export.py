@@ -7,6 +7,7 @@ directory into place (for inspection), marks the MLflow run FAILED and registers
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -99,21 +100,46 @@ def _component(plan: ExportPlan) -> Any:
     return specs.parse(plan.component).create("patch")
 
 
+def graphs_key(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool) -> str:
+    """Same weights + same component code/params + same export code and options -> the same exported graphs."""
+    parts = [loaded.fingerprint, _component(plan).fingerprint(), kv_cache, plan.form,
+             hashlib.sha256(Path(onnx_export.__file__).read_bytes()).hexdigest(), _versions()]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
 @task(cache_policy=NO_CACHE, task_run_name="export {plan.component}")
-def export_onnx(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool) -> dict[str, Any]:
-    """Export the graphs (with the component applied) into a work directory beside the final one."""
+def export_onnx(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool, reuse: bool = True) -> dict[str, Any]:
+    """Export the graphs (with the component applied) into a work directory beside the final one; graphs already
+    exported for the same weights, component and options are reused from ATTNFLOW_HOME/cache/onnx-graphs."""
     out = Path(plan.out_dir)
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    infos = onnx_export.export_graphs(loaded.model, [_component(plan)], work, kv_cache=kv_cache, form=plan.form)
+    cached = settings().cache_dir / "onnx-graphs" / graphs_key(loaded, plan, kv_cache)
+    reused = reuse and (cached / "graphs.json").is_file()
+    if not reused:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        try:
+            infos = onnx_export.export_graphs(loaded.model, [_component(plan)], tmp, kv_cache=kv_cache,
+                                              form=plan.form)
+            write_json([asdict(i) for i in infos], tmp / "graphs.json")
+            shutil.rmtree(cached, ignore_errors=True)
+            os.replace(tmp, cached)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    graphs = json.loads((cached / "graphs.json").read_text())
+    for f in cached.iterdir():
+        if f.name != "graphs.json":
+            shutil.copy2(f, work / f.name)  # a copy: onnx refuses hard-linked external data files
     loaded.model.config.save_pretrained(work)
     loaded.tokenizer.save_pretrained(work)
     if getattr(loaded.model, "generation_config", None) is not None:
         loaded.model.generation_config.save_pretrained(work)
-    for info in infos:
-        print(f"exported {info.kind} graph {info.file} (opset {info.opset}) in {info.seconds:.1f}s")
-    return {"work_dir": str(work), "graphs": [asdict(i) for i in infos], "kv_cache": kv_cache}
+    for g in graphs:
+        how = "reused the cached export of" if reused else f"exported in {g['seconds']:.1f}s"
+        print(f"{how} the {g['kind']} graph {g['file']} (opset {g['opset']})")
+    return {"work_dir": str(work), "graphs": graphs, "kv_cache": kv_cache, "reused": reused}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="optimize {target}")
@@ -123,9 +149,11 @@ def optimize_onnx(exported: dict[str, Any], target: str) -> dict[str, dict[str, 
     for graph in exported["graphs"]:
         path = Path(exported["work_dir"]) / graph["file"]
         start = time.perf_counter()
-        onnx_optimize.optimize(path, target)
+        result = onnx_optimize.optimize(path, target)
+        if result["note"]:
+            print(f"warning: {graph['file']}: {result['note']}")
         counts = onnx_optimize.op_counts(path)
-        out[graph["kind"]] = {"file": graph["file"], **onnx_optimize.graph_io(path),
+        out[graph["kind"]] = {"file": graph["file"], **onnx_optimize.graph_io(path), "fusion": result,
                               "fused_ops": onnx_optimize.fused_ops(counts),
                               "attention": onnx_optimize.attention_summary(counts),
                               "optimize_seconds": time.perf_counter() - start, "export_seconds": graph["seconds"]}

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         benchmark: bool = typer.Option(True, "--benchmark/--no-benchmark", help="Time ONNX Runtime vs PyTorch."),
         speed_lengths: str = typer.Option("128,512", help="Comma-separated sequence lengths of the timing."),
         register_model: bool = typer.Option(True, "--register/--no-register", help="Register in MLflow."),
+        reuse_export: bool = typer.Option(True, "--reuse-export/--fresh-export",
+                                          help="Reuse graphs exported earlier for the same model, component, options."),
         experiment: str = typer.Option("export", help="MLflow experiment."),
         trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
     ) -> None:
@@ -44,7 +46,8 @@ def register(app: typer.Typer) -> None:
         result = run_flow(flow, model=model, component=component, params=params, kv_cache=kv_cache,
                           optimize=optimize, out=out, attention_form=attention_form, parity_lengths=lengths,
                           threshold=threshold, benchmark=benchmark, speed_lengths=speeds or [128],
-                          register=register_model, experiment=experiment, trust_remote_code=trust_remote_code)
+                          register=register_model, reuse_export=reuse_export, experiment=experiment,
+                          trust_remote_code=trust_remote_code)
         manifest = result["manifest"]
         typer.echo(f"exported to {result['out_dir']}")
         for kind, graph in manifest["graphs"].items():

@@ -32,11 +32,40 @@ _PROVIDER = {"ort-cpu": "cpu", "ort-gpu": "cuda"}
 FUSED_STANDARD_OPS = ("Attention", "RotaryEmbedding", "RMSNormalization")
 
 
+def gemm_to_matmul(model: Any) -> None:
+    """Rewrite plain ``Gemm`` (no transA, alpha = beta = 1) as ``MatMul`` (+ ``Add``), exactly.
+
+    GPT-2's Conv1D exports as Reshape -> Gemm -> Reshape; onnxscript's ``optimize_for_ort`` then drops the reshapes
+    and leaves a Gemm on a rank-3 input, which ONNX Runtime refuses to load. MatMul takes any rank."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            continue
+        attr = node.attributes
+        if attr.get_int("transA", 0) or attr.get_float("alpha", 1.0) != 1.0 or attr.get_float("beta", 1.0) != 1.0:
+            continue
+        a, b = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        new = []
+        if attr.get_int("transB", 0):
+            new.append(ir.node("Transpose", [b], {"perm": [1, 0]}))
+            b = new[-1].outputs[0]
+        new.append(ir.node("MatMul", [a, b]))
+        if bias is not None:
+            new.append(ir.node("Add", [new[-1].outputs[0], bias]))
+        result, old = new[-1].outputs[0], node.outputs[0]
+        result.shape, result.type = old.shape, old.type
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new, [old], [result])
+
+
 def fusion_steps(provider: str) -> list[Any]:
-    """transformers' fusion steps for ``provider`` ("cpu" or "cuda"), with GroupQueryAttention fused rotary-free."""
+    """transformers' fusion steps for ``provider`` ("cpu" or "cuda"), with GroupQueryAttention fused rotary-free,
+    after :func:`gemm_to_matmul`."""
     import transformers.exporters.onnxruntime_fusions as hf
 
-    steps = []
+    steps: list[Any] = [gemm_to_matmul]
     for step, providers in hf._STEPS:
         if providers is not None and provider not in providers:
             continue
@@ -44,16 +73,30 @@ def fusion_steps(provider: str) -> list[Any]:
         if func is hf._fuse_group_query_attention:
             step = partial(func, **{**getattr(step, "keywords", {}), "rotary": False})
         steps.append(step)
-    return steps
+    return steps + [forget_intermediate_shapes]
 
 
-def optimize(path: str | Path, target: Target) -> None:
-    """Rewrite the graph at ``path`` (and its ``.data`` file) in place for ``target``; ``none`` leaves it as is."""
+def forget_intermediate_shapes(model: Any) -> None:
+    """Drop the shape annotations of intermediate values: rewrites can leave stale ones (a reshape removed around a
+    MatMul), which ONNX Runtime warns about at load; it infers them itself."""
+    outputs = set(map(id, model.graph.outputs))
+    for node in model.graph:
+        for value in node.outputs:
+            if id(value) not in outputs:
+                value.shape = None
+
+
+def optimize(path: str | Path, target: Target) -> dict[str, Any]:
+    """Rewrite the graph at ``path`` (and its ``.data`` file) in place for ``target``; ``none`` leaves it as is.
+
+    The fused graph replaces the plain one only if ONNX Runtime loads it; otherwise the plain graph stays and the
+    returned ``note`` says why (a model family whose graph a fusion step breaks)."""
     if target not in TARGETS:
         raise ValueError(f"optimize target {target!r} is not one of {', '.join(TARGETS)}")
     if target == "none":
-        return
+        return {"target": target, "applied": False, "note": None}
     import onnx_ir as ir
+    import onnxruntime as ort
 
     from components.onnx.export import save_model
 
@@ -62,11 +105,18 @@ def optimize(path: str | Path, target: Target) -> None:
     for step in fusion_steps(_PROVIDER[target]):
         step(model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".optimize-") as tmp:
-        save_model(model, Path(tmp) / path.name)  # reads the old weights while writing the new file
+        fused = Path(tmp) / path.name
+        save_model(model, fused)  # reads the old weights while writing the new file
         del model
+        try:
+            ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises several types for an invalid graph
+            return {"target": target, "applied": False,
+                    "note": f"fused graph rejected by ONNX Runtime, plain graph kept: {str(e).splitlines()[0][:300]}"}
         data = f"{path.name}.data"
         os.replace(Path(tmp) / data, path.parent / data)
-        os.replace(Path(tmp) / path.name, path)
+        os.replace(fused, path)
+    return {"target": target, "applied": True, "note": None}
 
 
 def op_counts(path: str | Path) -> dict[str, int]:
