@@ -89,7 +89,7 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
     default = settings().home / "onnx" / f"{ref.name}-{comp.component_name}-{comp.fingerprint()[:8]}"
     out_dir = Path(out).expanduser() if out else default
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
-        raise FileExistsError(f"--out {str(out_dir)!r} exists and is not an attnflow export directory; "
+        raise ValueError(f"--out {str(out_dir)!r} exists and is not an attnflow export directory; "
                               "choose an empty or new directory")
     return ExportPlan(model=model, model_name=ref.name, component=spec_text(comp), optimize=optimize, form=form,
                       out_dir=str(out_dir.resolve()), registered_name=registered_name(ref.name, comp.component_name),

@@ -159,3 +159,24 @@ def test_bias_form_matches_the_formula(family):
     d = patched_vs_reference(model, [zt], zt_reference(zt, 4), force="bias", decode_steps=3)
     assert d["prefill"] <= TOL and d["decode"] <= TOL and d["same_tokens"] == 1.0
     assert d["effect"] > 1e-3
+
+
+def test_sparse_biases_take_the_channel_form_under_export():
+    """Under torch.export the dispatcher has no log-sum-exp kernel: ZeroTuning's sparse bias becomes one extra
+    head-dim channel on the standard SDPA op (and the additive mask with force="bias")."""
+    model = tiny_model("llama", layers=1)
+    zt = registry.get("zerotuning").create({"gamma": "3"})
+    ids = torch.randint(3, 300, (2, 7))
+    mask = torch.ones_like(ids)
+
+    def sdpa_nodes(force):
+        with torch.no_grad(), applied(model, zt, force=force):
+            ep = torch.export.export(onnx_export.PrefillGraph(model), (ids, mask), strict=False)
+        targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+        assert not any("flash_attention_for_cpu" in t for t in targets)
+        return [n for n in ep.graph.nodes if "scaled_dot_product_attention" in str(n.target)]
+
+    (channels,) = sdpa_nodes(None)
+    assert channels.args[0].meta["val"].shape[-1] == 16 + 1  # head_dim 16 + the bias channel
+    (bias,) = sdpa_nodes("bias")
+    assert bias.args[0].meta["val"].shape[-1] == 16 and bias.args[3].meta["val"].dtype == torch.float32
