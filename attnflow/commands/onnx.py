@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export-onnx")
     def export_onnx(
         model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
-        component: str = typer.Option("baseline", help="Component name, name@version or spec (must be ONNX-exportable)."),
+        component: str = typer.Option("baseline", help="Component name, name@version or spec (ONNX-exportable)."),
         param: list[str] = typer.Option([], "--param", "-p", help="Component parameter key=value (repeatable)."),
         kv_cache: bool = typer.Option(False, "--kv-cache", help="Also export decode.onnx (past/present key-values)."),
         optimize: str = typer.Option("ort-cpu", help="ONNX Runtime fusions: none, ort-cpu or ort-gpu."),
@@ -133,5 +133,6 @@ def _torch_tokens(manifest: dict, enc: dict, max_new_tokens: int, gen: dict) -> 
     with torch.no_grad(), comp.applied(model):
         out = model.generate(input_ids=torch.from_numpy(enc["input_ids"]),
                              attention_mask=torch.from_numpy(enc["attention_mask"]), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=gen.get("eos_token_id"), pad_token_id=gen.get("pad_token_id"))
+                             do_sample=False, eos_token_id=gen.get("eos_token_id"),
+                             pad_token_id=gen.get("pad_token_id"))
     return out.tolist()

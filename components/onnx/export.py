@@ -45,11 +45,17 @@ class NotExportableError(ValueError):
 def check_exportable(patches: Sequence[Any]) -> None:
     """Refuse components that cannot be exported, before any work, naming the component and the reason."""
     for p in patches:
-        if not getattr(type(p), "onnx_exportable", False):
-            reason = getattr(type(p), "onnx_reason", "") or (
+        cls = type(p)
+        if not getattr(cls, "onnx_exportable", False):
+            reason = getattr(cls, "onnx_reason", "") or (
                 "it declares onnx_exportable = False (its attention edit has no form in standard ONNX ops)"
             )
             raise NotExportableError(f"component {p.ref} cannot be exported to ONNX: {reason}")
+        if getattr(cls, "needs_inputs", False):
+            raise NotExportableError(
+                f"component {p.ref} cannot be exported to ONNX: it reads per-batch inputs (session.set_inputs: "
+                "texts, spans) that the exported graph has no input for; the trace would bake in one example's"
+            )
 
 
 def text_config(config: Any) -> Any:

@@ -78,3 +78,17 @@ def test_failed_parity_fails_the_flow_keeps_artifacts_and_registers_nothing(pass
     assert [str(v.version) for v in versions] == [result["registered_version"]]  # nothing new registered
     # the graphs exported by the first run (same weights, component, options) were reused, not re-exported
     assert len(list((settings().cache_dir / "onnx-graphs").iterdir())) == 1
+
+
+def test_generate_cli_on_the_export_matches_pytorch_and_reports_the_provider(passed_run):
+    from typer.testing import CliRunner
+
+    from attnflow.cli import app
+
+    _, out = passed_run
+    res = CliRunner().invoke(app, ["generate", "--onnx", str(out), "--prompt", "Once upon a time", "--prompt",
+                                   "abc:001", "--max-new-tokens", "6", "--verify", "--provider", "cuda"])
+    assert res.exit_code == 0, res.output
+    assert "greedy tokens match the patched PyTorch model: yes" in res.output
+    assert "no decode.onnx in this export" in res.output  # exported without --kv-cache: said, not hidden
+    assert ("fell back to CPUExecutionProvider" in res.output) or ("running on CUDAExecutionProvider" in res.output)

@@ -75,6 +75,9 @@ def test_not_exportable_component_names_the_reason():
     Custom.onnx_reason = ""
     with pytest.raises(NotExportableError, match="declares onnx_exportable = False"):
         check_exportable([Custom()])
+    Custom.onnx_exportable, Custom.needs_inputs = True, True
+    with pytest.raises(NotExportableError, match=r"reads per-batch inputs \(session.set_inputs"):
+        check_exportable([Custom()])
 
 
 def test_gemm_becomes_matmul_exactly(tmp_path):
