@@ -25,6 +25,7 @@ def export(
     optimize: str = "ort-cpu",
     out: Optional[str] = None,
     attention_form: str = "bias",
+    opset: Optional[int] = None,
     parity_lengths: list[int] = [16, 64],  # noqa: B006
     threshold: float = 1e-4,
     benchmark: bool = True,
@@ -47,6 +48,8 @@ def export(
         out: Export directory (default ATTNFLOW_HOME/onnx/<model>-<component>-<fingerprint>).
         attention_form: How key biases enter the graph: "bias" (additive mask, fuses into GroupQueryAttention)
             or "channels" (extra head-dim channel, the PyTorch fast form).
+        opset: ONNX opset (18-23; default the exporter's, 20). 23 emits the standard Attention,
+            RotaryEmbedding and RMSNormalization ops, which the ONNX Runtime fusions leave as they are.
         parity_lengths: Sequence lengths of the parity check (fixed and random inputs, batch 2).
         threshold: Maximum allowed |logit diff| (float32); above it the run fails and nothing is registered.
         benchmark: Time ONNX Runtime against PyTorch (prefill, batch 1, 1 thread).
@@ -59,7 +62,7 @@ def export(
     """
     # 1. Validate component (exportable?), parameters, model and paths before any model is loaded.
     plan = plan_export(model, component, params, optimize, out, attention_form, parity_lengths, threshold,
-                       speed_lengths if benchmark else [], trust_remote_code)
+                       speed_lengths if benchmark else [], trust_remote_code, opset)
     # 2. Load the model.
     loaded = load_model(plan.model, trust_remote_code=trust_remote_code)
     # 3. Export the graphs with the component applied (into a work directory).

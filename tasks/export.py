@@ -57,6 +57,7 @@ class ExportPlan:
     parity_lengths: list[int]
     threshold: float
     speed_lengths: list[int]
+    opset: int | None = None
 
 
 def registered_name(model_name: str, component_name: str) -> str:
@@ -66,7 +67,8 @@ def registered_name(model_name: str, component_name: str) -> str:
 @task(cache_policy=NO_CACHE, task_run_name="validate export")
 def plan_export(model: str, component: str, params: dict[str, Any], optimize: str, out: str | None,
                 form: str = "bias", parity_lengths: list[int] | None = None, threshold: float = 1e-4,
-                speed_lengths: list[int] | None = None, trust_remote_code: bool = False) -> ExportPlan:
+                speed_lengths: list[int] | None = None, trust_remote_code: bool = False,
+                opset: int | None = None) -> ExportPlan:
     """Check everything before any model is loaded; raises with a message naming the problem."""
     spec = specs.parse(component)
     comp = resolve_refs(specs.Spec(spec.name, spec.version, {**spec.params, **params})).create("patch")
@@ -75,6 +77,8 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
         raise ValueError(f"--optimize {optimize!r} is not one of {', '.join(onnx_optimize.TARGETS)}")
     if form not in onnx_export.FORMS:
         raise ValueError(f"attention form {form!r} is not one of {', '.join(onnx_export.FORMS)}")
+    if opset is not None and not 18 <= opset <= 23:
+        raise ValueError(f"--opset {opset} is not supported: use 18 to 23 (default: the exporter's, 20)")
     if not threshold >= 0:
         raise ValueError(f"parity threshold {threshold!r} must be >= 0")
     ref = check_model(model, trust_remote_code=trust_remote_code)
@@ -93,7 +97,8 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
                               "choose an empty or new directory")
     return ExportPlan(model=model, model_name=ref.name, component=spec_text(comp), optimize=optimize, form=form,
                       out_dir=str(out_dir.resolve()), registered_name=registered_name(ref.name, comp.component_name),
-                      parity_lengths=parity_lengths, threshold=float(threshold), speed_lengths=speed_lengths)
+                      parity_lengths=parity_lengths, threshold=float(threshold), speed_lengths=speed_lengths,
+                      opset=opset)
 
 
 def _component(plan: ExportPlan) -> Any:
@@ -102,7 +107,7 @@ def _component(plan: ExportPlan) -> Any:
 
 def graphs_key(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool) -> str:
     """Same weights + same component code/params + same export code and options -> the same exported graphs."""
-    parts = [loaded.fingerprint, _component(plan).fingerprint(), kv_cache, plan.form,
+    parts = [loaded.fingerprint, _component(plan).fingerprint(), kv_cache, plan.form, plan.opset,
              hashlib.sha256(Path(onnx_export.__file__).read_bytes()).hexdigest(), _versions()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -122,7 +127,7 @@ def export_onnx(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool, reuse: bo
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
         try:
             infos = onnx_export.export_graphs(loaded.model, [_component(plan)], tmp, kv_cache=kv_cache,
-                                              form=plan.form)
+                                              form=plan.form, opset=plan.opset)
             write_json([asdict(i) for i in infos], tmp / "graphs.json")
             shutil.rmtree(cached, ignore_errors=True)
             os.replace(tmp, cached)

@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         optimize: str = typer.Option("ort-cpu", help="ONNX Runtime fusions: none, ort-cpu or ort-gpu."),
         out: Optional[str] = typer.Option(None, help="Export directory (default ATTNFLOW_HOME/onnx/...)."),
         attention_form: str = typer.Option("bias", help="Key biases as an additive mask (bias) or extra channels."),
+        opset: Optional[int] = typer.Option(None, help="ONNX opset, 18-23 (default 20; 23 = standard Attention op)."),
         parity_lengths: str = typer.Option("16,64", help="Comma-separated sequence lengths of the parity check."),
         threshold: float = typer.Option(1e-4, help="Maximum |logit diff| vs PyTorch (float32)."),
         benchmark: bool = typer.Option(True, "--benchmark/--no-benchmark", help="Time ONNX Runtime vs PyTorch."),
@@ -37,16 +38,16 @@ def register(app: typer.Typer) -> None:
             lengths = _ints(parity_lengths, "--parity-lengths")
             speeds = _ints(speed_lengths, "--speed-lengths") if benchmark else []
             plan_export.fn(model, component, params, optimize, out, attention_form, lengths, threshold, speeds,
-                           trust_remote_code)
+                           trust_remote_code, opset)
             return params, lengths, speeds
 
         params, lengths, speeds = guarded(prepare)
         from flows.export import export as flow
 
         result = run_flow(flow, model=model, component=component, params=params, kv_cache=kv_cache,
-                          optimize=optimize, out=out, attention_form=attention_form, parity_lengths=lengths,
-                          threshold=threshold, benchmark=benchmark, speed_lengths=speeds or [128],
-                          register=register_model, reuse_export=reuse_export, experiment=experiment,
+                          optimize=optimize, out=out, attention_form=attention_form, opset=opset,
+                          parity_lengths=lengths, threshold=threshold, benchmark=benchmark,
+                          speed_lengths=speeds or [128], register=register_model, reuse_export=reuse_export, experiment=experiment,
                           trust_remote_code=trust_remote_code)
         manifest = result["manifest"]
         typer.echo(f"exported to {result['out_dir']}")

@@ -25,6 +25,7 @@ runner = CliRunner()
         (["--parity-lengths", "1,64"], "parity length(s) [1] outside [2, 512]"),
         (["--parity-lengths", "a"], "--parity-lengths 'a': expected comma-separated integers"),
         (["--threshold", "-1"], "parity threshold -1.0 must be >= 0"),
+        (["--opset", "13"], "--opset 13 is not supported: use 18 to 23"),
     ],
 )
 def test_export_bad_input_fails_fast(args, message, tiny_llama_dir):
