@@ -103,9 +103,9 @@ def register(app: typer.Typer) -> None:
         ids = lm.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
                           temperature=temperature, top_k=top_k, seed=seed, eos_token_id=gen.get("eos_token_id"),
                           pad_token_id=gen.get("pad_token_id"))
-        width = enc["input_ids"].shape[1]
-        for i, p in enumerate(prompt):
-            typer.echo(f"[{i}] {p}{tokenizer.decode(ids[i, width:], skip_special_tokens=True)}")
+        for i in range(len(prompt)):  # the prompt and its continuation, left padding dropped
+            first = int(enc["attention_mask"][i].argmax())
+            typer.echo(f"[{i}] {tokenizer.decode(ids[i, first:], skip_special_tokens=True)}")
         if verify:
             if sample:
                 fail("--verify compares greedy decoding; drop --sample")
