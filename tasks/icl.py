@@ -86,10 +86,10 @@ def lsa_figures(points: list[dict[str, Any]]) -> dict[str, bytes]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     figs["error_vs_length"] = sp.png(fig)
-    cells = [[("u·U11 (trained)", p["eval"]["u_U11"]), ("Γ⁻¹ (theory)", p["eval"]["gamma_inv"]),
+    cells = [[(f"{p['label']}\nu·U11 (trained)", p["eval"]["u_U11"]), ("Γ⁻¹ (theory)", p["eval"]["gamma_inv"]),
               ("W^PV", p["train"]["w_pv"]), ("W^KQ", p["train"]["w_kq"])] for p in points]
-    figs["weights"] = sp.png(sp.heatmap_grid(cells, "LSA weights after training: only u = W^PV[d,d] and "
-                                             "U11 = W^KQ[:d,:d] move; u·U11 = Γ⁻¹", [p["label"] for p in points]))
+    figs["weights"] = sp.png(sp.heatmap_grid(cells, "LSA weights: only u = W^PV[d,d] and U11 = W^KQ[:d,:d] move; "
+                                             "u·U11 = Γ⁻¹", scale=2.4))
     fig, ax = sp.panels(1, size=(max(6.0, 1.2 * len(points[0]["eval"]["shifts"]) * 1.4), 3.8))
     ax = ax[0]
     shifts = [r["shift"] for r in points[0]["eval"]["shifts"]]
@@ -188,13 +188,12 @@ def softmax_report(points: list[dict[str, Any]], checks: list[dict[str, Any]]) -
 def softmax_figures(points: list[dict[str, Any]]) -> dict[str, bytes]:
     """KQ / OV heatmaps per head, ω_h and μ_h dynamics, MSE by prompt length vs baselines, training loss."""
     figs: dict[str, bytes] = {}
-    labels = [p["label"] for p in points]
     figs["kq_heatmaps"] = sp.png(sp.heatmap_grid(
-        [[(f"KQ head {h}", kq) for h, kq in enumerate(p["eval"]["kq"])] for p in points],
-        "KQ_h = K_hᵀQ_h/√(d+1): the x-block becomes ω_h·I", labels))
-    figs["ov_heatmaps"] = sp.png(sp.heatmap_grid(
-        [[("OV_h (rows: heads × outputs)", [row for head in p["eval"]["ov"] for row in head])] for p in points],
-        "OV_h = O_h V_h: only the last (y) entry μ_h is non-zero, Σ_h μ_h ≈ 0", labels, scale=2.6))
+        [[(f"{p['label']}: KQ head {h}", kq) for h, kq in enumerate(p["eval"]["kq"])] for p in points],
+        "KQ_h = K_hᵀQ_h/√(d+1): the x-block becomes ω_h·I", scale=2.4))
+    ov = [(f"{p['label']}: OV (row = head)", [row for head in p["eval"]["ov"] for row in head]) for p in points]
+    figs["ov_heatmaps"] = sp.png(sp.heatmap_grid([ov[i:i + 3] for i in range(0, len(ov), 3)],
+                                                 "OV_h = O_h V_h: only the y entry μ_h, Σ_h μ_h ≈ 0", scale=2.4))
     fig, axes = sp.panels(2 * len(points), ncols=2, size=(4.6, 2.8))
     for i, p in enumerate(points):
         snaps = p["train"]["snapshots"]

@@ -33,8 +33,7 @@ def panels(n: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)) -> tu
     return fig, flat[:n]
 
 
-def heatmap_grid(cells: Sequence[Sequence[tuple[str, Any]]], title: str, row_labels: Sequence[str] = (),
-                 scale: float = 2.0) -> plt.Figure:
+def heatmap_grid(cells: Sequence[Sequence[tuple[str, Any]]], title: str, scale: float = 2.0) -> plt.Figure:
     """Rows of (title, matrix) heatmaps on a diverging map centred at 0, each cell with its own colour bar."""
     nrows, ncols = len(cells), max(len(r) for r in cells)
     fig, axes = plt.subplots(nrows, ncols, figsize=(scale * 1.35 * ncols, scale * nrows + 0.4), squeeze=False)
@@ -53,8 +52,6 @@ def heatmap_grid(cells: Sequence[Sequence[tuple[str, Any]]], title: str, row_lab
             ax.set_yticks(range(m.shape[0]))
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-            if j == 0 and i < len(row_labels):
-                ax.set_ylabel(row_labels[i], fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
 
