@@ -14,7 +14,7 @@ from prefect import flow
 
 from tasks.homeostasis import (STUDY, check_dataset, check_methods, dataset_file, homeostasis_figures,
                                homeostasis_report, submit_sweep)
-from tasks.studies import collect_points, log_study, plan_sweep, study_verdict, worker_pool
+from tasks.studies import collect_points, plan_sweep, publish_report, study_verdict, worker_pool
 from tasks.tracking import publish_components
 
 
@@ -76,12 +76,8 @@ def homeostasis(
     # 4. Check the paper's claims (paired over seeds, 95% intervals).
     checks = study_verdict(STUDY, points)
     # 5. Report: verdict, accuracy table, figures and one child run per point in MLflow.
-    report = homeostasis_report(points, checks, data)
-    run_id = log_study(experiment, "homeostasis", STUDY, report, checks, homeostasis_figures(points), points,
-                       versions)
-    print(f"\n{report['markdown']}\n\nMLflow run: {run_id} (experiment '{experiment}')")
-    return {"run_id": run_id, "experiment": experiment, "checks": checks,
-            "passed": sum(c["passed"] for c in checks), "total": len(checks)}
+    return publish_report(experiment, "homeostasis", STUDY, homeostasis_report(points, checks, data), checks,
+                          homeostasis_figures(points), points, versions)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from tasks.icl import lsa_figures, lsa_report, plan_lsa_evaluation
-from tasks.studies import collect_points, log_study, plan_sweep, study_verdict, submit_point, worker_pool
+from tasks.studies import plan_sweep, publish_report, study_verdict, train_and_evaluate
 from tasks.tracking import publish_components
 
 STUDY = "lsa_icl"
@@ -26,7 +26,7 @@ def icl_linear(
     spread: float = 2.0,
     sigma: float = 0.1,
     lr: float = 0.05,
-    steps: int = 1500,
+    steps: int = 1000,
     batch: int = 4096,
     seed: int = 0,
     test_lengths: list[int] = [5, 10, 20, 40, 80, 160],  # noqa: B006
@@ -61,18 +61,12 @@ def icl_linear(
     # 2. Publish the study's version to the MLflow component registry.
     versions = publish_components([STUDY])
     # 3. Train, then evaluate, every configuration: one cached task per point, on `workers` processes.
-    with worker_pool(workers):
-        trained = [submit_point(STUDY, c, "train") for c in configs]
-        evaluated = [submit_point(STUDY, c, "evaluate", {"trained": t, **evaluation}) for c, t in zip(configs, trained)]
-        points = collect_points(STUDY, configs, {"train": trained, "eval": evaluated})
+    points = train_and_evaluate(STUDY, configs, evaluation, workers)
     # 4. Check the paper's claims on the whole sweep.
     checks = study_verdict(STUDY, points)
     # 5. Report: verdict, tables, figures and one child run per configuration in MLflow.
-    report = lsa_report(points, checks)
-    run_id = log_study(experiment, "icl-linear", STUDY, report, checks, lsa_figures(points), points, versions)
-    print(f"\n{report['markdown']}\n\nMLflow run: {run_id} (experiment '{experiment}')")
-    return {"run_id": run_id, "experiment": experiment, "checks": checks,
-            "passed": sum(c["passed"] for c in checks), "total": len(checks)}
+    return publish_report(experiment, "icl-linear", STUDY, lsa_report(points, checks), checks, lsa_figures(points),
+                          points, versions)
 
 
 if __name__ == "__main__":

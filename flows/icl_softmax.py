@@ -14,7 +14,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from tasks.icl import STUDY, plan_softmax, plan_softmax_evaluation, softmax_figures, softmax_report
-from tasks.studies import collect_points, log_study, study_verdict, submit_point, worker_pool
+from tasks.studies import publish_report, study_verdict, train_and_evaluate
 from tasks.tracking import publish_components
 
 
@@ -70,19 +70,12 @@ def icl_softmax_heads(
     # 2. Publish the study's version to the MLflow component registry.
     versions = publish_components([STUDY])
     # 3. Train, then evaluate, every model: one cached task per point, on `workers` processes.
-    with worker_pool(workers):
-        trained = [submit_point(STUDY, c, "train") for c in configs]
-        evaluated = [submit_point(STUDY, c, "evaluate", {"trained": t, **evaluation}) for c, t in zip(configs, trained)]
-        points = collect_points(STUDY, configs, {"train": trained, "eval": evaluated})
+    points = train_and_evaluate(STUDY, configs, evaluation, workers)
     # 4. Check the paper's claims on the whole sweep.
     checks = study_verdict(STUDY, points)
     # 5. Report: verdict, tables, figures and one child run per model in MLflow.
-    report = softmax_report(points, checks)
-    run_id = log_study(experiment, "icl-softmax-heads", STUDY, report, checks, softmax_figures(points), points,
-                       versions)
-    print(f"\n{report['markdown']}\n\nMLflow run: {run_id} (experiment '{experiment}')")
-    return {"run_id": run_id, "experiment": experiment, "checks": checks,
-            "passed": sum(c["passed"] for c in checks), "total": len(checks)}
+    return publish_report(experiment, "icl-softmax-heads", STUDY, softmax_report(points, checks), checks,
+                          softmax_figures(points), points, versions)
 
 
 if __name__ == "__main__":

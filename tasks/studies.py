@@ -51,7 +51,8 @@ def study_point(study: str, params: dict[str, Any], action: str, inputs: dict[st
     return _pool.submit(cls.__module__, cls.__qualname__, params, action, inputs)
 
 
-def submit_point(study: str, config: dict[str, Any], action: str, inputs: dict[str, Any] | None = None) -> PrefectFuture:
+def submit_point(study: str, config: dict[str, Any], action: str,
+                 inputs: dict[str, Any] | None = None) -> PrefectFuture:
     """Submit :func:`study_point` for a planned config (futures inside ``inputs`` are resolved before it runs)."""
     info = registry.get(study, family="study")
     return study_point.submit(info.ref, config["params"], action, inputs or {}, config["label"],
@@ -62,6 +63,16 @@ def submit_point(study: str, config: dict[str, Any], action: str, inputs: dict[s
 def collect_points(study: str, configs: list[dict[str, Any]], results: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Waits for every point: ``[{"label", "params", <result name>: result, ...}]`` in plan order."""
     return [{**config, **{name: values[i] for name, values in results.items()}} for i, config in enumerate(configs)]
+
+
+def train_and_evaluate(study: str, configs: list[dict[str, Any]], evaluation: dict[str, Any],
+                       workers: int) -> list[dict[str, Any]]:
+    """Train every config, then evaluate its weights with ``evaluation``: one cached task per point and action,
+    on ``workers`` processes. Returns ``[{"label", "params", "train", "eval"}]``."""
+    with worker_pool(workers):
+        trained = [submit_point(study, c, "train") for c in configs]
+        evaluated = [submit_point(study, c, "evaluate", {"trained": t, **evaluation}) for c, t in zip(configs, trained)]
+        return collect_points(study, configs, {"train": trained, "eval": evaluated})
 
 
 @task(cache_policy=NO_CACHE, task_run_name="verdict {study}")
@@ -93,7 +104,8 @@ def log_study(experiment: str, run_name: str, study: str, report: dict[str, Any]
     tags = {**_flow_tags(), "attnflow.kind": "study", "attnflow.component": info.name,
             "attnflow.component_version": info.version, "attnflow.paper": info.paper or "",
             "attnflow.code_fingerprint": registry.code_fingerprint(info.cls),
-            "attnflow.registry_version": versions.get(info.ref, ""), "attnflow.verdict": f"{passed}/{len(checks)} passed",
+            "attnflow.registry_version": versions.get(info.ref, ""),
+            "attnflow.verdict": f"{passed}/{len(checks)} passed",
             **{f"verdict.{ch['name']}": "pass" if ch["passed"] else "fail" for ch in checks}}
     run = c.create_run(experiment_id(experiment), run_name=run_name, tags=tags)
     rid = run.info.run_id
@@ -119,6 +131,15 @@ def log_study(experiment: str, run_name: str, study: str, report: dict[str, Any]
         _log_point(c, experiment, rid, info, point)
     c.set_terminated(rid)
     return rid
+
+
+def publish_report(experiment: str, run_name: str, study: str, report: dict[str, Any], checks: list[dict[str, Any]],
+                   figures: dict[str, bytes], points: list[dict[str, Any]], versions: dict[str, str]) -> dict[str, Any]:
+    """Log the report (:func:`log_study`), print it, and return the flow's result."""
+    run_id = log_study(experiment, run_name, study, report, checks, figures, points, versions)
+    print(f"\n{report['markdown']}\n\nMLflow run: {run_id} (experiment '{experiment}')")
+    return {"run_id": run_id, "experiment": experiment, "checks": checks,
+            "passed": sum(c["passed"] for c in checks), "total": len(checks)}
 
 
 def _log_point(c: Any, experiment: str, parent: str, info: registry.ComponentInfo, point: dict[str, Any]) -> None:

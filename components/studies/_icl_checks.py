@@ -105,7 +105,8 @@ def verdict(points: list[dict[str, Any]]) -> list[Check]:
         mixed = all(min(h["omega"] for h in _active(p["eval"]["heads"])) < 0
                     < max(h["omega"] for h in _active(p["eval"]["heads"])) for p in multi)
         checks.append(Check("omega_both_signs", "ω_h takes both signs across heads (H >= 2)", mixed, float(mixed),
-                            "active heads have ω of both signs in every H >= 2 model", ", ".join(p["label"] for p in multi)))
+                            "active heads have ω of both signs in every H >= 2 model",
+                            ", ".join(p["label"] for p in multi)))
     if 2 in by_h:
         two = by_h[2]
         gap = abs(_mse(two) - _mse(two, key="dgd")) / _mse(two, key="dgd")

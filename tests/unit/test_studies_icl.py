@@ -76,8 +76,9 @@ def test_shift_parsing_and_validation():
 
 def _lsa_point(gap=0.01, other=0.01, ratio=1.0, cov=5.0):
     lengths = [{"m": 10, "error": 1.0, "theory": 1.02}]
-    shifts = [{"shift": "none", "relative_error": 0.2}, {"shift": "task", "relative_error": 0.2 * ratio},
-              {"shift": "covariate:2", "relative_error": 0.2 * cov}]
+    shifts = [{"shift": "none", "relative_error": 0.2, "theory": 0.2},
+              {"shift": "task", "relative_error": 0.2 * ratio, "theory": 0.2},
+              {"shift": "covariate:2", "relative_error": 0.2 * cov, "theory": 1.0}]
     return {"label": "x", "params": {}, "eval": {"gap": gap, "other_pv": other, "other_kq": 0.0,
                                                  "lengths": lengths, "shifts": shifts}}
 
@@ -85,10 +86,12 @@ def _lsa_point(gap=0.01, other=0.01, ratio=1.0, cov=5.0):
 def test_lsa_verdict_passes_and_fails_on_the_numbers():
     ok = {c.name: c.passed for c in LSAICL.verdict([_lsa_point()])}
     assert ok == {"converges_to_gamma_inv": True, "only_u_and_U11_move": True, "error_follows_theory": True,
-                  "task_shift_tolerated": True, "covariate_shift_not_tolerated": True}
+                  "task_shift_tolerated": True, "covariate_shift_not_tolerated": True,
+                  "shift_table_follows_theory": True}
     bad = {c.name: c.passed for c in LSAICL.verdict([_lsa_point(), _lsa_point(gap=0.05, ratio=1.6, cov=1.2)])}
     assert not bad["converges_to_gamma_inv"] and not bad["task_shift_tolerated"]
-    assert not bad["covariate_shift_not_tolerated"] and bad["only_u_and_U11_move"]
+    assert not bad["covariate_shift_not_tolerated"] and not bad["shift_table_follows_theory"]
+    assert bad["only_u_and_U11_move"]
 
 
 # -- softmax_icl --------------------------------------------------------------------------------------------
