@@ -38,8 +38,10 @@ def homeostasis(
     workers: int = 2,
     experiment: str = "homeostasis",
 ) -> dict[str, Any]:
-    """Classifiers with constant (LRC), random (LRR) and homeostatic (LRH) learning rates, and LRC at LRR's mean
-    η, on a label-swap concept-shift stream; validation accuracy vs shift rate with 95% CIs over seeds.
+    """Constant, random and homeostatic learning rates under label-swap concept shift, with 95% CIs over seeds.
+
+    Classifiers with constant (LRC), random (LRR) and homeostatic (LRH) learning rates, and LRC at LRR's mean η,
+    on a label-swap concept-shift stream; validation accuracy vs shift rate, one verdict per claim.
 
     Args:
         methods: Learning-rate regulations: lrc, lrr, lrh, lrc_matched (needs lrr).

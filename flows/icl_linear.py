@@ -35,7 +35,9 @@ def icl_linear(
     workers: int = 2,
     experiment: str = "icl-linear",
 ) -> dict[str, Any]:
-    """Train LSA on linear-regression prompts and test the paper's claims: u·U11 -> Γ⁻¹, error(M) on the theory
+    """Linear self-attention on in-context regression: u·U11 -> Γ⁻¹, error vs prompt length, shift table.
+
+    Trains LSA on linear-regression prompts and tests the paper's claims: u·U11 -> Γ⁻¹, error(M) on the theory
     curve, task / query shifts tolerated and covariate shifts not.
 
     Args:

@@ -39,7 +39,9 @@ def icl_softmax_heads(
     workers: int = 2,
     experiment: str = "icl-softmax-heads",
 ) -> dict[str, Any]:
-    """Train multi-head softmax (and linear) attention on regression prompts and test the paper's claims:
+    """Multi-head softmax vs linear attention on in-context regression: circuits, debiased GD, prompt length.
+
+    Trains multi-head softmax (and linear) attention on regression prompts and tests the paper's claims:
     KQ = ω_h·I, OV last-entry-only with Σμ ≈ 0, two heads ≈ debiased GD, length generalisation.
 
     Args:

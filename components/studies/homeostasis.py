@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from components.base import ParamError, check_range
-from components.studies._utils import Check, Study, check_positive_ints, mean_ci, one_thread, subsample
+from components.studies._utils import Check, Study, check_positive_ints, one_thread, subsample
 from registry import register
 
 METHODS = ("lrc", "lrr", "lrh", "lrc_matched")
@@ -216,49 +216,10 @@ class Homeostasis(Study):
         acc = (_forward(tw, tb, x[recent][:, None], probs=False)[-1].argmax(-1) == labels[:, None]).mean(-1)  # (S, 2)
         return acc[:, 1] > acc[:, 0]
 
-    # -- claims ---------------------------------------------------------------------------------------------
+    # -- claims (components/studies/_claims.py: outside the code fingerprint) ---------------------------------
     @classmethod
     def verdict(cls, points: list[dict[str, Any]]) -> list[Check]:
         """points: [{"params", "result"}]; paired over seeds (LRH − LRC etc. per seed), 95% t-intervals."""
-        acc = {(p["params"]["method"], p["params"]["swaps_per_epoch"]): dict(zip(p["result"]["seeds"],
-                                                                              p["result"]["mean_val_acc"]))
-               for p in points}
-        rates = sorted({r for _, r in acc if r > 0})
+        from components.studies import _claims
 
-        def diff(a: str, b: str, r: int) -> tuple[float, float, int] | None:
-            if (a, r) not in acc or (b, r) not in acc:
-                return None
-            common = sorted(set(acc[(a, r)]) & set(acc[(b, r)]))
-            mean, half = mean_ci([acc[(a, r)][s] - acc[(b, r)][s] for s in common])
-            return mean, half, len(common)
-
-        def above(t: tuple[float, float, int]) -> bool:
-            return t[0] - (t[1] if np.isfinite(t[1]) else 0.0) > 0
-
-        def fmt(t: tuple[float, float, int]) -> str:
-            return f"{t[0]:+.3f} ± {t[1]:.3f} (n={t[2]})"
-
-        checks = []
-        for other, claim in (("lrc", "constant"), ("lrr", "random")):
-            diffs = {r: diff("lrh", other, r) for r in rates}
-            diffs = {r: t for r, t in diffs.items() if t is not None}
-            for r, t in diffs.items():
-                checks.append(Check(f"lrh_beats_{other}_at_{r}", f"LRH is more accurate than {claim} LR at "
-                                    f"{r} swaps/epoch", above(t), t[0], "paired mean difference − 95% CI > 0",
-                                    fmt(t)))
-            if len(diffs) >= 2 and other == "lrc":
-                top = max(diffs, key=lambda r: diffs[r][0])
-                checks.append(Check("advantage_largest_at_highest_rate", "LRH's advantage over LRC is largest at "
-                                    "the highest shift rate", top == max(diffs), float(top),
-                                    "argmax over shift rates of mean(LRH − LRC) = the highest rate",
-                                    ", ".join(f"{r}: {t[0]:+.3f}" for r, t in diffs.items())))
-        control = {r: diff("lrr", "lrc_matched", r) for r in rates}
-        control = {r: t for r, t in control.items() if t is not None}
-        if control:
-            inside = all(abs(t[0]) <= (t[1] if np.isfinite(t[1]) else 0.0) for t in control.values())
-            worst = max(control.values(), key=lambda t: abs(t[0]))
-            checks.append(Check("lrr_gain_is_larger_eta", "control: LRC at LRR's mean η matches LRR (LRR's gain "
-                                "is a bigger η, not regulation)", inside, worst[0],
-                                "95% CI of mean(LRR − LRC-matched) contains 0 at every shift rate",
-                                ", ".join(f"{r}: {fmt(t)}" for r, t in control.items())))
-        return checks
+        return _claims.homeostasis(points)

@@ -252,46 +252,14 @@ class LSAICL(Study):
         w_hat = (torch.linalg.pinv(x[:, :-1].double()) @ y[:, :-1, None].double()).squeeze(-1)  # (B, d)
         return float(torch.einsum("bd,bd->b", x[:, -1].double(), w_hat - w.double()).pow(2).mean())
 
-    # -- claims ---------------------------------------------------------------------------------------------
+    # -- claims (components/studies/_claims.py: outside the code fingerprint, so editing a check reuses the
+    # cached sweep points) --------------------------------------------------------------------------------------
     @classmethod
     def verdict(cls, points: list[dict[str, Any]]) -> list[Check]:
         """points: [{"label", "params", "train", "eval"}]; every claim must hold for every configuration."""
-        def worst(fn):
-            return max(((fn(p), p["label"]) for p in points), key=lambda t: t[0])
+        from components.studies import _claims
 
-        gap, at = worst(lambda p: p["eval"]["gap"])
-        other, o_at = worst(lambda p: max(p["eval"]["other_pv"], p["eval"]["other_kq"]))
-        dev, d_at = worst(lambda p: max(abs(r["error"] - r["theory"]) / r["theory"] for r in p["eval"]["lengths"]))
-        checks = [
-            Check("converges_to_gamma_inv", "gradient flow reaches u·U11 = Γ⁻¹", gap < 0.02, gap,
-                  "‖u·U11 − Γ⁻¹‖_F / ‖Γ⁻¹‖_F < 0.02 in every configuration", f"worst: {at}"),
-            Check("only_u_and_U11_move", "only u and U11 move during training", other < 0.05, other,
-                  "other entries / largest entry of their matrix < 0.05", f"worst: {o_at}"),
-            Check("error_follows_theory", "prediction error vs prompt length M follows the theory curve",
-                  dev < 0.1, dev, "max over M of |measured − theory| / theory < 0.1", f"worst: {d_at}"),
-        ]
-        ratios: dict[str, list[tuple[float, str]]] = {}
-        for p in points:
-            rows = {r["shift"]: r["relative_error"] for r in p["eval"]["shifts"]}
-            for shift, value in rows.items():
-                if shift != "none":
-                    ratios.setdefault(parse_shift(shift)[0], []).append((value / rows["none"], f"{p['label']} {shift}"))
-        for kind in ("task", "query"):
-            if kind in ratios:
-                r, where = max(ratios[kind], key=lambda t: abs(math.log(t[0])))
-                checks.append(Check(f"{kind}_shift_tolerated", f"{kind} shift is tolerated", 0.8 <= r <= 1.25, r,
-                                    "relative error / in-distribution relative error in [0.8, 1.25]", where))
-        if "covariate" in ratios:
-            r, where = min(ratios["covariate"], key=lambda t: t[0])
-            checks.append(Check("covariate_shift_not_tolerated", "covariate shift of the prompt is not tolerated",
-                                r >= 1.5, r, "relative error / in-distribution relative error >= 1.5 for every "
-                                "covariate scale", f"smallest: {where}"))
-        dev, where = worst(lambda p: max(abs(r["relative_error"] - r["theory"]) / r["theory"]
-                                         for r in p["eval"]["shifts"]))
-        checks.append(Check("shift_table_follows_theory", "relative errors under shift follow ŷ → x_qᵀΓ⁻¹Ŝ'w",
-                            dev < 0.1, dev, "max over shifts of |measured − theory| / theory < 0.1", f"worst: {where}"))
-        return checks
-
+        return _claims.lsa_icl(points)
 
 def _gap(w_pv: torch.Tensor, w_kq: torch.Tensor, gamma_inv: torch.Tensor) -> float:
     d = gamma_inv.shape[0]

@@ -97,7 +97,7 @@ class SoftmaxICL(Study):
 
     actions: ClassVar[tuple[str, ...]] = ("train", "evaluate")
     example: ClassVar[dict[str, str]] = {"heads": "2", "context": "10", "steps": "20", "batch": "32"}
-    fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.studies._icl_checks",)
+    fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.studies._icl_checks",)  # patterns, baselines
 
     def __post_init__(self) -> None:
         check_range("softmax_icl.d", self.d, 1, 64)
@@ -237,8 +237,10 @@ class SoftmaxICL(Study):
         out["lengths"] = rows
         return out
 
-    # -- claims ---------------------------------------------------------------------------------------------
+    # -- claims (components/studies/_claims.py: outside the code fingerprint) ---------------------------------
     @classmethod
     def verdict(cls, points: list[dict[str, Any]]) -> list[Check]:
         """points: [{"label", "params", "train", "eval"}] of one sweep (configs missing from it are skipped)."""
-        return _icl_checks.verdict(points)
+        from components.studies import _claims
+
+        return _claims.softmax_icl(points)
