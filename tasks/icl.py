@@ -188,7 +188,8 @@ def softmax_figures(points: list[dict[str, Any]]) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     figs["kq_heatmaps"] = sp.png(sp.heatmap_grid(
         [[(f"{p['label']}: KQ head {h}", kq) for h, kq in enumerate(p["eval"]["kq"])] for p in points],
-        "KQ_h = K_hᵀQ_h/√(d+1): the x-block becomes ω_h·I", scale=2.4))
+        "KQ_h = K_hᵀQ_h/√(d+1): the x-block becomes ω_h·I (the last column meets the query's zero label: "
+        "never trained)", scale=2.4))
     ov = [(f"{p['label']}: OV (row = head)", [row for head in p["eval"]["ov"] for row in head]) for p in points]
     figs["ov_heatmaps"] = sp.png(sp.heatmap_grid([ov[i:i + 3] for i in range(0, len(ov), 3)],
                                                  "OV_h = O_h V_h: only the y entry μ_h, Σ_h μ_h ≈ 0", scale=2.4))

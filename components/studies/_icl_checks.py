@@ -14,7 +14,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def head_patterns(study: Any, kq: torch.Tensor, ov: torch.Tensor) -> list[dict[str, Any]]:
-    """Per head: ω (mean of the x-block diagonal of KQ), its spread, the largest off-diagonal and y-row/column
+    """Per head: ω (mean of the x-block diagonal of KQ), its spread, the largest off-diagonal and y-row
     entries, μ (the OV entry reading y_k for output k), the largest x-part of OV, and the cosine of the
     sign-normalised x-block with I and with Σ⁻¹."""
     d = study.d
@@ -30,7 +30,8 @@ def head_patterns(study: Any, kq: torch.Tensor, ov: torch.Tensor) -> list[dict[s
         cross = [float(ov[h, k, d + j]) for k in range(ov.shape[1]) for j in range(ov.shape[1]) if j != k]
         rows.append({
             "head": h, "omega": omega, "spread": float(diag.std()) if d > 1 else 0.0, "offdiag": float(off),
-            "y_entries": float(max(kq[h, d:, :].abs().max(), kq[h, :, d:].abs().max())),
+            "y_row": float(kq[h, d:, :d].abs().max()),  # context labels x query features (the query's own
+            # label entries, column d on, multiply zeros and are never trained)
             "mu": mu, "ov_x": float(ov[h, :, :d].abs().max()), "ov_cross": max(map(abs, cross), default=0.0),
             "cos_identity": _cos(signed, torch.eye(d)), "cos_sigma_inv": _cos(signed, sigma_inv),
         })
