@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 import registry
 from components.base import ParamError
 from tasks import _pool
-from tasks.tracking import RETRY, _flow_tags, client, experiment_id, metric_key
+from tasks.tracking import RETRY, client, experiment_id, metric_key, start_run
 
 worker_pool = _pool.worker_pool
 
@@ -101,21 +101,19 @@ def log_study(experiment: str, run_name: str, study: str, report: dict[str, Any]
     c = client()
     info = registry.get(study, family="study")
     passed = sum(ch["passed"] for ch in checks)
-    tags = {**_flow_tags(), "attnflow.kind": "study", "attnflow.component": info.name,
+    tags = {"attnflow.kind": "study", "attnflow.component": info.name,
             "attnflow.component_version": info.version, "attnflow.paper": info.paper or "",
             "attnflow.code_fingerprint": registry.code_fingerprint(info.cls),
             "attnflow.registry_version": versions.get(info.ref, ""),
             "attnflow.verdict": f"{passed}/{len(checks)} passed",
             **{f"verdict.{ch['name']}": "pass" if ch["passed"] else "fail" for ch in checks}}
-    run = c.create_run(experiment_id(experiment), run_name=run_name, tags=tags)
-    rid = run.info.run_id
+    rid = start_run.fn(experiment, run_name, tags, dict(flow_run.parameters or {}))
     values = {**{f"check/{ch['name']}": float(ch["passed"]) for ch in checks},
               **{f"check_value/{ch['name']}": float(ch["value"]) for ch in checks}, **report["metrics"],
               "checks_passed": float(passed), "checks_total": float(len(checks))}
     metrics = [Metric(metric_key(k), float(v), 0, 0) for k, v in values.items() if _finite(v)]
-    params = [Param(k, str(v)[:6000]) for k, v in (flow_run.parameters or {}).items()]
-    for lo in range(0, max(len(metrics), 1), 1000):
-        c.log_batch(rid, metrics=metrics[lo:lo + 1000], params=params if lo == 0 else [])
+    for lo in range(0, len(metrics), 1000):
+        c.log_batch(rid, metrics=metrics[lo:lo + 1000])
     c.log_text(rid, report["markdown"], "verdict.md")
     c.log_dict(rid, checks, "verdict.json")
     with tempfile.TemporaryDirectory() as tmp:
