@@ -79,9 +79,10 @@ def _haystack_words(source: str, max_words: int = 200_000) -> tuple[str, ...]:
 
 
 def haystack(source: str, rng: random.Random, n_words: int) -> list[str]:
-    """``n_words`` words of filler: generated stories, or a window of a text source starting at a sentence."""
+    """About ``n_words`` words of filler: whole generated sentences, or a window of a text source starting at a
+    sentence."""
     if source == "builtin:stories":
-        return _text.filler(rng, n_words).split(" ")[:n_words] if n_words else []
+        return _text.filler(rng, n_words).split(" ") if n_words else []  # whole sentences, >= n_words words
     words = _haystack_words(source)
     if len(words) < n_words:
         raise data_sources.DataSourceError(f"haystack {source!r} has {len(words)} words, fewer than {n_words}")
@@ -94,7 +95,7 @@ def haystack(source: str, rng: random.Random, n_words: int) -> list[str]:
 def insert_needle(words: list[str], needle: str, depth: float) -> tuple[str, int]:
     """Context with the needle at ``depth`` (moved back to a sentence end); returns (context, needle offset)."""
     cut = round(depth * len(words))
-    while 0 < cut < len(words) and not words[cut - 1].endswith(_SENTENCE_END):
+    while cut > 0 and not words[cut - 1].endswith(_SENTENCE_END):
         cut -= 1
     before, after = " ".join(words[:cut]), " ".join(words[cut:])
     prefix = before + " " if before else ""

@@ -96,18 +96,20 @@ class HeadPatternOverride(AttentionPatch):
 
     def plan(self, call: CallInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(qi (B,) query index in this call, ok (B,) bool, target (B, S) float32 rows summing to 1 where ok)."""
-        first = call.first_real()  # (B,) key index of the first real token
+        am = call.attention_mask_2d  # (B, total) 1 = real token; the key index of column c is c - key_offset
+        first = ((am != 0).int().argmax(-1).to(call.device) - call.key_offset if am is not None
+                 else torch.zeros(call.batch, dtype=torch.long, device=call.device))  # (B,) < 0: evicted by a window
         last = call.last_real_query()  # (B,) query index of the newest real token
         if self.query_pos >= 0:
             qi = first + self.query_pos - call.past_len
         else:
             qi = last + 1 + self.query_pos
-        ok = (qi >= 0) & (qi < call.q_len) & (qi + call.past_len >= first) & (first >= 0)
+        ok = (qi >= 0) & (qi < call.q_len) & (qi + call.past_len >= first)
         vis = self._visible(call, qi) & ok[:, None]  # (B, S)
         qkey = qi + call.past_len  # (B,) key index of the query itself
         if self.target == "first":
             tgt = torch.zeros(call.batch, call.kv_len, device=call.device)
-            tgt.scatter_(1, first.clamp(min=0)[:, None], 1.0)
+            tgt.scatter_(1, first.clamp(0, call.kv_len - 1)[:, None], (first >= 0).float()[:, None])
         elif self.target == "uniform":
             tgt = torch.ones(call.batch, call.kv_len, device=call.device)
         elif self.target == "positions":
