@@ -114,9 +114,10 @@ def attention_maps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     """One forward through the attnflow dispatcher with materialised probabilities.
 
     Returns (model outputs, per-layer probabilities (B, H, T, S)). Patches applied by an enclosing ``applied``
-    scope act on the probabilities as usual.
+    scope act on the probabilities as usual. ``force="materialize"``: some models (GPT-2) do not pass
+    ``output_attentions`` on to the attention function, so the dispatcher cannot see the request.
     """
-    with applied(model):
+    with applied(model, force="materialize"):
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, **kwargs)
     if not out.attentions:
         raise RuntimeError(f"{type(model).__name__} returned no attention probabilities")

@@ -9,6 +9,7 @@ import registry
 from components.attention.session import applied
 from tests.helpers.compare import TOL, inputs, patched_vs_reference
 from tests.helpers.tiny import FAMILIES, tiny_model
+from tests.helpers.threads import one_thread  # noqa: F401
 
 
 def override_reference(po):
