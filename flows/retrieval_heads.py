@@ -14,8 +14,8 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from registry.specs import parse
-from tasks.analysis import (analysis_data, choose_head_sets, head_mask_spec, log_analysis, log_verdict, plan_analysis,
-                            relabel, retrieval_verdict, run_analysis, summary_text)
+from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
+                            log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
 from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
@@ -62,6 +62,7 @@ def retrieval_heads(
     # 1. Validate the detector, the tasks and the model before any compute.
     spec = plan_analysis(model, "retrieval_score", detect, trust_remote_code=trust_remote_code)
     plan = plan_request(model, ["baseline"], tasks, [seed], trust_remote_code=trust_remote_code)
+    check_head_budget(model, top_k, n_random, trust_remote_code=trust_remote_code)
     versions = publish_components([parse(spec).ref, "head_mask", *plan.refs])
     # 2. Detect: retrieval scores on needle tests (cached), logged as a child run.
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -176,6 +176,19 @@ def summary_text(record: dict[str, Any], top: int = 8) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@task(cache_policy=NO_CACHE, task_run_name="check head budget")
+def check_head_budget(model: str, top_k: int, n_random: int, trust_remote_code: bool = False) -> None:
+    """The causal test needs K top heads plus K other heads to draw from: fail before any compute otherwise."""
+    from components.patches.base import model_shape
+
+    n_layers, n_heads = model_shape(modeling.load_config(model, trust_remote_code=trust_remote_code))
+    if top_k < 0 or n_random < 1:
+        raise ValueError(f"retrieval-heads: top_k must be >= 0 (got {top_k}) and n_random >= 1 (got {n_random})")
+    if 2 * top_k > n_layers * n_heads:
+        raise ValueError(f"retrieval-heads: top_k={top_k} leaves fewer than {top_k} other heads to draw random heads "
+                         f"from in a model with {n_layers} x {n_heads} heads")
+
+
 @task(cache_policy=NO_CACHE, task_run_name="choose head sets")
 def choose_head_sets(record: dict[str, Any], top_k: int, n_random: int, seed: int) -> dict[str, Any]:
     """Top-K heads by retrieval score (K = number of retrieval heads when top_k is 0) and ``n_random`` draws of K

@@ -49,19 +49,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find retrieval heads, then mask the top K vs K random heads on retrieval tasks (runs `retrieval-heads`)."""
         import registry
-        from attnflow.cli import fail, guarded, print_table, run_flow, split_list
+        from attnflow.cli import guarded, print_table, run_flow, split_list
         from flows.retrieval_heads import DEFAULT_TASKS
         from registry.specs import parse_kv
-        from tasks.analysis import plan_analysis
+        from tasks.analysis import check_head_budget, plan_analysis
         from tasks.plan import plan_request
 
-        if top_k < 0 or n_random < 1:
-            fail("--top-k must be >= 0 and --n-random >= 1")
         params = guarded(lambda: parse_kv(detect, "--detect"))
         task_list = split_list(tasks) or DEFAULT_TASKS
         guarded(lambda: registry.get("head_mask").create({"heads": "0:0", "mode": mask_mode, "phase": mask_phase}))
         guarded(lambda: plan_analysis.fn(model, "retrieval_score", params, trust_remote_code=trust_remote_code))
         guarded(lambda: plan_request.fn(model, ["baseline"], task_list, [seed], trust_remote_code=trust_remote_code))
+        guarded(lambda: check_head_budget.fn(model, top_k, n_random, trust_remote_code=trust_remote_code))
         from flows.retrieval_heads import retrieval_heads as flow
 
         out = run_flow(flow, model=model, detect=params, top_k=top_k, n_random=n_random, seed=seed, tasks=task_list,
