@@ -49,7 +49,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from components.attention.math import causal_mask, repeat_kv
+from components.attention.math import causal_mask
 from components.attention.types import CallInfo
 from components.base import ParamError, check_range
 from components.heads import HeadSet
@@ -145,8 +145,7 @@ class HeadPatternOverride(AttentionPatch):
         if not bool(ok.any()):
             return out
         heads = torch.tensor(self.head_indices(call), device=call.device)  # (h,)
-        n_rep = call.n_heads // call.n_kv_heads
-        v_sel = repeat_kv(v, n_rep)[:, heads]  # (B, h, S, D)
+        v_sel = v[:, heads // (call.n_heads // call.n_kv_heads)]  # (B, h, S, D): each head's KV head (GQA)
         tv = torch.einsum("bs,bhsd->bhd", tgt.to(v.dtype), v_sel)  # (B, h, D): target-weighted values
         rows = ok.nonzero()[:, 0]  # (b,)
         index = (rows[:, None], heads[None, :], qi[rows][:, None])  # (b, h) each
