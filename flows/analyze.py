@@ -22,7 +22,7 @@ from tasks.tracking import publish_components
 def analyze(
     model: str = "demo",
     analyzer: str = "sink_metric",
-    params: dict[str, str] = {},  # noqa: B006 - a Prefect parameter default, never mutated
+    params: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     experiment: str = "analyze",
     dtype: str = "float32",
     trust_remote_code: bool = False,

@@ -29,7 +29,7 @@ DEFAULT_TASKS = ["needle", "passkey", "kv_retrieval"]
 @flow(name="retrieval-heads", log_prints=True)
 def retrieval_heads(
     model: str = "demo",
-    detect: dict[str, str] = {},  # noqa: B006 - a Prefect parameter default, never mutated
+    detect: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     top_k: int = 0,
     n_random: int = 3,
     seed: int = 0,

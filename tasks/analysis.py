@@ -37,7 +37,8 @@ def plan_analysis(model: str, analyzer: str, params: dict[str, Any] | None = Non
                   trust_remote_code: bool = False) -> str:
     """Validate the analyzer spec, its parameters and the model (config only); returns the pinned spec."""
     base = parse(analyzer)
-    spec = resolve_refs(Spec(base.name, base.version, {**base.params, **{k: str(v) for k, v in (params or {}).items()}}))
+    given = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for k, v in (params or {}).items()}
+    spec = resolve_refs(Spec(base.name, base.version, {**base.params, **given}))
     comp = spec.create("analyzer")
     check_model(model, trust_remote_code=trust_remote_code)
     comp.check_model(modeling.load_config(model, trust_remote_code=trust_remote_code))
