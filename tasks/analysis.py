@@ -97,8 +97,9 @@ def layer_head_figure(array: np.ndarray, title: str, label: str) -> Any:
     if n_layers * n_heads <= 400:
         for layer in range(n_layers):
             for head in range(n_heads):
-                ax.text(head, layer, f"{array[layer, head]:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if signed else "white")
+                value = array[layer, head]
+                ax.text(head, layer, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                        fontsize=6, color="black" if signed else "white")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))
