@@ -49,7 +49,8 @@ def mlp_hooks(model: torch.nn.Module, fn: Callable[[int, torch.Tensor], torch.Te
     mods = mlp_modules(model)
     if not mods:
         raise ValueError(f"{type(model).__name__}: no MLP modules named '<layer>.mlp' found")
-    handles = [mod.register_forward_hook(lambda _m, _a, out, layer=layer: fn(layer, out)) for layer, mod in mods.items()]
+    handles = [mod.register_forward_hook(lambda _m, _a, out, layer=layer: fn(layer, out))
+               for layer, mod in mods.items()]
     try:
         yield
     finally:

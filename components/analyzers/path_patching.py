@@ -26,7 +26,8 @@ Deviations from the reference code: receivers are patched through their whole ou
 and v together; the reference can patch q, k or v alone); receiver outputs are recorded before the freeze
 overwrites them (the reference's in-place z cache records the frozen value when component='z'); prompts come from
 our templates over the story vocabulary instead of the paper's GPT-2 datasets, and answer and distractor are
-compared at their first differing token (a shared token prefix, e.g. a lone space, is appended to the prompts); senders in the receivers' layers or later are NaN instead of 0.
+compared at their first differing token (a shared token prefix, e.g. a lone space, is appended to the prompts);
+senders in the receivers' layers or later are NaN instead of 0.
 
 Parameters
 ----------
@@ -172,7 +173,8 @@ class PathPatching(Analyzer):
             batch.mlp[layer] = out[:, -1].clone()  # (B, d)
             return out
 
-        clean = batch.logit_diff(self._run(model, batch.clean, record("clean"), record_mlp if self.freeze_mlps else None))
+        mlp = record_mlp if self.freeze_mlps else None
+        clean = batch.logit_diff(self._run(model, batch.clean, record("clean"), mlp))
         corrupt = batch.logit_diff(self._run(model, batch.corrupt, record("corrupt")))
         return clean, corrupt
 

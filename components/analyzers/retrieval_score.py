@@ -165,8 +165,8 @@ class RetrievalScore(NeedleGrid, Analyzer):
                 if ok:
                     total += score
                     counted += 1
-                tests.append({"length": row["length"], "depth": row["depth"], "tokens": len(ids), "answer": row["answer"],
-                              "response": response, "recall": recall, "counted": ok,
+                tests.append({"length": row["length"], "depth": row["depth"], "tokens": len(ids),
+                              "answer": row["answer"], "response": response, "recall": recall, "counted": ok,
                               "best_head_score": float(score.max())})
                 bar.update(1)
         bar.close()

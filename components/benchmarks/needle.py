@@ -81,8 +81,8 @@ class NeedleGrid:
         cell = index // self.n_per_cell
         return _needle.make_test(
             rng, needles=self.needles, haystack_source=self.haystack,
-            length=self.lengths[cell // len(self.depths) % len(self.lengths)], depth=self.depths[cell % len(self.depths)],
-            template=self.template, needle_index=index,
+            length=self.lengths[cell // len(self.depths) % len(self.lengths)],
+            depth=self.depths[cell % len(self.depths)], template=self.template, needle_index=index,
         )
 
     def grid_fingerprint(self) -> str:
