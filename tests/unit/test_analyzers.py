@@ -157,3 +157,39 @@ def test_analyzer_parameters_are_validated():
     rows = registry.get("retrieval_score").create({"lengths": "20", "depths": "0.5"}).build()
     bench_rows = registry.get("needle").create({"lengths": "20", "depths": "0.5"}).build("eval")
     assert rows and {r["prompt"] for r in rows}.isdisjoint(r["prompt"] for r in bench_rows)  # detection != eval
+
+
+def _record(ranking, retrieval):
+    return {"result": {"heads": {"ranking": ranking, "retrieval_heads": retrieval}}}
+
+
+def test_head_sets_for_the_causal_test():
+    from tasks.analysis import choose_head_sets
+
+    ranking = [[1, 2], [0, 3], [1, 0], [0, 0], [0, 1], [0, 2], [1, 1], [1, 3]]
+    sets = choose_head_sets.fn(_record(ranking, ranking[:2]), top_k=0, n_random=4, seed=0)
+    assert sets["k"] == 2 and sets["top"] == [[1, 2], [0, 3]]
+    for draw in sets["random"]:
+        assert len(draw) == 2 and not {tuple(p) for p in draw} & {(1, 2), (0, 3)}
+    assert choose_head_sets.fn(_record(ranking, ranking[:2]), top_k=3, n_random=1, seed=0)["top"][2] == [1, 0]
+    assert choose_head_sets.fn(_record(ranking, []), top_k=0, n_random=2, seed=0)["k"] == 0
+    with pytest.raises(ValueError, match="only 3 non-retrieval heads"):
+        choose_head_sets.fn(_record(ranking, ranking[:5]), top_k=0, n_random=1, seed=0)
+
+
+def test_verdict_against_the_paper_expectation():
+    from tasks.analysis import retrieval_verdict
+
+    def cell(mean, std=0.0, n=1):
+        return {"mean": mean, "std": std, "n": n}
+
+    table = {"columns": ["passkey/accuracy", "needle/accuracy", "needle/recall", "kv_retrieval/accuracy"],
+             "cells": {"baseline": {"passkey/accuracy": cell(0.9), "needle/accuracy": cell(0.8),
+                                    "needle/recall": cell(0.8), "kv_retrieval/accuracy": cell(0.0)},
+                       "top": {"passkey/accuracy": cell(0.1), "needle/accuracy": cell(0.7),
+                               "needle/recall": cell(0.7), "kv_retrieval/accuracy": cell(0.0)},
+                       "rand": {"passkey/accuracy": cell(0.85, 0.02, 3), "needle/accuracy": cell(0.2, 0.1, 3),
+                                "needle/recall": cell(0.2), "kv_retrieval/accuracy": cell(0.0, 0.0, 3)}}}
+    v = retrieval_verdict.fn(table, "top", "rand")["verdicts"]
+    assert v == {"passkey/accuracy": "as expected", "needle/accuracy": "differs",
+                 "kv_retrieval/accuracy": "undetermined"}
