@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import data as data_sources
+from components import modeling
 from components.lm import model as lm_model
 from components.lm import trainer
 from components.lm.mixture import Mixture
@@ -58,6 +59,8 @@ def run_key(spec: LMPreset) -> str:
     d = spec.to_dict()
     for k in ("threads", "log_every"):
         d["train"].pop(k, None)
+    if spec.train.init_from:  # the starting weights, not where they happen to live
+        d["train"]["init_from"] = modeling.model_fingerprint(str(Path(spec.train.init_from).expanduser()))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -100,6 +103,10 @@ def prepare_tokenizer(run: LMRun) -> Any:
     tok_dir = run.run_dir / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(tok_dir)
+    if run.preset.train.init_from:  # continuing a model: keep its vocabulary
+        tok = AutoTokenizer.from_pretrained(Path(run.preset.train.init_from).expanduser())
+        tok.save_pretrained(tok_dir)
+        return tok
     mixture = Mixture(run.preset, tokenizer=None)
     tok = train_tokenizer(mixture.texts_for_tokenizer(seed=run.preset.train.seed), run.preset.model.vocab_size)
     tok.save_pretrained(tok_dir)
@@ -135,6 +142,9 @@ def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any,
     """Build the model and train it, resuming from the newest checkpoint; curves go to MLflow."""
     spec = run.preset
     model = lm_model.build_model(spec.model, tokenizer, seed=spec.train.seed)
+    if spec.train.init_from:
+        lm_model.load_weights(model, Path(spec.train.init_from).expanduser())
+        print(f"initialised from {spec.train.init_from}")
     mixture = Mixture(spec, tokenizer)
     client = tracking.client()
 
@@ -224,6 +234,9 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
         f"heads, context {m.context}, {info['n_params']:,} parameters) trained from scratch by attnflow's "
         "`train-lm` flow on synthetic in-context tasks and built-in story text.", "",
         f"- Command: `{command}`",
+        *([f"- Continued from: `{run.preset.train.init_from}` (weights fingerprint "
+            f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]
+          if run.preset.train.init_from else []),
         f"- Training data fingerprint: `{run.data_fingerprint}` (mixture + seed {run.preset.train.seed})",
         f"- Steps: {info['steps']}, tokens: {info['tokens']:,}, final loss: {info['final_loss']:.4f}",
         f"- Training time: {info['train_seconds']:.0f} s (this process)", "",

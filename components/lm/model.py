@@ -38,5 +38,22 @@ def save_model_dir(model: torch.nn.Module, tokenizer: Any, out_dir: Path, card: 
     return out_dir
 
 
+def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Initialise ``model`` from ``model_dir/model.safetensors`` (safetensors only; shapes must match exactly)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    mine = model.state_dict()
+    bad = [k for k in state if k in mine and state[k].shape != mine[k].shape]
+    if bad or set(state) - set(mine):
+        raise ValueError(f"{model_dir} does not match the preset's model: shapes differ for {bad[:3]}, "
+                         f"unexpected {sorted(set(state) - set(mine))[:3]}")
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if [k for k in missing if not (model.config.tie_word_embeddings and k == "lm_head.weight")]:
+        raise ValueError(f"{model_dir} lacks weights for {missing[:3]}")
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

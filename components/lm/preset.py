@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from components.base import ParamError, _coerce, check_range
@@ -61,6 +62,7 @@ class TrainSpec:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
+    init_from: str = ""  # a model directory (safetensors + tokenizer) to continue from; "" = random init
 
     def __post_init__(self) -> None:
         check_range("train.steps", self.steps, 1)
@@ -75,6 +77,12 @@ class TrainSpec:
         check_range("train.eval_every", self.eval_every, 1)
         if self.dtype not in ("float32", "bfloat16"):
             raise ParamError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
+        if self.init_from:
+            root = Path(self.init_from).expanduser()
+            missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (root / f).is_file()]
+            if missing:
+                raise ParamError(f"train.init_from={self.init_from!r} is not a model directory written by train-lm "
+                                 f"(missing {', '.join(missing)})")
 
 
 @dataclass(frozen=True)

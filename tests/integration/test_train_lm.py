@@ -76,3 +76,26 @@ def test_bad_preset_is_named():
         LMPreset.from_dict("x", load_preset("lm/tiny"), {"model.hidden": 30, "model.heads": 4})
     with pytest.raises(ParamError, match="unknown key"):
         LMPreset.from_dict("x", {"model": {"width": 3}, "mixture": [{"text": "builtin:stories", "weight": 1}]})
+
+
+def test_init_from_continues_a_saved_model_and_rejects_other_shapes(tmp_path):
+    from components.base import ParamError
+    from components.lm.model import build_model, load_weights
+    from tests.helpers.train_script import setup
+
+    spec, tok, _, model = setup(5, tmp_path / "tokenizer")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # differ from the seed's fresh initialisation
+    src = save_model_dir(model, tok, tmp_path / "src", "# src\n")
+    fresh = build_model(spec.model, tok, seed=spec.train.seed)
+    load_weights(fresh, src)
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+    wider = LMPreset.from_dict("x", load_preset("lm/tiny"), {"model.hidden": 2 * spec.model.hidden}).model
+    with pytest.raises(ValueError, match="does not match the preset's model"):
+        load_weights(build_model(wider, tok), src)
+    with pytest.raises(ParamError, match="train.init_from=.*missing config.json"):
+        LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": str(tmp_path)})
+    ok = LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": str(src)})
+    assert ok.train.init_from == str(src)
