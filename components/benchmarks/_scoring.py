@@ -69,15 +69,16 @@ def choice_logprobs(
     for chunk in batches(pairs, batch_size):
         prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
         full_ids = [tokenizer(p + c)["input_ids"] for _, p, c in chunk]
+        starts = [min(len(p_ids), len(f_ids) - 1) for p_ids, f_ids in zip(prompt_ids, full_ids)]
         width = max(len(f) for f in full_ids)
         pad = tokenizer.pad_token_id or 0
         ids = torch.tensor([f + [pad] * (width - len(f)) for f in full_ids], device=device)  # (B, T)
         mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in full_ids], device=device)
         if session is not None:
-            session.set_inputs(texts=[p + c for _, p, c in chunk], input_ids=ids, tokenizer=tokenizer)
+            session.set_inputs(texts=[p + c for _, p, c in chunk], prompts=[p for _, p, _ in chunk],
+                               prompt_lens=starts, input_ids=ids, tokenizer=tokenizer)
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
-        for row, ((i, _, _), p_ids, f_ids) in enumerate(zip(chunk, prompt_ids, full_ids)):
-            start = min(len(p_ids), len(f_ids) - 1)
+        for row, ((i, _, _), start, f_ids) in enumerate(zip(chunk, starts, full_ids)):
             tgt = torch.tensor(f_ids[start:], device=device)  # choice tokens
             scores[i].append(logp[row, start - 1 : len(f_ids) - 1].gather(1, tgt[:, None]).sum().item())
         bar.update(len(chunk))
