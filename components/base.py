@@ -229,7 +229,8 @@ class Component:
         raise NotImplementedError(f"{self.component_name} has nothing to fit")
 
     def fit_record(self) -> dict[str, Any]:
-        """Fitted state as plain data (``fingerprint`` plus a summary); empty when not fitted."""
+        """Fitted state as plain data: ``fingerprint`` and scalar summary values (logged as run tags), optionally a
+        ``table`` (list of row dicts) and its ``figure`` spec (logged as a breakdown and figure); {} if not fitted."""
         return {}
 
 

@@ -70,5 +70,28 @@ def breakdown_figure(name: str, spec: list[str], rows: list[dict[str, Any]], tit
     return fig
 
 
+def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
+    """Layer x head grid of a head search's gains over the unpatched model (diverging colours centred on 0;
+    selected heads boxed; blank = not a candidate)."""
+    n_layers, n_heads = selection["n_layers"], selection["n_heads"]
+    grid = [[float("nan")] * n_heads for _ in range(n_layers)]
+    for r in selection["gains"]:
+        grid[r["layer"]][r["head"]] = r["gain"]
+    span = max((abs(r["gain"]) for r in selection["gains"]), default=0.0) or 1e-9
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.4 * n_layers))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu", vmin=-span, vmax=span)
+    for layer, head in selection["heads"]:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    what = "entropy decrease" if selection["objective"] == "entropy" else "accuracy gain"
+    fig.colorbar(im, ax=ax, label=f"{what} vs unpatched")
+    ax.set_title(f"{selection['method']} head search: {len(selection['heads'])} selected (boxed)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)

@@ -136,3 +136,32 @@ def token_nll(
         bar.update(len(chunk))
     bar.close()
     return total, count, per_window
+
+
+@torch.no_grad()
+def prediction_entropy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    session: Any = None,
+    batch_size: int = 16,
+) -> float:
+    """Mean entropy (nats) of the model's prediction for each row, without labels: over the row's options
+    (softmax of their log-probabilities) when it has ``choices``, else over the vocabulary for the token after
+    the prompt. ZeroTuning's unsupervised criterion (lower = more confident)."""
+    if rows and rows[0].get("choices"):
+        scores = choice_logprobs(model, tokenizer, [r["prompt"] for r in rows], [r["choices"] for r in rows],
+                                 session=session, batch_size=batch_size)
+        logp = [torch.log_softmax(torch.tensor(s, dtype=torch.float64), 0) for s in scores]
+        return float(sum(-(lp.exp() * lp).sum() for lp in logp) / len(logp))
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    total = 0.0
+    for chunk in batches([r["prompt"] for r in rows], batch_size):
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+        if session is not None:
+            session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
+        logp = torch.log_softmax(model(**enc).logits[:, -1].double(), dim=-1)  # (B, V)
+        total += float(-(logp.exp() * logp).sum())
+    return total / len(rows)

@@ -180,13 +180,14 @@ class SoftInjection(AttentionPatch):
         return self.replace(_theta=theta, _mu=mu, _fit_info={**info, "fingerprint": h.hexdigest()[:16]})
 
     def fit_record(self) -> dict[str, Any]:
-        """The fitted state as plain data: fingerprint, training summary, and a (layer, head, alpha) table."""
+        """The fitted state as plain data: fingerprint, training summary, a (layer, head, alpha) table and its
+        figure spec (a heatmap of the injection weights)."""
         if self._theta is None:
             return {}
         n_layers, n_heads = self._theta.shape
         table = [{"layer": layer, "head": h, "alpha": float(a)}
                  for layer in range(n_layers) for h, a in enumerate(self.mixing(layer, n_heads).tolist())]
-        return {**(self._fit_info or {}), "alpha": table}
+        return {**(self._fit_info or {}), "table": table, "figure": ("heatmap", "head", "layer", "alpha")}
 
     def _task_embeddings(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
         rng = random.Random(self.seed)

@@ -82,7 +82,7 @@ def test_fit_trains_theta_with_the_model_frozen():
     assert all(p.requires_grad for p in model.parameters())
     rec = out.fit_record()
     assert rec["n_train"] == 8 and rec["n_valid"] == 2 and len(rec["fingerprint"]) == 16
-    assert len(rec["alpha"]) == 8 and all(0 < r["alpha"] < 1 for r in rec["alpha"])
+    assert len(rec["table"]) == 8 and all(0 < r["alpha"] < 1 for r in rec["table"])
     assert out.fingerprint() == si.fingerprint()  # the fitted state is not a parameter
     with pytest.raises(ValueError, match="soft_injection is not fitted"):
         with si.applied(model), torch.no_grad():
