@@ -78,7 +78,7 @@ def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
     for r in selection["gains"]:
         grid[r["layer"]][r["head"]] = r["gain"]
     span = max((abs(r["gain"]) for r in selection["gains"]), default=0.0) or 1e-9
-    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.4 * n_layers))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 + 0.45 * n_heads), max(2.6, 1.4 + 0.4 * n_layers)))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu", vmin=-span, vmax=span)
     for layer, head in selection["heads"]:
         ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
@@ -87,8 +87,9 @@ def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     what = "entropy decrease" if selection["objective"] == "entropy" else "accuracy gain"
-    fig.colorbar(im, ax=ax, label=f"{what} vs unpatched")
-    ax.set_title(f"{selection['method']} head search: {len(selection['heads'])} selected (boxed)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="gain")
+    ax.set_title(f"{selection['method']}: {what} per head vs unpatched\n{len(selection['heads'])} selected (boxed)",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
