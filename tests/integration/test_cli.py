@@ -69,3 +69,21 @@ def test_readme_methods_table_is_fresh():
     assert table == methods_markdown(registry.latest()), (
         "README methods table is stale: run `attnflow components --update-readme`"
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "head search method 'nope' is not one of act, zerotuning, head_mask"),
+        (["--task", "perplexity"], "perplexity has no train split"),
+        (["--param", "heads=0:1"], "params must not set heads"),
+        (["--param", "beta=2"], "act.beta=2.0 is out of range"),
+        (["--layers", "7:0"], "layers: 7:0 out of range"),
+        (["--gammas", "0,2"], "give positive numbers"),
+    ],
+)
+def test_head_search_bad_input_fails_fast(args, message, tiny_llama_dir):
+    out = runner.invoke(app, ["head-search", "--model", str(tiny_llama_dir), *args])
+    assert out.exit_code == 2, out.output
+    assert message in re.sub(r"\s+", " ", out.output)
+    assert "Starting temporary server" not in out.output
