@@ -11,13 +11,14 @@ the option whose tokens get the highest log-probability after the prompt.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from components import data as data_sources
-from components.base import ParamError
+from components.base import ParamError, check_range
 from components.benchmarks import _scoring
-from components.benchmarks.base import EvalResult
+from components.benchmarks.base import Benchmark, EvalResult
 
 _SHUFFLE_SEED = 1234
 MAX_ROWS = 100_000
@@ -34,6 +35,35 @@ def check_source(name: str, source: str, required: bool = True) -> None:
         return
     if not Path(source).expanduser().exists():
         raise ParamError(f"{name}: {source!r} does not exist")
+
+
+@dataclass(frozen=True)
+class UserDataBenchmark(Benchmark):
+    """Fields and checks shared by the user-data benchmarks (documented in each benchmark's module)."""
+
+    source: str = ""
+    template: str = ""
+    shots: int = 2
+    separator: str = "\n\n"
+    train_source: str = ""
+    n_examples: int = 200
+    seed: int = 0
+
+    placeholder: ClassVar[str] = ""  # the field name the template must contain
+    metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
+    primary_metric: ClassVar[str] = "accuracy"
+
+    def __post_init__(self) -> None:
+        name = self.component_name
+        check_source(f"{name}.source", self.source)
+        check_source(f"{name}.train_source", self.train_source, required=False)
+        check_range(f"{name}.shots", self.shots, 0, 64)
+        check_range(f"{name}.n_examples", self.n_examples, 1)
+        if "{" + self.placeholder + "}" not in self.template:
+            raise ParamError(f"{name}.template must contain {{{self.placeholder}}}")
+
+    def data_fingerprint(self) -> str:
+        return data_sources.fingerprint(self.source) + data_sources.fingerprint(self.train_source or "-")
 
 
 def read(source: str, fields: list[str]) -> list[dict[str, Any]]:

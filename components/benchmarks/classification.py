@@ -45,44 +45,26 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from components import data as data_sources
-from components.base import ParamError, check_range
 from components.benchmarks import _userdata
-from components.benchmarks.base import Benchmark, EvalResult
+from components.benchmarks.base import EvalResult
 from registry import register
 
 
 @register("classification", version="1.0.0", family="benchmark", paper="arXiv:2406.15765",
           summary="Classification from your data (file or hub): k-shot prompts, label-word log-prob scoring.")
 @dataclass(frozen=True)
-class Classification(Benchmark):
+class Classification(_userdata.UserDataBenchmark):
     """k-shot text classification on user data."""
 
-    source: str = ""
+    template: str = "Input: {text}\nLabel:"
+    shots: int = 4
     text_field: str = "text"
     label_field: str = "label"
     labels: str = ""
-    template: str = "Input: {text}\nLabel:"
-    shots: int = 4
-    separator: str = "\n\n"
-    train_source: str = ""
-    n_examples: int = 200
-    seed: int = 0
 
-    metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
-    primary_metric: ClassVar[str] = "accuracy"
+    placeholder: ClassVar[str] = "text"
     example: ClassVar[dict[str, str]] = {"source": "hf:SetFit/sst2::validation", "labels": "negative,positive",
                                          "shots": "2"}
-
-    def __post_init__(self) -> None:
-        _userdata.check_source("classification.source", self.source)
-        _userdata.check_source("classification.train_source", self.train_source, required=False)
-        check_range("classification.shots", self.shots, 0, 64)
-        check_range("classification.n_examples", self.n_examples, 1)
-        if "{text}" not in self.template:
-            raise ParamError("classification.template must contain {text}")
-
-    def data_fingerprint(self) -> str:
-        return data_sources.fingerprint(self.source) + data_sources.fingerprint(self.train_source or "-")
 
     def build(self, split: str) -> list[dict[str, Any]]:
         fields = [self.text_field, self.label_field]

@@ -45,9 +45,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from components import data as data_sources
-from components.base import ParamError, check_range
 from components.benchmarks import _userdata
-from components.benchmarks.base import Benchmark, EvalResult
+from components.benchmarks.base import EvalResult
 from registry import register
 
 
@@ -83,35 +82,17 @@ def answer_index(answer: Any, texts: list[str], labels: list[str]) -> int:
 @register("multiple_choice", version="1.0.0", family="benchmark", paper="arXiv:2505.11739",
           summary="Multiple choice from your data (file or hub): k-shot prompts, option log-prob scoring.")
 @dataclass(frozen=True)
-class MultipleChoice(Benchmark):
+class MultipleChoice(_userdata.UserDataBenchmark):
     """k-shot multiple choice on user data."""
 
-    source: str = ""
+    template: str = "Question: {question}\nAnswer:"
     question_field: str = "question"
     choices_field: str = "choices"
     answer_field: str = "answer"
-    template: str = "Question: {question}\nAnswer:"
-    shots: int = 2
-    separator: str = "\n\n"
     normalize: bool = False
-    train_source: str = ""
-    n_examples: int = 200
-    seed: int = 0
 
-    metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
-    primary_metric: ClassVar[str] = "accuracy"
+    placeholder: ClassVar[str] = "question"
     example: ClassVar[dict[str, str]] = {"source": "hf:allenai/ai2_arc:ARC-Easy:test", "answer_field": "answerKey"}
-
-    def __post_init__(self) -> None:
-        _userdata.check_source("multiple_choice.source", self.source)
-        _userdata.check_source("multiple_choice.train_source", self.train_source, required=False)
-        check_range("multiple_choice.shots", self.shots, 0, 64)
-        check_range("multiple_choice.n_examples", self.n_examples, 1)
-        if "{question}" not in self.template:
-            raise ParamError("multiple_choice.template must contain {question}")
-
-    def data_fingerprint(self) -> str:
-        return data_sources.fingerprint(self.source) + data_sources.fingerprint(self.train_source or "-")
 
     def build(self, split: str) -> list[dict[str, Any]]:
         def make(rec: dict) -> tuple[str, str, list[str], str]:
