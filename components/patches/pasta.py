@@ -35,9 +35,10 @@ alpha : float
 spans : str
     Character ranges of the prompt, e.g. ``0:120`` or ``-40:`` (comma-separated). Default empty.
 span_start : str
-    Marker opening a span (the span starts after it). Default empty.
+    Marker opening a span (the span starts after it); backslash escapes such as ``\\n`` are decoded. Default
+    empty.
 span_end : str
-    Marker closing a span (end of the prompt when empty or absent). Default empty.
+    Marker closing a span (end of the prompt when empty or absent); escapes decoded. Default empty.
 heads : HeadSet
     Steered (layer, head) pairs. Default ``all``.
 sparse_max : int
@@ -46,6 +47,7 @@ sparse_max : int
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from dataclasses import dataclass
@@ -72,6 +74,11 @@ def parse_ranges(text: str) -> list[tuple[int | None, int | None]]:
             raise ValueError(f"span {item!r} is not a character range like 0:120, -40: or :80")
         out.append((int(m.group(1)) if m.group(1) else None, int(m.group(2)) if m.group(2) else None))
     return out
+
+
+def marker(text: str) -> str:
+    """A marker as written on the command line: backslash escapes (``\\n``, ``\\t``, ``\\x20``) are decoded."""
+    return codecs.decode(text, "unicode_escape") if "\\" in text else text
 
 
 def char_spans(prompt: str, ranges: list[tuple[int | None, int | None]], start: str, end: str) \
@@ -133,10 +140,10 @@ class Pasta(AttentionPatch):
                              "session.set_inputs(texts=..., tokenizer=...) before the forward")
         cache = call.session.state.setdefault((id(self), "outside"), {})
         if cache.get("rows") is not rows:
-            ranges = parse_ranges(self.spans)
+            ranges, start, end = parse_ranges(self.spans), marker(self.span_start), marker(self.span_end)
             flags = []
             for prompt, offs in zip(rows.prompts, rows.offsets):
-                spans = char_spans(prompt, ranges, self.span_start, self.span_end)
+                spans = char_spans(prompt, ranges, start, end)
                 flags.append([not any(s < hi and e > lo for lo, hi in spans) for s, e in offs])
             cache.update(rows=rows, outside=_inputs.row_mask(flags, call.device))
         return cache["outside"], rows
