@@ -234,6 +234,14 @@ class Component:
         return {}
 
 
+def unescape(text: str) -> str:
+    """A text parameter with backslash escapes decoded (``\\n`` -> newline, ``\\t``, ``\\x20``). Text parameters are
+    written escaped so that they survive spec strings, whose values are stripped of surrounding whitespace."""
+    import codecs
+
+    return codecs.decode(text, "unicode_escape") if "\\" in text else text
+
+
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> None:
     """Raise ParamError when ``value`` lies outside [lo, hi] (or the open variants)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from components import data as data_sources
-from components.base import ParamError, check_range
+from components.base import ParamError, check_range, unescape
 from components.benchmarks import _scoring
 from components.benchmarks.base import Benchmark, EvalResult
 
@@ -44,7 +44,7 @@ class UserDataBenchmark(Benchmark):
     source: str = ""
     template: str = ""
     shots: int = 2
-    separator: str = "\n\n"
+    separator: str = "\\n\\n"
     train_source: str = ""
     n_examples: int = 200
     seed: int = 0
@@ -59,7 +59,7 @@ class UserDataBenchmark(Benchmark):
         check_source(f"{name}.train_source", self.train_source, required=False)
         check_range(f"{name}.shots", self.shots, 0, 64)
         check_range(f"{name}.n_examples", self.n_examples, 1)
-        if "{" + self.placeholder + "}" not in self.template:
+        if "{" + self.placeholder + "}" not in unescape(self.template):
             raise ParamError(f"{name}.template must contain {{{self.placeholder}}}")
 
     def data_fingerprint(self) -> str:
@@ -109,7 +109,7 @@ def few_shot_rows(bench: Any, split: str, fields: list[str],
     for rec in queries:
         others = [r for r in pool if r is not rec]
         demos = rng.sample(others, bench.shots) if bench.shots else []
-        prefix = "".join(p + t + bench.separator for p, t, _, _ in map(make, demos))
+        prefix = "".join(p + t + unescape(bench.separator) for p, t, _, _ in map(make, demos))
         prompt, target, choices, answer = make(rec)
         out.append({"prompt": prefix + prompt, "target": target, "answer": answer, "choices": choices,
                     "query": prompt})

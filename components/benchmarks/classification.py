@@ -26,11 +26,12 @@ label_field : str
 labels : str
     Label words, comma-separated (e.g. ``negative,positive``). Default empty (the distinct string labels).
 template : str
-    Prompt of one example; ``{text}`` is replaced by the text. Default ``Input: {text}\\nLabel:``.
+    Prompt of one example; ``{text}`` is replaced by the text; backslash escapes decoded. Default
+    ``Input: {text}\\nLabel:``.
 shots : int
     Demonstrations per prompt (0 = zero-shot). Default 4.
 separator : str
-    Text after each demonstration. Default two newlines.
+    Text after each demonstration; escapes decoded. Default ``\\n\\n``.
 train_source : str
     Separate source of demonstrations and of the train split. Default empty (the rows after the evaluation rows).
 n_examples : int
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from components import data as data_sources
+from components.base import unescape
 from components.benchmarks import _userdata
 from components.benchmarks.base import EvalResult
 from registry import register
@@ -56,7 +58,7 @@ from registry import register
 class Classification(_userdata.UserDataBenchmark):
     """k-shot text classification on user data."""
 
-    template: str = "Input: {text}\nLabel:"
+    template: str = "Input: {text}\\nLabel:"
     shots: int = 4
     text_field: str = "text"
     label_field: str = "label"
@@ -73,7 +75,7 @@ class Classification(_userdata.UserDataBenchmark):
 
         def make(rec: dict) -> tuple[str, str, list[str], str]:
             word = self._word(rec[self.label_field], words)
-            return self.template.format(text=rec[self.text_field]), f" {word}", [f" {w}" for w in words], word
+            return unescape(self.template).format(text=rec[self.text_field]), f" {word}", [f" {w}" for w in words], word
 
         return _userdata.few_shot_rows(self, split, fields, make)
 

@@ -23,11 +23,12 @@ choices_field : str
 answer_field : str
     Field holding the correct option (index, label or text). Default ``answer``.
 template : str
-    Prompt of one example; ``{question}`` is replaced by the question. Default ``Question: {question}\\nAnswer:``.
+    Prompt of one example; ``{question}`` is replaced by the question; escapes decoded. Default
+    ``Question: {question}\\nAnswer:``.
 shots : int
     Demonstrations per prompt. Default 2.
 separator : str
-    Text after each demonstration. Default two newlines.
+    Text after each demonstration; escapes decoded. Default ``\\n\\n``.
 normalize : bool
     Score options by their mean per-token log-probability instead of the sum. Default False.
 train_source : str
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from components import data as data_sources
+from components.base import unescape
 from components.benchmarks import _userdata
 from components.benchmarks.base import EvalResult
 from registry import register
@@ -85,7 +87,7 @@ def answer_index(answer: Any, texts: list[str], labels: list[str]) -> int:
 class MultipleChoice(_userdata.UserDataBenchmark):
     """k-shot multiple choice on user data."""
 
-    template: str = "Question: {question}\nAnswer:"
+    template: str = "Question: {question}\\nAnswer:"
     question_field: str = "question"
     choices_field: str = "choices"
     answer_field: str = "answer"
@@ -98,7 +100,7 @@ class MultipleChoice(_userdata.UserDataBenchmark):
         def make(rec: dict) -> tuple[str, str, list[str], str]:
             texts, labels = options_of(rec[self.choices_field])
             i = answer_index(rec[self.answer_field], texts, labels)
-            return self.template.format(question=rec[self.question_field]), f" {texts[i]}", \
+            return unescape(self.template).format(question=rec[self.question_field]), f" {texts[i]}", \
                 [f" {t}" for t in texts], texts[i]
 
         return _userdata.few_shot_rows(self, split, [self.question_field, self.choices_field, self.answer_field],

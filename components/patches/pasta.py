@@ -47,7 +47,6 @@ sparse_max : int
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from typing import ClassVar
 import torch
 
 from components.attention.types import CallInfo, KeyBias
-from components.base import ParamError, check_range
+from components.base import ParamError, check_range, unescape
 from components.heads import HeadSet
 from components.patches import _inputs
 from components.patches.base import AttentionPatch
@@ -74,11 +73,6 @@ def parse_ranges(text: str) -> list[tuple[int | None, int | None]]:
             raise ValueError(f"span {item!r} is not a character range like 0:120, -40: or :80")
         out.append((int(m.group(1)) if m.group(1) else None, int(m.group(2)) if m.group(2) else None))
     return out
-
-
-def marker(text: str) -> str:
-    """A marker as written on the command line: backslash escapes (``\\n``, ``\\t``, ``\\x20``) are decoded."""
-    return codecs.decode(text, "unicode_escape") if "\\" in text else text
 
 
 def char_spans(prompt: str, ranges: list[tuple[int | None, int | None]], start: str, end: str) \
@@ -140,7 +134,7 @@ class Pasta(AttentionPatch):
                              "session.set_inputs(texts=..., tokenizer=...) before the forward")
         cache = call.session.state.setdefault((id(self), "outside"), {})
         if cache.get("rows") is not rows:
-            ranges, start, end = parse_ranges(self.spans), marker(self.span_start), marker(self.span_end)
+            ranges, start, end = parse_ranges(self.spans), unescape(self.span_start), unescape(self.span_end)
             flags = []
             for prompt, offs in zip(rows.prompts, rows.offsets):
                 spans = char_spans(prompt, ranges, start, end)

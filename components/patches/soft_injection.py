@@ -42,7 +42,7 @@ batch_size : int
 valid_every : int
     Validate (and keep the best theta) every this many steps. Default 50.
 separator : str
-    Text between demonstrations and before the query. Default a newline.
+    Text between demonstrations and before the query; backslash escapes decoded. Default ``\\n`` (a newline).
 heads : HeadSet
     Heads that may be injected (a = 0 elsewhere). Default ``all``.
 seed : int
@@ -60,7 +60,7 @@ import torch
 
 from components.attention.session import applied
 from components.attention.types import CallInfo
-from components.base import check_range
+from components.base import check_range, unescape
 from components.heads import HeadSet
 from components.patches import _inputs
 from components.patches.base import AttentionPatch, model_shape
@@ -93,7 +93,7 @@ class SoftInjection(AttentionPatch):
     lr: float = 0.2
     batch_size: int = 1
     valid_every: int = 50
-    separator: str = "\n"
+    separator: str = "\\n"
     heads: HeadSet = HeadSet.all()
     seed: int = 0
     _theta: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (L, H)
@@ -190,7 +190,7 @@ class SoftInjection(AttentionPatch):
         return {**(self._fit_info or {}), "table": table, "figure": ("heatmap", "head", "layer", "alpha")}
 
     def _task_embeddings(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
-        rng = random.Random(self.seed)
+        rng, sep = random.Random(self.seed), unescape(self.separator)
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 10**9) - 8
         prompts = []
         for m in range(self.n_prompts):
@@ -198,7 +198,7 @@ class SoftInjection(AttentionPatch):
             others = [r for r in rows if r is not query]
             demos = rng.sample(others, min(self.n_shots, len(others)))
             while True:
-                text = "".join(d["prompt"] + d["target"] + self.separator for d in demos) + query["prompt"]
+                text = "".join(d["prompt"] + d["target"] + sep for d in demos) + query["prompt"]
                 if not demos or len(tokenizer(text)["input_ids"]) <= limit:
                     break
                 demos = demos[1:]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import registry
-from components.base import ParamError
-from components.patches.pasta import char_spans, marker, parse_ranges
+from components.base import ParamError, unescape
+from components.patches.pasta import char_spans, parse_ranges
 from tests.helpers.compare import TOL, _step_logits
 from tests.helpers.reference import reference
 from tests.helpers.tiny import tiny_model, tokenizer
@@ -78,7 +78,7 @@ def test_spans_and_validation():
     assert parse_ranges("0:5, -3:, :2") == [(0, 5), (-3, None), (None, 2)]
     assert char_spans("ab<u>cd</u>ef<u>g", [], "<u>", "</u>") == [(5, 7), (16, 17)]
     assert char_spans("abcdef", [(-2, None), (1, 3)], "", "") == [(4, 6), (1, 3)]
-    assert char_spans("a -> B\nb -> C\nc ->", [], "->", marker("\\n")) == [(4, 6), (11, 13)]  # label tokens
+    assert char_spans("a -> B\nb -> C\nc ->", [], "->", unescape("\\n")) == [(4, 6), (11, 13)]  # label tokens
     with pytest.raises(ParamError, match="pasta.spans: span 'x:1' is not a character range"):
         registry.get("pasta").create({"spans": "x:1"})
     with pytest.raises(ParamError, match="give spans"):

@@ -11,6 +11,8 @@ import pytest
 import registry
 from components.base import ParamError
 from components.data import DataSourceError
+from registry.specs import parse
+from tasks.evaluate import spec_text
 from tests.helpers.tiny import tiny_model, tokenizer
 
 ANIMALS = ["cat", "dog", "bird", "fox", "frog", "bear", "duck", "owl"]
@@ -39,6 +41,9 @@ def test_classification_prompts_splits_and_seeds(cls_file):
     assert r["prompt"].count("Label:") == 4 and r["prompt"].endswith(r["query"])
     assert r["choices"] == [" animal", " place"] and r["target"] == f" {r['answer']}"
     assert r["answer"] == ("animal" if r["query"].split()[2] in ANIMALS else "place")
+    assert "\n\n" in r["prompt"] and "\nLabel:" in r["prompt"]  # escaped defaults decoded
+    # the pinned spec the flows pass around rebuilds the same rows (text parameters survive the round trip)
+    assert parse(spec_text(b0)).create("benchmark").build("eval") == ev0
     res = b0.evaluate(tiny_model("llama"), tokenizer(), ev0, batch_size=4)
     assert 0 <= res.metrics["accuracy"] <= 1 and len(res.examples) == 6
 
