@@ -76,10 +76,6 @@ def test_readme_methods_table_is_fresh():
     [
         (["--method", "nope"], "head search method 'nope' is not one of act, zerotuning, head_mask"),
         (["--task", "perplexity"], "perplexity has no train split"),
-        (["--param", "heads=0:1"], "params must not set heads"),
-        (["--param", "beta=2"], "act.beta=2.0 is out of range"),
-        (["--layers", "7:0"], "layers: 7:0 out of range"),
-        (["--gammas", "0,2"], "give positive numbers"),
     ],
 )
 def test_head_search_bad_input_fails_fast(args, message, tiny_llama_dir):
@@ -87,3 +83,21 @@ def test_head_search_bad_input_fails_fast(args, message, tiny_llama_dir):
     assert out.exit_code == 2, out.output
     assert message in re.sub(r"\s+", " ", out.output)
     assert "Starting temporary server" not in out.output
+
+
+@pytest.mark.parametrize(
+    "params, layers, message",
+    [
+        ({"heads": "0:1"}, "all", "params must not set heads"),
+        ({"beta": "2"}, "all", "act.beta=2.0 is out of range"),
+        ({}, "7:0", "layers: 7:0 out of range"),
+    ],
+)
+def test_head_search_plan_validates(params, layers, message, tiny_llama_dir):
+    from tasks.head_search import plan_search
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", params, layers, "accuracy", 2.0)
+    plan = plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", {"tau": "0.2"}, "1:*", "accuracy", 2.0)
+    assert sorted(plan.candidates.values()) == [[1, 0], [1, 1], [1, 2], [1, 3]]
+    assert all("act@1.0.0(" in c and "tau=0.2" in c for c in plan.candidates)
