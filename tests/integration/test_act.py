@@ -41,30 +41,24 @@ def act_reference(act, n_heads=4):
             s["cnt"][b, off:] += info.visible[b, 0][rows].double().sum(0)
             for h in heads:
                 s["col"][b, h, off:] += probs[b, h][rows].sum(0)
-                alpha = s["col"][b, h] / s["cnt"][b].clamp_min(1)
-                sinks = [j for j in range(alpha.shape[0]) if alpha[j] > act.tau]
-                if act.keep_first_sink:
-                    sinks = sinks[1:]
-                cols = [j - off for j in sinks if j >= off]
-                if not cols:
+                sinks = s["col"][b, h] / s["cnt"][b].clamp_min(1) > act.tau  # over absolute positions
+                if act.keep_first_sink and sinks.any():
+                    sinks[int(sinks.nonzero()[0, 0])] = False
+                cols = sinks[off:]  # (S,) bool over this call's keys
+                if not cols.any():
                     continue
                 a = probs[b, h]
-                mass = a[:, cols].sum(-1, keepdim=True)  # P_i
-                others = [j for j in range(kv_len) if j not in cols]
-                rest = a[:, others].sum(-1, keepdim=True)
-                new = a.clone()
-                new[:, cols] = act.beta * a[:, cols]
-                new[:, others] = a[:, others] * (1 - act.beta * mass) / rest.clamp_min(1e-300)
-                keep = rest[:, 0] == 0
-                new[keep] = a[keep]
-                probs[b, h] = new
+                mass = (a * cols).sum(-1, keepdim=True)  # P_i
+                rest = (a * ~cols).sum(-1, keepdim=True)
+                new = torch.where(cols, act.beta * a, a * (1 - act.beta * mass) / rest.clamp_min(1e-300))
+                probs[b, h] = torch.where(rest == 0, a, new)
         return probs
 
     return edit
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("force", [None, "materialize"])
+@pytest.mark.parametrize("family, force", [(f, None) for f in FAMILIES] + [("llama", "materialize"),
+                                                                            ("mistral", "materialize")])
 def test_act_matches_formula(family, force):
     model = tiny_model(family)
     act = registry.get("act").create({"beta": "0.4", "tau": "0.08", "heads": "0:1,1:*"})
