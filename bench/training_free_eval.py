@@ -4,10 +4,11 @@ soft injection on icl_classification and kv_retrieval, mean +- std over data see
 Runs the real flows (``head-search`` then ``compare`` per task), so everything is also in MLflow under
 ATTNFLOW_HOME (experiments ``bench-head-search`` and ``bench-training-free``). Per task:
 
-1. ACT head filtering and ZeroTuning head profiling + gamma grid on the task's train split (calibration rows);
+1. ACT head filtering, and ZeroTuning head profiling + gamma grid (supervised: accuracy; unsupervised: mean
+   prediction entropy), on the task's train split (calibration rows);
 2. compare on the eval split over ``--seeds``: baseline, ACT on the searched heads and on all heads, ZeroTuning
-   with the searched heads/gamma and with gamma=2 on all heads, PASTA, and soft injection fitted on the train
-   split.
+   with each searched head set/gamma (when one beat the baseline) and with gamma=2 on all heads, PASTA, and soft
+   injection fitted on the train split.
 
     python bench/training_free_eval.py --model demo
     python bench/training_free_eval.py --model shared:stories260k --seeds 0,1,2 --json out.json
@@ -47,17 +48,19 @@ def run_task(model: str, name: str, seeds: list[int], workers: int) -> dict:
 
     spec, calib, pasta = TASKS[name]
     act = head_search(model=model, method="act", task=calib, workers=workers, experiment="bench-head-search")
-    zt = head_search(model=model, method="zerotuning", task=calib, gammas=[0.5, 1.5, 2.0, 4.0], workers=workers,
-                     experiment="bench-head-search")
+    zt = {obj: head_search(model=model, method="zerotuning", task=calib, objective=obj, gammas=[1.5, 2.0, 4.0],
+                           workers=workers, experiment="bench-head-search") for obj in ("accuracy", "entropy")}
     components = ["baseline", f"act(heads={act['ref']})", "act", "zerotuning(gamma=2)", pasta,
                   "soft_injection(n_shots=4)"]
-    if zt["gamma"]:
-        components.insert(4, f"zerotuning(gamma={zt['gamma']}, heads={zt['ref']})")
-    out = compare(model=model, components=components, tasks=[spec], seeds=seeds, experiment="bench-training-free",
-                  progress=False)
-    return {"act_heads": act["heads"], "act_gains": act["selection"]["gains"], "zt_heads": zt["heads"],
-            "zt_group": zt["selection"]["group"], "zt_gamma": zt["gamma"], "zt_grid": zt["selection"]["gamma_grid"],
-            "table": out["table"], "run_id": out["run_id"], "act_run": act["run_id"], "zt_run": zt["run_id"]}
+    for found in zt.values():  # supervised, then unsupervised search; only when a gamma beat the baseline
+        if found["gamma"] and found["heads"]:
+            components.insert(-2, f"zerotuning(gamma={found['gamma']:.3g}, heads={found['ref']})")
+    out = compare(model=model, components=list(dict.fromkeys(components)), tasks=[spec], seeds=seeds,
+                  experiment="bench-training-free", progress=False)
+    return {"act_heads": act["heads"], "act_gains": act["selection"]["gains"], "act_run": act["run_id"],
+            "zt": {obj: {"heads": f["heads"], "group": f["selection"]["group"], "gamma": f["gamma"],
+                         "grid": f["selection"].get("gamma_grid"), "run": f["run_id"]} for obj, f in zt.items()},
+            "table": out["table"], "run_id": out["run_id"]}
 
 
 def main() -> None:
@@ -79,8 +82,10 @@ def main() -> None:
     for name in args.tasks.split(","):
         results[name] = run_task(model, name, seeds, args.workers)
         r = results[name]
-        print(f"\n## {name} on {args.model}\nACT heads: {r['act_heads']}\nZeroTuning: {r['zt_group']}-effective "
-              f"group {r['zt_heads']}, gamma {r['zt_gamma']} (grid {r['zt_grid']})\n\n{to_markdown(r['table'])}\n")
+        zt = "; ".join(f"{obj}: {z['group']}-effective {z['heads']}, gamma {z['gamma']} (grid {z['grid']})"
+                       for obj, z in r["zt"].items())
+        print(f"\n## {name} on {args.model}\nACT heads: {r['act_heads']}\nZeroTuning search ({zt})\n\n"
+              f"{to_markdown(r['table'])}\n")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 
