@@ -1,6 +1,8 @@
 """Forward-time overhead of each attention patch relative to stock SDPA, measured in one process.
 
-Model: random Llama, 4 layers, hidden 512, 8 heads (head_dim 64), vocab 4096, batch 1, full logits.
+Model: random Llama, 4 layers, hidden 512, 8 heads (head_dim 64), vocab 4096, batch 1, full logits. Input: a
+built-in story text of exactly T tokens under a BPE tokenizer trained for that vocabulary (input-reading patches
+such as PASTA get the text).
 Method: ``torch.set_num_threads(1)``, CPU time (``time.process_time``), interleaved rounds (every variant once per
 round, in order). Reported: the minimum time over rounds, and the ratio = median over rounds of (variant time /
 stock-sdpa time in the same round), which cancels slow drifts of the machine. Materialised variants route the
@@ -13,6 +15,7 @@ same patch through the fallback path (eager softmax), to show what the fast path
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -40,6 +43,14 @@ VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "head_pattern_override 2/8": ("head_pattern_override(heads=0:1;1:3;2:5;3:7, positions=0)", None),
     "head_pattern_override [materialised]": ("head_pattern_override(heads=0:1;1:3;2:5;3:7, positions=0)",
                                              "materialize"),
+    # ACT on 2 of the 8 heads of every layer; a random model has no sink but key 0 at tau=0.1, so the second row
+    # uses a low threshold that flags the first ~10% of the keys as sinks (worst case for the sink-key terms)
+    "act 2/8 heads": ("act(heads=*:1;*:5)", None),
+    "act 2/8 heads tau=0.002": ("act(heads=*:1;*:5, tau=0.002)", None),
+    "act 2/8 heads [materialised]": ("act(heads=*:1;*:5)", "materialize"),
+    # PASTA on every head: one span of ~100 tokens (sparse bias), and the same through the extra-channel form
+    "pasta": ("pasta(alpha=0.5, spans=40:440)", None),
+    "pasta [channels]": ("pasta(alpha=0.5, spans=40:440, sparse_max=0)", None),
 }
 
 
@@ -52,7 +63,31 @@ def build_model() -> torch.nn.Module:
     return LlamaForCausalLM(cfg).eval()
 
 
-def time_variant(model, ids, spec, force) -> float:
+@functools.lru_cache(maxsize=1)
+def bench_tokenizer():
+    from components.benchmarks import _text
+    from components.lm.tokenizer import train_tokenizer
+
+    return train_tokenizer(_text.stories(0, 1500), vocab_size=4096)
+
+
+def build_text(length: int) -> tuple[str, object, torch.Tensor]:
+    """A story text of exactly ``length`` tokens under a BPE tokenizer trained for the model's vocabulary (patches
+    that read the prompt text, such as PASTA, get it through session.set_inputs)."""
+    from components.benchmarks import _text
+
+    tok = bench_tokenizer()
+    text = " ".join(_text.stories(1, 4000))
+    enc = tok(text, return_offsets_mapping=True)
+    for cut in range(length, length - 20, -1):  # a cut that re-tokenizes to the same tokens
+        piece = text[: enc["offset_mapping"][cut - 1][1]]
+        ids = tok(piece)["input_ids"]
+        if ids == enc["input_ids"][:cut] and len(ids) == length:
+            return piece, tok, torch.tensor([ids])
+    raise RuntimeError(f"no clean cut at {length} tokens")
+
+
+def time_variant(model, ids, spec, force, inputs=None) -> float:
     with torch.no_grad():
         if spec is None:
             start = time.process_time()
@@ -67,7 +102,9 @@ def time_variant(model, ids, spec, force) -> float:
             finally:
                 model.set_attn_implementation("sdpa")
         patch = parse(spec).create("patch")
-        with applied(model, patch, force=force):
+        with applied(model, patch, force=force) as session:
+            if patch.needs_inputs:
+                session.set_inputs(**(inputs or {}))
             start = time.process_time()
             model(input_ids=ids)
             return time.process_time() - start
@@ -86,13 +123,15 @@ def main() -> None:
     results: dict[int, dict[str, float]] = {}
     ratios: dict[int, dict[str, float]] = {}
     for T in args.lengths:
-        ids = torch.randint(0, 4096, (1, T), generator=torch.Generator().manual_seed(T))
+        text, tok, ids = build_text(T)
+        inputs = {"texts": [text], "tokenizer": tok}
+        warm_text, _, warm_ids = build_text(64)
         for spec, force in variants.values():  # warm-up
-            time_variant(model, ids[:, :64], spec, force)
+            time_variant(model, warm_ids, spec, force, {"texts": [warm_text], "tokenizer": tok})
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
             for name, (spec, force) in variants.items():
-                times[name].append(time_variant(model, ids, spec, force))
+                times[name].append(time_variant(model, ids, spec, force, inputs))
         results[T] = {k: min(v) for k, v in times.items()}
         base = times["sdpa (stock)"]
         ratios[T] = {k: statistics.median(t / b for t, b in zip(v, base)) for k, v in times.items()}

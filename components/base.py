@@ -148,6 +148,9 @@ class Component:
 
     # capability flags (read by tasks/flows; never isinstance checks)
     onnx_exportable: ClassVar[bool] = False
+    # needs_fit: ``fit(model, tokenizer, rows)`` returns a fitted copy; the evaluate task calls it on the
+    # benchmark's train split before scoring, and logs ``fit_record()`` (fingerprint + summary of the fitted state)
+    needs_fit: ClassVar[bool] = False
     # parameters that make a meaningful instance (used by the contract tests, docs and `attnflow components`)
     example: ClassVar[dict[str, Any]] = {}
 
@@ -219,6 +222,24 @@ class Component:
         from registry import fingerprint
 
         return fingerprint(self)
+
+    # -- fitting (components with needs_fit = True override both) ---------------------------------------------------
+    def fit(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> "Component":
+        """Return a copy fitted on ``rows`` (a benchmark's train split)."""
+        raise NotImplementedError(f"{self.component_name} has nothing to fit")
+
+    def fit_record(self) -> dict[str, Any]:
+        """Fitted state as plain data: ``fingerprint`` and scalar summary values (logged as run tags), optionally a
+        ``table`` (list of row dicts) and its ``figure`` spec (logged as a breakdown and figure); {} if not fitted."""
+        return {}
+
+
+def unescape(text: str) -> str:
+    """A text parameter with backslash escapes decoded (``\\n`` -> newline, ``\\t``, ``\\x20``). Text parameters are
+    written escaped so that they survive spec strings, whose values are stripped of surrounding whitespace."""
+    import codecs
+
+    return codecs.decode(text, "unicode_escape") if "\\" in text else text
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,

@@ -10,6 +10,7 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from registry.specs import parse
 from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
@@ -26,14 +27,17 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
     """The shared recipe of ``compare`` and ``evaluate``."""
     # 1. Publish the component and benchmark versions (once each) to the MLflow registry.
     versions = publish_components(plan.refs)
-    # 2. Data prep: Parquet per benchmark, cached across runs.
+    # 2. Data prep: Parquet per benchmark, cached across runs (+ train splits for components fitted on them).
     data = {b: benchmark_data(_bench(b)) for b in plan.benchmarks}
+    fitted = {c for c in plan.components if parse(c).create("patch").needs_fit}
+    train = {b: benchmark_data(_bench(b), split="train") for b in plan.benchmarks} if fitted else {}
     # 3. Load the model once.
     loaded = load_model(plan.model, dtype=dtype, trust_remote_code=trust_remote_code)
     parent = start_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
                        params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks})
     # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints).
-    results = [evaluate(loaded, c, b, data[b], batch_size=batch_size, progress=progress)
+    results = [evaluate(loaded, c, b, data[b], batch_size=batch_size, progress=progress,
+                        **({"train_path": train[b]} if c in fitted else {}))
                for c in plan.components for b in plan.benchmarks]
     # 5. Log one run per evaluation, then the comparison.
     for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
@@ -46,8 +50,6 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
 
 
 def _bench(spec: str):
-    from registry.specs import parse
-
     return parse(spec).create("benchmark")
 
 

@@ -23,23 +23,35 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     bench = parse(parameters["benchmark"]).create("benchmark")
     key = [loaded.fingerprint, comp.fingerprint(), bench.fingerprint(), parameters["data_path"],
            parameters.get("batch_size"), registry.code_fingerprint(type(bench))]
+    if parameters.get("train_path"):  # components fitted on the train split (needs_fit)
+        key.append(parameters["train_path"])
     return "eval-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
 @task(cache_key_fn=_eval_cache_key, result_serializer="json", retries=0,
       task_run_name="evaluate {component} on {benchmark}")
 def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str,
-             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
-    """Apply ``component`` to the model and score ``benchmark`` on the prepared rows."""
+             batch_size: int = 16, progress: bool = True, train_path: str | None = None) -> dict[str, Any]:
+    """Apply ``component`` to the model and score ``benchmark`` on the prepared rows (components with
+    ``needs_fit`` are first fitted on the rows of ``train_path``)."""
     comp, bench = parse(component).create("patch"), parse(benchmark).create("benchmark")
     rows = load_data(data_path)
     start = time.perf_counter()
+    fit: dict[str, Any] = {}
+    if comp.needs_fit:
+        if not train_path:
+            raise ValueError(f"{comp.component_name} must be fitted on a train split; none was prepared for "
+                             f"{bench.component_name}")
+        comp = comp.fit(loaded.model, loaded.tokenizer, load_data(train_path))
+        fit = comp.fit_record()
+        print(f"fitted {comp.label()} on {train_path}: fingerprint {fit.get('fingerprint')}")
     with comp.applied(loaded.model) as session:
         result = bench.evaluate(loaded.model, loaded.tokenizer, rows, session=session, batch_size=batch_size,
                                 progress=progress)
     seconds = time.perf_counter() - start
     print(f"{comp.label()} on {bench.label()}: "
           + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f" ({seconds:.1f}s)")
+    table, figure = fit.pop("table", None), fit.pop("figure", None)
     return {
         "component": component_record(comp),
         "benchmark": component_record(bench),
@@ -47,8 +59,9 @@ def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str
         "higher_is_better": {k: bench.metrics.get(k, True) for k in result.metrics},
         "primary_metric": bench.primary_metric,
         "examples": result.examples,
-        "breakdowns": result.breakdowns,
-        "figures": {k: list(v) for k, v in bench.figures.items()},
+        "breakdowns": {**result.breakdowns, **({"fit": table} if table else {})},
+        "figures": {**{k: list(v) for k, v in bench.figures.items()}, **({"fit": list(figure)} if figure else {})},
+        "fit": fit,
         "seconds": seconds,
         "model": loaded.name,
         "model_fingerprint": loaded.fingerprint,

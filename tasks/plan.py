@@ -60,6 +60,10 @@ def plan_request(model: str, components: list[str], benchmarks: list[str], seeds
     if not comps:
         raise specs.SpecError("no components given")
     bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in specs.parse_list(benchmarks)]
+    for comp in (c for c in comps if c.needs_fit):
+        for bench in (b for b in bench_objs if "train" not in b.splits):
+            raise specs.SpecError(f"{comp.component_name} is fitted on a benchmark's train split, and "
+                                  f"{bench.component_name} has none (splits: {', '.join(bench.splits)})")
     check_model(model, trust_remote_code=trust_remote_code)
     for comp in comps:
         from components import modeling

@@ -90,5 +90,29 @@ def attention_profile_figure(sink_mass: list[float], uniform: float, induction: 
     return fig
 
 
+def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
+    """Layer x head grid of a head search's gains over the unpatched model (diverging colours centred on 0;
+    selected heads boxed; blank = not a candidate)."""
+    n_layers, n_heads = selection["n_layers"], selection["n_heads"]
+    grid = [[float("nan")] * n_heads for _ in range(n_layers)]
+    for r in selection["gains"]:
+        grid[r["layer"]][r["head"]] = r["gain"]
+    span = max((abs(r["gain"]) for r in selection["gains"]), default=0.0) or 1e-9
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 + 0.45 * n_heads), max(2.6, 1.4 + 0.4 * n_layers)))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu", vmin=-span, vmax=span)
+    for layer, head in selection["heads"]:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    what = "entropy decrease" if selection["objective"] == "entropy" else "accuracy gain"
+    fig.colorbar(im, ax=ax, label="gain")
+    ax.set_title(f"{selection['method']}: {what} per head vs unpatched\n{len(selection['heads'])} selected (boxed)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)

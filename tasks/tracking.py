@@ -126,6 +126,8 @@ def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str |
     }
     if seed is not None:
         tags["attnflow.seed"] = str(seed)
+    for k, v in (result.get("fit") or {}).items():  # fitted components: fingerprint and summary of the state
+        tags[f"attnflow.fit.{k}"] = str(v)[:5000]
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(experiment_id(experiment), run_name=f"{comp['label']} | {bench['label']}", tags=tags)

@@ -69,15 +69,16 @@ def choice_logprobs(
     for chunk in batches(pairs, batch_size):
         prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
         full_ids = [tokenizer(p + c)["input_ids"] for _, p, c in chunk]
+        starts = [min(len(p_ids), len(f_ids) - 1) for p_ids, f_ids in zip(prompt_ids, full_ids)]
         width = max(len(f) for f in full_ids)
         pad = tokenizer.pad_token_id or 0
         ids = torch.tensor([f + [pad] * (width - len(f)) for f in full_ids], device=device)  # (B, T)
         mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in full_ids], device=device)
         if session is not None:
-            session.set_inputs(texts=[p + c for _, p, c in chunk], input_ids=ids, tokenizer=tokenizer)
+            session.set_inputs(texts=[p + c for _, p, c in chunk], prompts=[p for _, p, _ in chunk],
+                               prompt_lens=starts, input_ids=ids, tokenizer=tokenizer)
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
-        for row, ((i, _, _), p_ids, f_ids) in enumerate(zip(chunk, prompt_ids, full_ids)):
-            start = min(len(p_ids), len(f_ids) - 1)
+        for row, ((i, _, _), start, f_ids) in enumerate(zip(chunk, starts, full_ids)):
             tgt = torch.tensor(f_ids[start:], device=device)  # choice tokens
             scores[i].append(logp[row, start - 1 : len(f_ids) - 1].gather(1, tgt[:, None]).sum().item())
         bar.update(len(chunk))
@@ -135,3 +136,32 @@ def token_nll(
         bar.update(len(chunk))
     bar.close()
     return total, count, per_window
+
+
+@torch.no_grad()
+def prediction_entropy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    session: Any = None,
+    batch_size: int = 16,
+) -> float:
+    """Mean entropy (nats) of the model's prediction for each row, without labels: over the row's options
+    (softmax of their log-probabilities) when it has ``choices``, else over the vocabulary for the token after
+    the prompt. ZeroTuning's unsupervised criterion (lower = more confident)."""
+    if rows and rows[0].get("choices"):
+        scores = choice_logprobs(model, tokenizer, [r["prompt"] for r in rows], [r["choices"] for r in rows],
+                                 session=session, batch_size=batch_size)
+        logp = [torch.log_softmax(torch.tensor(s, dtype=torch.float64), 0) for s in scores]
+        return float(sum(-(lp.exp() * lp).sum() for lp in logp) / len(logp))
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    total = 0.0
+    for chunk in batches([r["prompt"] for r in rows], batch_size):
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+        if session is not None:
+            session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
+        logp = torch.log_softmax(model(**enc).logits[:, -1].double(), dim=-1)  # (B, V)
+        total += float(-(logp.exp() * logp).sum())
+    return total / len(rows)

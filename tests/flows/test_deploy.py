@@ -27,7 +27,7 @@ def test_prefect_yaml_deploys_all():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
-    assert {"nightly-demo", "compare", "evaluate"} <= set(deployments)
+    assert {"nightly-demo", "compare", "evaluate", "head-search"} <= set(deployments)
     nightly = deployments["nightly-demo"]
     assert nightly.schedules and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameters["model"] == "demo" and nightly.parameters["seeds"] == [0, 1]

@@ -69,3 +69,35 @@ def test_readme_methods_table_is_fresh():
     assert table == methods_markdown(registry.latest()), (
         "README methods table is stale: run `attnflow components --update-readme`"
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "head search method 'nope' is not one of act, zerotuning, head_mask"),
+        (["--task", "perplexity"], "perplexity has no train split"),
+    ],
+)
+def test_head_search_bad_input_fails_fast(args, message, tiny_llama_dir):
+    out = runner.invoke(app, ["head-search", "--model", str(tiny_llama_dir), *args])
+    assert out.exit_code == 2, out.output
+    assert message in re.sub(r"\s+", " ", out.output)
+    assert "Starting temporary server" not in out.output
+
+
+@pytest.mark.parametrize(
+    "params, layers, message",
+    [
+        ({"heads": "0:1"}, "all", "params must not set heads"),
+        ({"beta": "2"}, "all", "act.beta=2.0 is out of range"),
+        ({}, "7:0", "layers: 7:0 out of range"),
+    ],
+)
+def test_head_search_plan_validates(params, layers, message, tiny_llama_dir):
+    from tasks.head_search import plan_search
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", params, layers, "accuracy", 2.0)
+    plan = plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", {"tau": "0.2"}, "1:*", "accuracy", 2.0)
+    assert sorted(plan.candidates.values()) == [[1, 0], [1, 1], [1, 2], [1, 3]]
+    assert all("act@1.0.0(" in c and "tau=0.2" in c for c in plan.candidates)

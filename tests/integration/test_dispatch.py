@@ -9,23 +9,34 @@ import registry
 from components.attention.session import UnsupportedModelError, applied
 from tests.helpers.compare import TOL, inputs
 from tests.helpers.reference import first_real, reference
-from tests.helpers.tiny import FAMILIES, tiny_model
+from tests.helpers.tiny import FAMILIES, tiny_model, tokenizer
+
+
+TEXTS = ["once upon a time a dog ran far away and abc:012 xyz:345.", "the cat sat on a mat"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_patch_is_scoped_and_restores(family):
-    """Contract over the registry: outputs return to the unpatched model after the block and after an exception."""
-    model = tiny_model(family)
-    ids, mask = inputs()
+    """Contract over the registry: outputs return to the unpatched model after the block and after an exception.
+    Patches that read per-batch inputs get the texts; patches that need fitting are fitted on a tiny train split."""
+    model, tok = tiny_model(family), tokenizer()
+    tok.padding_side = "left"
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    fit_rows = registry.get("kv_retrieval").create({"n_pairs": "2", "n_examples": "6"}).build("train")
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
         impl = model.config._attn_implementation
         for info in registry.latest("patch"):
             patch = info.create(info.cls.example)
-            with patch.applied(model):
+            if info.cls.needs_fit:
+                patch = patch.fit(model, tok, fit_rows)
+            with patch.applied(model) as session:
+                session.set_inputs(texts=TEXTS, tokenizer=tok)
                 model(input_ids=ids, attention_mask=mask)
             with pytest.raises(RuntimeError, match="boom"):
-                with patch.applied(model):
+                with patch.applied(model) as session:
+                    session.set_inputs(texts=TEXTS, tokenizer=tok)
                     model(input_ids=ids, attention_mask=mask)
                     raise RuntimeError("boom")
             after = model(input_ids=ids, attention_mask=mask).logits

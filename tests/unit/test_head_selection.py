@@ -1,0 +1,43 @@
+"""Head-search selection rules on synthetic scores (no models)."""
+
+from __future__ import annotations
+
+from tasks.head_search import SearchPlan, gamma_grid, pick_gamma, select_heads
+
+
+def plan(method, objective="accuracy"):
+    cands = {f"{method}(heads={lay}:{h})": [lay, h] for lay in range(2) for h in range(2)}
+    return SearchPlan("m", method, objective, "icl_classification@1.0.0", "baseline@1.0.0", cands, {}, 2, 2)
+
+
+def scores(p, values):
+    return [{"component": c, "value": v} for c, v in zip(p.candidates, values)]
+
+
+def test_act_keeps_heads_that_beat_the_baseline():
+    p = plan("act")
+    sel = select_heads.fn(p, {"value": 0.5}, scores(p, [0.6, 0.5, 0.4, 0.7]))
+    assert sel["heads"] == [[0, 0], [1, 1]] and sel["baseline"] == 0.5
+    assert select_heads.fn(p, {"value": 0.5}, scores(p, [0.6, 0.5, 0.4, 0.7]), top_k=1)["heads"] == [[1, 1]]
+    assert select_heads.fn(p, {"value": 0.5}, scores(p, [0.6, 0.5, 0.4, 0.7]), min_gain=0.15)["heads"] == [[1, 1]]
+
+
+def test_entropy_objective_prefers_lower_entropy_and_head_mask_the_harmful_heads():
+    p = plan("act", "entropy")
+    assert select_heads.fn(p, {"value": 1.0}, scores(p, [0.9, 1.1, 1.0, 0.5]))["heads"] == [[0, 0], [1, 1]]
+    m = plan("head_mask")
+    assert select_heads.fn(m, {"value": 0.8}, scores(m, [0.2, 0.8, 0.9, 0.5]), top_k=1)["heads"] == [[0, 0]]
+
+
+def test_zerotuning_dominant_group_and_gamma():
+    p = plan("zerotuning")
+    sel = select_heads.fn(p, {"value": 0.5}, scores(p, [0.4, 0.45, 0.6, 0.3]))  # 3 down-effective, 1 up
+    assert sel["group"] == "down" and sel["heads"] == [[0, 0], [0, 1], [1, 1]]
+    grid = gamma_grid.fn(p, sel, [2.0, 4.0])
+    assert sorted(grid.values()) == [0.25, 0.5]  # reciprocals for a down-effective group
+    spec = [s for s, g in grid.items() if g == 0.25][0]
+    assert "heads=0:0;0:1;1:1" in spec
+    out = pick_gamma.fn(p, sel, grid, [{"component": s, "value": 0.7 if g == 0.25 else 0.55} for s, g in grid.items()])
+    assert out["gamma"] == 0.25
+    none = pick_gamma.fn(p, sel, grid, [{"component": s, "value": 0.4} for s in grid])
+    assert none["gamma"] is None  # no gamma beats the unpatched model
