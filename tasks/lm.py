@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from components.lm import model as lm_model
 from components.lm import trainer
 from components.lm.mixture import Mixture
-from components.lm.preset import LMPreset, MixtureItem
+from components.lm.preset import LMPreset, MixtureItem, compact
 from components.lm.tokenizer import train_tokenizer
 from infra.settings import settings
 from registry.specs import load_preset, parse
@@ -53,7 +53,7 @@ def resolve_preset(preset: str, overrides: dict[str, Any] | None = None, corpus:
 
 def run_key(spec: LMPreset) -> str:
     """Identity of a training run: everything that changes the result (not the thread count or logging)."""
-    d = spec.to_dict()
+    d = compact(spec.to_dict())  # knobs added later count only when set, so existing run keys stay
     for k in ("threads", "log_every"):
         d["train"].pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
