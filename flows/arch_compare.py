@@ -1,7 +1,7 @@
 """arch-compare: MoH (75% / 50% of heads), ComplexFormer CMHA and lightning/TNL against softmax MHA with RoPE, at
 equal parameters on the same data and seeds.
 
-kernel equivalence checks -> plan (match parameter counts) -> train every point (cached, configured task runner)
+plan (match parameter counts) -> kernel equivalence checks -> train every point (cached, configured task runner)
 -> compare held-out loss per variant -> MLflow: verdict, loss curves side by side, one child run per point.
 """
 
@@ -60,12 +60,12 @@ def arch_compare(
         probe_n: Held-out validation windows per probe.
         experiment: MLflow experiment name.
     """
-    # 1. The pass criteria that need no training: CMHA at delta = 1 is RoPE; tiled lightning is exact.
-    equivalences = kernel_checks()
-    # 2. Plan and validate every point (equal parameter counts) before any training.
+    # 1. Plan and validate every point (equal parameter counts) before any training.
     points = check_points("arch-compare", arch_points(
         variants, baseline, seeds, steps, lr, warmup, weight_decay, batch_size, hidden, layers, heads, seq_len, data,
         equal_params, probe_every, probe_n))
+    # 2. The pass criteria that need no training: CMHA at delta = 1 is RoPE; tiled lightning is exact.
+    equivalences = kernel_checks()
     # 3. Train every point (cached per point).
     results = tag(run_sweep(points, code_version(kernel_names(points))), points)
     # 4. Compare each variant with the baseline.
