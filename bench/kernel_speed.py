@@ -69,7 +69,7 @@ def main() -> None:
         sd, li = TOKENS / best[("sdpa", n)], TOKENS / best[("lightning", n)]
         nv = TOKENS / best[("lightning-naive", n)] if ("lightning-naive", n) in best else None
         rows.append({"n": n, "sdpa_tok_s": sd, "lightning_tok_s": li, "naive_tok_s": nv, "ratio": li / sd})
-        print(f"{n:>6} {sd:>12,.0f} {li:>16,.0f} {nv if nv is None else f'{nv:,.0f}':>12} {li / sd:>14.2f}x")
+        print(f"{n:>6} {sd:>12,.0f} {li:>16,.0f} {'-' if nv is None else f'{nv:,.0f}':>12} {li / sd:>14.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
