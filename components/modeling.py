@@ -117,7 +117,8 @@ def load_model(
     trust_remote_code: bool = False,
     check: bool = True,
 ) -> tuple[torch.nn.Module, Any]:
-    """Load a causal LM and its tokenizer in eval mode with SDPA attention."""
+    """Load a causal LM and its tokenizer in eval mode with SDPA attention (or the attention kernel it was trained
+    with, recorded as ``attnflow_kernel`` in its config)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
@@ -126,9 +127,14 @@ def load_model(
     config = load_config(mref, trust_remote_code=trust_remote_code)
     if check:
         check_supported(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
-    )
+    if getattr(config, "attnflow_kernel", None) and mref.kind == "local":  # trained with an attention kernel
+        from components.kernels.base import load_kernel_model
+
+        model = load_kernel_model(mref.location, dtype=_DTYPES[dtype])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
+        )
     tokenizer = AutoTokenizer.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -17,7 +17,7 @@ from components import modeling
 from components.lm import model as lm_model
 from components.lm import trainer
 from components.lm.mixture import Mixture
-from components.lm.preset import LMPreset, MixtureItem
+from components.lm.preset import LMPreset, MixtureItem, compact
 from components.lm.profile import AttentionProfile, attention_profile
 from components.lm.tokenizer import train_tokenizer
 from infra.settings import settings
@@ -56,7 +56,7 @@ def resolve_preset(preset: str, overrides: dict[str, Any] | None = None, corpus:
 
 def run_key(spec: LMPreset) -> str:
     """Identity of a training run: everything that changes the result (not the thread count or logging)."""
-    d = spec.to_dict()
+    d = compact(spec.to_dict())  # knobs added later count only when set, so existing run keys stay
     for k in ("threads", "log_every"):
         d["train"].pop(k, None)
     if spec.train.init_from:  # the starting weights, not where they happen to live

@@ -82,6 +82,11 @@ def check_patchable(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
         raise UnsupportedModelError(
             f"{name} cannot be patched: its attention does not dispatch through transformers' AttentionInterface"
         )
+    kernel = getattr(model, "attnflow_unpatchable", None)  # set by components.kernels.base.install
+    if kernel:
+        raise UnsupportedModelError(
+            f"{name} uses the attention kernel {kernel}: attnflow patches edit softmax attention and do not apply to it"
+        )
     mods = attention_modules(model)
     if not mods:
         raise UnsupportedModelError(f"{name} cannot be patched: no self-attention modules with a layer_idx found")

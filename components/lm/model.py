@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from components.kernels.base import RNG_LOCK, install
 from components.lm.preset import ModelSpec
 
 
@@ -22,10 +23,15 @@ def llama_config(spec: ModelSpec, tokenizer: Any) -> LlamaConfig:
 
 
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised model (deterministic for the seed)."""
-    torch.manual_seed(seed)
+    """A freshly initialised model (deterministic for the seed, also when other threads build models), with its
+    attention kernel installed when the spec names one."""
+    implementation, kernel = spec.kernel()
     config = llama_config(spec, tokenizer)
-    model = LlamaForCausalLM._from_config(config, attn_implementation=spec.attention)
+    with RNG_LOCK:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM._from_config(config, attn_implementation=implementation)
+        if kernel is not None:
+            install(model, kernel, spec.qk_layernorm)
     return model
 
 

@@ -31,7 +31,8 @@ class ModelSpec:
     vocab_size: int = 512
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
-    attention: str = "sdpa"  # attn_implementation name (kernels register their own)
+    attention: str = "sdpa"  # "sdpa"/"eager", or an attention kernel spec: "softmax", "lightning(block=64)", ...
+    qk_layernorm: bool = False  # LayerNorm on each head's q and k before RoPE (installs the softmax kernel if needed)
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
@@ -41,6 +42,15 @@ class ModelSpec:
             raise ParamError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads}")
         if self.heads % self.kv_heads:
             raise ParamError(f"model.heads={self.heads} must be divisible by model.kv_heads={self.kv_heads}")
+        _, kernel = self.kernel()
+        if kernel is not None:
+            kernel.check_shape(self.layers, self.heads, self.kv_heads, self.hidden // self.heads)
+
+    def kernel(self) -> tuple[str, Any]:
+        """(transformers implementation to build with, attention kernel or None); validates the spec."""
+        from components.kernels.base import resolve
+
+        return resolve(self.attention, self.qk_layernorm)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class TrainSpec:
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
     init_from: str = ""  # a model directory (safetensors + tokenizer) to continue from; "" = random init
+    z_loss: float = 0.0  # weight of the output z-loss, mean(log^2 Z) over predicted tokens (Wortsman et al.: 1e-4)
+    independent_weight_decay: bool = False  # decay by (lr_t / lr) * weight_decay, not lr_t * weight_decay
 
     def __post_init__(self) -> None:
         check_range("train.steps", self.steps, 1)
@@ -75,6 +87,7 @@ class TrainSpec:
         check_range("train.checkpoint_every", self.checkpoint_every, 1)
         check_range("train.keep_checkpoints", self.keep_checkpoints, 1)
         check_range("train.eval_every", self.eval_every, 1)
+        check_range("train.z_loss", self.z_loss, 0.0)
         if self.dtype not in ("float32", "bfloat16"):
             raise ParamError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
         if self.init_from:
@@ -128,6 +141,22 @@ class LMPreset:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory
+# (and resumption) of an existing preset does not change.
+ADDED_KNOBS = {"model": {"qk_layernorm": False},
+               "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": ""}}
+
+
+def compact(d: dict[str, Any]) -> dict[str, Any]:
+    """``to_dict()`` without the added knobs that sit at their defaults."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, knobs in ADDED_KNOBS.items():
+        for knob, default in knobs.items():
+            if section in out and out[section].get(knob, default) == default:
+                out[section].pop(knob, None)
+    return out
 
 
 def _build(kind: type, values: dict[str, Any], section: str) -> Any:

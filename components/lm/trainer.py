@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
+from components.kernels.base import RNG_LOCK, auxiliary_loss
 from components.lm.preset import TrainSpec
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -42,10 +43,19 @@ def lr_at(step: int, spec: TrainSpec) -> float:
 def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    # AdamW decays by lr_t * wd; "independent" decay (Wortsman et al.) is (lr_t / lr) * wd, i.e. wd / lr in AdamW terms
+    wd = spec.weight_decay / spec.lr if spec.independent_weight_decay else spec.weight_decay
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
         lr=spec.lr, betas=(spec.beta1, spec.beta2),
     )
+
+
+def z_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mean(log^2 Z) over the positions that predict a label (Z = sum of exp(logits))."""
+    log_z = torch.logsumexp(logits[:, :-1].float(), dim=-1)  # (B, T-1)
+    keep = labels[:, 1:] != -100  # (B, T-1)
+    return (log_z.square() * keep).sum() / keep.sum().clamp_min(1)
 
 
 @dataclass
@@ -101,7 +111,8 @@ def train(
     """Train ``model`` for ``spec.steps`` steps, resuming from the newest checkpoint in ``ckpt_dir``."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
+    with RNG_LOCK:
+        torch.manual_seed(spec.seed)
     opt = make_optimizer(model, spec)
     start = 0
     last = latest_checkpoint(ckpt_dir)
@@ -119,11 +130,17 @@ def train(
             group["lr"] = lr_at(step, spec)
         with autocast:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        loss = out.loss  # the language-modelling loss (what is logged); extra terms only enter the gradient
+        total = loss
+        aux = auxiliary_loss(model)  # e.g. MoH load balance
+        if aux is not None:
+            total = total + aux
+        if spec.z_loss:
+            total = total + spec.z_loss * z_loss(out.logits, batch["labels"])
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {total.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip) if spec.grad_clip else None
         opt.step()
         n_tok = int(batch["attention_mask"].sum())

@@ -1,0 +1,1 @@
+"""Trainable attention kernels (family ``kernel``): training-time replacements of softmax attention."""
