@@ -37,6 +37,9 @@ VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "zerotuning [materialised]": ("zerotuning(gamma=2)", "materialize"),
     "head_mask uniform 2/8": ("head_mask(heads=0:1;1:3;2:5;3:7)", None),
     "head_mask zero 2/8": ("head_mask(heads=0:1;1:3;2:5;3:7, mode=zero)", None),
+    "head_pattern_override 2/8": ("head_pattern_override(heads=0:1;1:3;2:5;3:7, positions=0)", None),
+    "head_pattern_override [materialised]": ("head_pattern_override(heads=0:1;1:3;2:5;3:7, positions=0)",
+                                             "materialize"),
 }
 
 

@@ -1,7 +1,8 @@
 """train-lm: train a small Llama-architecture LM from a preset on synthetic in-context tasks (+ optional text).
 
 preset -> run directory (resumable) -> tokenizer -> train (checkpoints, curves in MLflow) -> evaluate the suite
--> save a Hugging Face model directory -> register it in MLflow (``attnflow.<preset>-lm``, alias champion).
+-> attention profile (sinks, induction heads) -> save a Hugging Face model directory -> register it in MLflow
+(``attnflow.<preset>-lm``, alias champion).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any, Optional
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, register_lm, resolve_preset,
-                      save_model, suite_specs, train_model)
+from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, profile_attention, register_lm,
+                      resolve_preset, save_model, suite_specs, train_model)
 from tasks.tracking import finish_run, metric_key
 
 
@@ -56,10 +57,11 @@ def train_lm(
     model, info = train_model(run, tokenizer, progress=progress)
     # 4. Evaluate the whole suite, save the model directory, log and register.
     metrics, _ = evaluate_suite(model, tokenizer, suite_specs(spec))
+    profile = profile_attention(model, tokenizer, run.mlflow_run_id)
     command = "attnflow train-lm " + " ".join(
         [f"--preset {shlex.quote(preset)}"] + ([f"--out {shlex.quote(out)}"] if out else [])
         + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else []))
-    model_dir = save_model(model, tokenizer, run, out, info, metrics, command)
+    model_dir = save_model(model, tokenizer, run, out, info, metrics, command, profile)
     log_final(run.mlflow_run_id, metrics, info)
     version = None
     if register_model:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,16 @@ from mlflow.entities import Metric, Param
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components import data as data_sources
 from components.lm import model as lm_model
 from components.lm import trainer
 from components.lm.mixture import Mixture
 from components.lm.preset import LMPreset, MixtureItem
+from components.lm.profile import AttentionProfile, attention_profile
 from components.lm.tokenizer import train_tokenizer
 from infra.settings import settings
 from registry.specs import load_preset, parse
-from tasks import tracking
+from tasks import plots, tracking
 from tasks.io import write_json
 
 
@@ -171,6 +173,27 @@ def evaluate_suite(model: Any, tokenizer: Any, specs: list[str]) -> tuple[dict[s
     return metrics, breakdowns
 
 
+@task(cache_policy=NO_CACHE, task_run_name="attention profile")
+def profile_attention(model: Any, tokenizer: Any, run_id: str | None, n_texts: int = 8) -> AttentionProfile | None:
+    """Sink mass per layer (built-in story text) and induction scores per head; a figure in MLflow."""
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        print(f"attention profile skipped: attention kernel {model.config._attn_implementation!r} has no eager form")
+        return None
+    docs = data_sources.texts(data_sources.read_records("builtin:stories", limit=n_texts), "text", "builtin:stories")
+    limit = model.config.max_position_embeddings
+    texts = [tokenizer(d, return_tensors="pt").input_ids[0, :limit] for d in docs]
+    profile = attention_profile(model, [t for t in texts if t.numel() > 1], len(tokenizer), tokenizer.bos_token_id)
+    print("attention profile: sink mass per layer " + ", ".join(f"{m:.3f}" for m in profile.sink_mass)
+          + f" (uniform {profile.uniform:.3f}); top induction heads "
+          + ", ".join(f"L{la}H{h}={s:.2f}" for la, h, s in profile.top_induction(3)))
+    if run_id:
+        fig = plots.attention_profile_figure(profile.sink_mass, profile.uniform, profile.induction)
+        tracking.client().log_figure(run_id, fig, "attention_profile.png")
+        plots.close(fig)
+        tracking.client().log_dict(run_id, asdict(profile), "attention_profile.json")
+    return profile
+
+
 def suite_specs(spec: LMPreset) -> list[str]:
     """What the final evaluation covers: every generated task of the mixture, and perplexity on held-out text."""
     tasks = [item.task for item in spec.mixture if item.task]
@@ -179,13 +202,16 @@ def suite_specs(spec: LMPreset) -> list[str]:
 
 @task(cache_policy=NO_CACHE, task_run_name="save model")
 def save_model(model: Any, tokenizer: Any, run: LMRun, out: str | None, info: dict[str, Any],
-               metrics: dict[str, float], command: str) -> str:
+               metrics: dict[str, float], command: str, profile: AttentionProfile | None = None) -> str:
     """Write the Hugging Face model directory with a model card and the training facts."""
     out_dir = Path(out).expanduser() if out else settings().models_dir / f"{run.preset.name}-lm"
     card = _model_card(run, info, metrics, command)
+    if profile is not None:
+        card += "\n## Attention profile\n\n" + profile.markdown() + "\n"
     lm_model.save_model_dir(model, tokenizer, out_dir, card)
     write_json({"preset": run.preset.to_dict(), "data_fingerprint": run.data_fingerprint, "train": info,
-                "metrics": metrics, "command": command}, out_dir / "training.json")
+                "metrics": metrics, "command": command,
+                "attention_profile": asdict(profile) if profile is not None else None}, out_dir / "training.json")
     print(f"saved model to {out_dir}")
     return str(out_dir)
 

@@ -106,6 +106,26 @@ def delta_bars(table: dict[str, Any]) -> plt.Figure:
     return fig
 
 
+def attention_profile_figure(sink_mass: list[float], uniform: float, induction: list[list[float]]) -> plt.Figure:
+    """Left: mean attention to position 0 per layer (dashed: uniform attention); right: induction score heatmap."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.bar(range(len(sink_mass)), sink_mass, color="C0")
+    ax1.axhline(uniform, color="k", ls="--", lw=1, label="uniform attention")
+    ax1.set_xlabel("layer")
+    ax1.set_ylabel("mean attention to position 0")
+    ax1.set_xticks(range(len(sink_mass)))
+    ax1.legend(fontsize=7)
+    im = ax2.imshow(induction, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax2.set_xlabel("head")
+    ax2.set_ylabel("layer")
+    ax2.set_xticks(range(len(induction[0])))
+    ax2.set_yticks(range(len(induction)))
+    ax2.set_title("induction score", fontsize=9)
+    fig.colorbar(im, ax=ax2)
+    fig.tight_layout()
+    return fig
+
+
 def to_png(fig: plt.Figure) -> bytes:
     import io
 

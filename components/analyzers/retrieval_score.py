@@ -1,0 +1,191 @@
+"""Retrieval score: which heads copy the needle from the context while the model answers (retrieval heads).
+
+Greedy decoding over needle-in-a-haystack tests at several lengths and depths. At every decoding step, for each
+head take its top-1 attended key position j for the step's query; if j lies in the needle-answer span [s, e) of the
+prompt and the generated token w equals the prompt token at j, the head performs a copy-paste event worth
+1/(e - s). A head's score on one test is therefore |g_h intersect k| / |k| (the share of answer tokens it copied):
+
+    score_h(test) = (1 / (e - s)) * sum_steps 1[argmax_j A_h[step, j] in [s, e) and x_j == w_step]
+
+Only tests whose answer recalls the needle (ROUGE-1 recall > ``recall_gate``) count; the final score is the mean
+over those tests. Heads with score > ``threshold`` (0.1) are retrieval heads. As in the reference, the prompt is
+prefilled without its last token, which is then fed as the first decoding step, so every generated token comes from
+a single-query step whose attention is read from the attnflow dispatcher (materialised probabilities, q_len = 1).
+
+Based on Wu, Wang, Xiao, Peng, Fu, "Retrieval Head Mechanistically Explains Long-Context Factuality"
+(arXiv 2404.15574). Reference code: https://github.com/nightdessert/Retrieval_Head (``retrieval_head_detection.py``:
+``retrieval_calculate``, ``decode``, ``find_needle_idx``).
+
+Deviations from the reference code: needles are generated (``passkey``, ``words``) or read from the user's file in
+the reference's needles.jsonl format, haystacks are the built-in stories or the user's text, lengths are in words
+(default 60-240, small models) instead of 1k-50k tokens; the needle span comes from the tokenizer's character
+offsets of the answer (exact) instead of a token-set overlap > 0.9 search (used as the fallback for slow
+tokenizers); ROUGE-1 without stemming; decoding stops at a newline or EOS after at most ``max_new_tokens`` (the
+reference: 50). ``top_k`` > 1 counts an event when any of the top-k positions qualifies (as the reference's loop).
+
+Parameters
+----------
+lengths : list of int
+    Haystack lengths in words. Default 60, 120, 240.
+depths : list of float
+    Relative needle depths in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
+n_per_cell : int
+    Tests per (length, depth) cell. Default 2.
+needles : str
+    ``passkey``, ``words``, or a file of needle/question/real_needle records. Default ``passkey``.
+haystack : str
+    ``builtin:stories`` or a text source (txt/JSONL/CSV/Parquet, ``hf:<id>``). Default ``builtin:stories``.
+template : str
+    Prompt template with ``{context}`` and ``{question}``; empty = the needle source's default. Default empty.
+max_new_tokens : int
+    Greedy decoding steps per test. Default 24.
+top_k : int
+    Attended positions checked per head and step. Default 1.
+recall_gate : float
+    Tests count when ROUGE-1 recall of the answer exceeds this. Default 0.5.
+threshold : float
+    Heads scoring above this are retrieval heads. Default 0.1.
+seed : int
+    Data seed (the tests differ from the needle benchmark's splits). Default 0.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from components.analyzers.base import AnalysisResult, Analyzer, layer_head_rows, ranked
+from components.attention.session import applied
+from components.base import check_range
+from components.benchmarks import _needle, _scoring
+from components.benchmarks.needle import NeedleGrid
+from components.patches.base import model_shape
+from registry import register
+
+
+def copy_events(att: torch.Tensor, token: int, prompt_ids: torch.Tensor, span: tuple[int, int],
+                top_k: int = 1) -> torch.Tensor:
+    """Copy-paste events of one decoding step: att (L, H, S) probabilities of the step's query -> (L, H) scores
+    (1/|span| where a head's top-k attended position lies in the span and holds the generated token)."""
+    s, e = span
+    top = att.topk(min(top_k, att.shape[-1]), dim=-1).indices  # (L, H, k)
+    in_span = (top >= s) & (top < e)
+    src = prompt_ids[top.clamp(max=prompt_ids.shape[0] - 1)]  # (L, H, k) prompt token at each position
+    return (in_span & (src == token)).any(-1).double() / (e - s)  # (L, H)
+
+
+def needle_span(tokenizer: Any, prompt: str, start: int, end: int) -> tuple[list[int], tuple[int, int]]:
+    """Prompt ids and the token span [s, e) of the answer's characters [start, end)."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prompt, return_offsets_mapping=True)
+        hit = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+        ids = enc["input_ids"]
+        if hit:
+            return ids, (hit[0], hit[-1] + 1)
+    else:  # the reference's search: first window whose token set overlaps the answer's by > 0.9
+        ids = tokenizer(prompt)["input_ids"]
+        want = set(tokenizer(" " + prompt[start:end], add_special_tokens=False)["input_ids"])
+        n = len(tokenizer(" " + prompt[start:end], add_special_tokens=False)["input_ids"])
+        for i in range(len(ids)):
+            if len(set(ids[i : i + n]) & want) / max(len(want), 1) > 0.9:
+                return ids, (i, i + n)
+    raise ValueError(f"retrieval_score: the answer {prompt[start:end]!r} was not found among the prompt's tokens")
+
+
+@register("retrieval_score", version="1.0.0", family="analyzer", paper="arXiv:2404.15574",
+          summary="Retrieval heads: copy-paste score of each head while decoding needle-in-a-haystack answers.")
+@dataclass(frozen=True)
+class RetrievalScore(NeedleGrid, Analyzer):
+    """Retrieval-head detection by copy-paste events during greedy needle retrieval."""
+
+    max_new_tokens: int = 24
+    top_k: int = 1
+    recall_gate: float = 0.5
+    threshold: float = 0.1
+    seed: int = 0
+
+    fingerprint_modules: ClassVar[tuple[str, ...]] = Analyzer.fingerprint_modules + (
+        "components.benchmarks._needle", "components.benchmarks.needle")
+    primary_array: ClassVar[str] = "retrieval_score"
+    example: ClassVar[dict[str, str]] = {"lengths": "20", "depths": "0,1", "n_per_cell": "1", "max_new_tokens": "4"}
+
+    def __post_init__(self) -> None:
+        self.check_grid("retrieval_score")
+        check_range("retrieval_score.max_new_tokens", self.max_new_tokens, 1)
+        check_range("retrieval_score.top_k", self.top_k, 1)
+        check_range("retrieval_score.recall_gate", self.recall_gate, 0.0, 1.0)
+        check_range("retrieval_score.threshold", self.threshold, 0.0, 1.0)
+
+    def build(self) -> list[dict[str, Any]]:
+        rng = random.Random(self.seed * 1000 + 5)  # disjoint from the needle benchmark's splits (+17, +18)
+        return [self.grid_test(rng, i) for i in range(self.n_examples)]
+
+    def data_fingerprint(self) -> str:
+        return self.grid_fingerprint()
+
+    @torch.no_grad()
+    def score_test(self, model: torch.nn.Module, tokenizer: Any, ids: list[int],
+                   span: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+        """Greedy decoding of one test: (L, H) event scores and the generated ids."""
+        n_layers, n_heads = model_shape(model.config)
+        device = next(model.parameters()).device
+        prompt = torch.tensor(ids, device=device)  # (P,)
+        score = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        out = model(input_ids=prompt[None, :-1], use_cache=True)  # prefill without the last token (fast path)
+        cache, inp, generated = out.cache, prompt[None, -1:], []
+        for _ in range(self.max_new_tokens):
+            with applied(model, force="materialize"):  # q_len = 1: probabilities are cheap
+                step = model(input_ids=inp, cache=cache, use_cache=True, output_attentions=True)
+            cache, token = step.cache, int(step.logits[0, -1].argmax())
+            att = torch.stack([a[0, :, -1] for a in step.attentions]).float().cpu()  # (L, H, S)
+            score += copy_events(att, token, prompt.cpu(), span, self.top_k)
+            generated.append(token)
+            if token == tokenizer.eos_token_id or "\n" in tokenizer.decode([token]):
+                break
+            inp = torch.tensor([[token]], device=device)
+        return score, generated
+
+    def analyze(self, model, tokenizer, rows, *, progress=False) -> AnalysisResult:
+        n_layers, n_heads = model_shape(model.config)
+        total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        tests, counted = [], 0
+        bar = _scoring._progress(len(rows), "retrieval_score", progress)
+        with applied(model):
+            for row in rows:
+                ids, span = needle_span(tokenizer, row["prompt"], row["answer_start"], row["answer_end"])
+                score, generated = self.score_test(model, tokenizer, ids, span)
+                response = _needle.answer_response(tokenizer.decode(generated, skip_special_tokens=True))
+                recall = _needle.rouge1_recall(row["answer"], response)
+                ok = recall > self.recall_gate
+                if ok:
+                    total += score
+                    counted += 1
+                tests.append({"length": row["length"], "depth": row["depth"], "tokens": len(ids),
+                              "answer": row["answer"], "response": response, "recall": recall, "counted": ok,
+                              "best_head_score": float(score.max())})
+                bar.update(1)
+        bar.close()
+        mean = (total / counted if counted else total).numpy()  # (L, H)
+        rows_ = ranked(layer_head_rows({"retrieval_score": mean}), "retrieval_score")
+        heads = [(r["layer"], r["head"]) for r in rows_ if r["retrieval_score"] > self.threshold]
+        cells: dict[tuple[int, float], list[float]] = defaultdict(list)
+        for t in tests:
+            cells[(t["length"], t["depth"])].append(t["recall"])
+        metrics = {"n_tests": float(len(tests)), "n_counted": float(counted),
+                   "counted_rate": counted / max(len(tests), 1), "n_retrieval_heads": float(len(heads)),
+                   "retrieval_head_share": len(heads) / mean.size, "max_score": float(mean.max())}
+        return AnalysisResult(
+            arrays={"retrieval_score": mean},
+            tables={"heads": rows_, "tests": tests,
+                    "recall": [{"length": k[0], "depth": k[1], "recall": float(np.mean(v)), "n": len(v)}
+                               for k, v in sorted(cells.items())]},
+            metrics=metrics,
+            heads={"retrieval_heads": heads, "ranking": [(r["layer"], r["head"]) for r in rows_]},
+            figures={"retrieval_score": ("layer_head", "retrieval_score"),
+                     "recall": ("heatmap", "recall", "length", "depth", "recall")},
+        )
