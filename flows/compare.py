@@ -10,12 +10,15 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import BatchSize, Dtype, Experiment, ModelName, Seeds, Specs
+from infra.runners import task_runner
 from registry.specs import parse
 from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import Plan, plan_request
 from tasks.report import comparison_table, to_markdown
+from tasks.sweep import map_calls
 from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
 
 DEFAULT_COMPONENTS = ["baseline", "zerotuning(gamma=2)", "head_mask(heads=0:0;1:1)"]
@@ -35,10 +38,12 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
     loaded = load_model(plan.model, dtype=dtype, trust_remote_code=trust_remote_code)
     parent = start_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
                        params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks})
-    # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints).
-    results = [evaluate(loaded, c, b, data[b], batch_size=batch_size, progress=progress,
-                        **({"train_path": train[b]} if c in fitted else {}))
-               for c in plan.components for b in plan.benchmarks]
+    # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints); all at once
+    #    when the flow's task runner is a process runner (ATTNFLOW_TASK_RUNNER=dask).
+    results = map_calls(evaluate, [dict(loaded=loaded, component=c, benchmark=b, data_path=data[b],
+                                         batch_size=batch_size, progress=progress,
+                                         **({"train_path": train[b]} if c in fitted else {}))
+                                    for c in plan.components for b in plan.benchmarks])
     # 5. Log one run per evaluation, then the comparison.
     for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
         log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
@@ -53,15 +58,15 @@ def _bench(spec: str):
     return parse(spec).create("benchmark")
 
 
-@flow(name="compare", log_prints=True)
+@flow(name="compare", log_prints=True, task_runner=task_runner())
 def compare(
-    model: str = "demo",
-    components: list[str] = DEFAULT_COMPONENTS,
-    tasks: list[str] = DEFAULT_TASKS,
-    seeds: list[int] = [0],  # noqa: B006 - a Prefect parameter default, never mutated
-    batch_size: int = 16,
-    experiment: str = "compare",
-    dtype: str = "float32",
+    model: ModelName = "demo",
+    components: Specs = DEFAULT_COMPONENTS,
+    tasks: Specs = DEFAULT_TASKS,
+    seeds: Seeds = [0],  # noqa: B006 - a Prefect parameter default, never mutated
+    batch_size: BatchSize = 16,
+    experiment: Experiment = "compare",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:

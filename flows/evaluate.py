@@ -8,21 +8,23 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.compare import run_plan
+from flows.params import BatchSize, Dtype, Experiment, ModelName, Seeds
+from infra.runners import task_runner
 from registry.specs import Spec, parse
 from tasks.plan import plan_request
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, task_runner=task_runner())
 def evaluate(
-    model: str = "demo",
+    model: ModelName = "demo",
     component: str = "baseline",
     params: dict[str, str] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     task: str = "kv_retrieval",
     task_params: dict[str, str] = {},  # noqa: B006
-    seeds: list[int] = [0],  # noqa: B006
-    batch_size: int = 16,
-    experiment: str = "evaluate",
-    dtype: str = "float32",
+    seeds: Seeds = [0],  # noqa: B006
+    batch_size: BatchSize = 16,
+    experiment: Experiment = "evaluate",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:

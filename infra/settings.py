@@ -9,7 +9,7 @@ Everything attnflow writes lives under ``ATTNFLOW_HOME`` (default ``~/.attnflow`
     models/            models trained by attnflow (the demo model once trained locally)
     prefect/           PREFECT_HOME (ephemeral API database) unless PREFECT_API_URL or PREFECT_HOME is set
     prefect-results/   persisted Prefect task results (task caching across runs)
-    stack/             pid files and logs of `attnflow up`
+    stack/             state (PIDs, ports), logs of `attnflow up`
 
 A user's own ``MLFLOW_TRACKING_URI`` / ``PREFECT_API_URL`` / ``PREFECT_HOME`` always win. Prefect's ephemeral
 server gets a longer startup timeout (its first start on a fresh database takes ~20 s on 2 cores) and analytics
@@ -27,6 +27,16 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Settings:
     home: Path
+
+    @property
+    def task_runner(self) -> str:
+        """Task runner of the sweeps: ``thread`` (default), ``dask`` (a LocalCluster) or ``dask://<scheduler>``."""
+        return os.environ.get("ATTNFLOW_TASK_RUNNER", "thread").strip() or "thread"
+
+    @property
+    def dask_workers(self) -> int:
+        """Worker processes of the local Dask cluster (one torch thread each)."""
+        return int(os.environ.get("ATTNFLOW_DASK_WORKERS", "2"))
 
     @property
     def tracking_uri(self) -> str:
@@ -66,23 +76,45 @@ def home() -> Path:
     return Path(os.environ.get("ATTNFLOW_HOME", Path.home() / ".attnflow")).expanduser().resolve()
 
 
+def defaults(home: Path) -> dict[str, str]:
+    """Environment defaults for attnflow processes with this home (flows, and the local stack's services)."""
+    return {
+        "ATTNFLOW_HOME": str(home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # Logging tasks retry with backoff themselves (tasks/tracking.py); MLflow's own HTTP retries (default 7,
+        # backoff factor 2: minutes per call) would hide an unreachable server for a long time.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    }
+
+
 def configure() -> Settings:
-    """Create the home folders and set environment defaults for Prefect (idempotent)."""
+    """Create the home folders and set environment defaults for Prefect (idempotent).
+
+    When ``attnflow up`` runs a local stack for this home and the user set no ``PREFECT_API_URL`` /
+    ``MLFLOW_TRACKING_URI``, flows started from this process use the stack's servers.
+    """
     s = Settings(home=home())
     for d in (s.home, s.artifact_root, s.data_dir, s.cache_dir, s.models_dir, s.results_dir):
         d.mkdir(parents=True, exist_ok=True)
     env = os.environ
-    env.setdefault("ATTNFLOW_HOME", str(s.home))
+    if "PREFECT_API_URL" not in env:
+        from infra.stack import running_endpoints
+
+        for key, value in running_endpoints(s.home).items():
+            env.setdefault(key, value)
     if "PREFECT_API_URL" not in env:
         env.setdefault("PREFECT_HOME", str(s.home / "prefect"))
-    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    env.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(s.results_dir))
-    env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
-    env.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in defaults(s.home).items():
+        env.setdefault(key, value)
     return s
 
 

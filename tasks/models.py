@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,17 +14,46 @@ from components import modeling
 
 @dataclass
 class LoadedModel:
-    """A loaded model with what identifies it."""
+    """A loaded model with what identifies it.
+
+    Pickles as its reference: a task runner that ships tasks to other processes (Dask) sends the model reference,
+    and each worker process loads the weights once (checked against the fingerprint) instead of receiving them.
+    """
 
     ref: modeling.ModelRef
     model: Any
     tokenizer: Any
     fingerprint: str
     info: dict[str, Any]
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
 
     @property
     def name(self) -> str:
         return self.ref.name
+
+    def __reduce__(self):
+        return (_reload, (self.ref, self.dtype, self.device, self.trust_remote_code, self.fingerprint))
+
+
+_LOADED: dict[tuple[Any, ...], LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def _reload(ref: modeling.ModelRef, dtype: str, device: str, trust_remote_code: bool, fingerprint: str) -> LoadedModel:
+    """The model behind a pickled LoadedModel, loaded once per process; fails if the weights changed since."""
+    key = (ref, dtype, device, trust_remote_code, fingerprint)
+    with _LOCK:
+        if key not in _LOADED:
+            now = modeling.model_fingerprint(ref)
+            if now != fingerprint:
+                raise RuntimeError(f"model {ref.ref!r} changed on disk (fingerprint {now} != {fingerprint}); "
+                                   "re-run so every worker evaluates the same weights")
+            mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            _LOADED[key] = LoadedModel(ref, mdl, tok, fingerprint, modeling.describe(mdl), dtype, device,
+                                       trust_remote_code)
+        return _LOADED[key]
 
 
 def check_model(model: str, trust_remote_code: bool = False) -> modeling.ModelRef:
@@ -42,4 +72,4 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     info = modeling.describe(mdl)
     print(f"loaded {ref.name}: {info['model_class']}, {info['n_params']:,} parameters, "
           f"{info['n_layers']} layers x {info['n_heads']} heads")
-    return LoadedModel(ref, mdl, tok, modeling.model_fingerprint(ref), info)
+    return LoadedModel(ref, mdl, tok, modeling.model_fingerprint(ref), info, dtype, device, trust_remote_code)

@@ -70,6 +70,42 @@ def breakdown_figure(name: str, spec: list[str], rows: list[dict[str, Any]], tit
     return fig
 
 
+def delta_bars(table: dict[str, Any]) -> plt.Figure:
+    """Deltas vs the baseline, one panel per metric column, error bars = 95% CI (green: better, red: worse,
+    grey: the interval contains 0 or there is no interval)."""
+    cols = table["columns"]
+    rows = list(table.get("deltas", {}))
+    n = max(len(cols), 1)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 1.6 + 0.45 * max(len(rows), 2) * nrows),
+                             squeeze=False)
+    for ax, col in zip(axes.flat, cols):
+        higher = table["higher_is_better"].get(col, True)
+        ds = [table["deltas"][r].get(col) for r in rows]
+        vals = [d["delta"] if d else float("nan") for d in ds]
+        errs = [d["ci"] if d and d["ci"] is not None else 0.0 for d in ds]
+        colors = []
+        for d in ds:
+            if not d or d["ci"] is None or abs(d["delta"]) <= d["ci"]:
+                colors.append("#999999")
+            else:
+                colors.append("#2ca02c" if (d["delta"] > 0) == higher else "#d62728")
+        ax.barh(range(len(rows)), vals, xerr=errs, color=colors, capsize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([r if "@" in r else f"{r} @{table['versions'].get(r, '')}" for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{col}: delta vs {table.get('baseline')}\n({'higher' if higher else 'lower'} is better)",
+                     fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    fig.suptitle(f"{table.get('title', '')}: 95% CI across seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def attention_profile_figure(sink_mass: list[float], uniform: float, induction: list[list[float]]) -> plt.Figure:
     """Left: mean attention to position 0 per layer (dashed: uniform attention); right: induction score heatmap."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -112,6 +148,14 @@ def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def to_png(fig: plt.Figure) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
 
 
 def close(fig: plt.Figure) -> None:

@@ -1,8 +1,15 @@
-"""Comparison tables: rows = components, columns = task/metric, mean (and std) over seeds."""
+"""Comparison tables: rows = components, columns = task/metric, mean (std, 95% CI) over seeds; the cross-run report
+(``attnflow report``): the same table built from MLflow runs, with deltas vs the baseline and their confidence
+intervals, rendered as Markdown and HTML."""
 
 from __future__ import annotations
 
+import base64
+import html
+import math
+import re
 import statistics
+from collections import defaultdict
 from typing import Any
 
 from prefect import task
@@ -29,13 +36,7 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
                 columns.append(col)
             higher[col] = r["higher_is_better"][metric]
             values.setdefault(row, {}).setdefault(col, []).append(float(value))
-    cells = {
-        row: {
-            col: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-            for col, v in values.get(row, {}).items()
-        }
-        for row in rows
-    }
+    cells = {row: {col: summarize(v) for col, v in values.get(row, {}).items()} for row in rows}
     return {"title": title, "rows": rows, "columns": columns, "cells": cells, "higher_is_better": higher,
             "versions": versions}
 
@@ -75,3 +76,183 @@ def to_csv_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
         for col, c in table["cells"][row].items():
             out.append({"component": row, "version": table["versions"].get(row, ""), "metric": col, **c})
     return out
+
+
+# ------------------------------------------------------------------------------------------ statistics across seeds
+
+
+def t_quantile(df: float, level: float = 0.95) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """mean, std, n and the half-width of the 95% t confidence interval of the mean (0 when n = 1)."""
+    n = len(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    ci = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": n, "ci": ci}
+
+
+def delta(values: dict[Any, float], base: dict[Any, float]) -> dict[str, Any] | None:
+    """Difference of means vs the baseline with a 95% CI: paired by seed when both have the same >= 2 seeds,
+    otherwise Welch's interval; ``ci`` is None when either side has a single value."""
+    if not values or not base:
+        return None
+    common = sorted(set(values) & set(base), key=str)
+    if len(common) >= 2 and set(values) == set(base):
+        diffs = [values[s] - base[s] for s in common]
+        d = summarize(diffs)
+        return {"delta": d["mean"], "ci": d["ci"], "n": d["n"], "paired": True}
+    x, b = list(values.values()), list(base.values())
+    d = statistics.fmean(x) - statistics.fmean(b)
+    if len(x) < 2 or len(b) < 2:
+        return {"delta": d, "ci": None, "n": min(len(x), len(b)), "paired": False}
+    vx, vb = statistics.variance(x) / len(x), statistics.variance(b) / len(b)
+    se = math.sqrt(vx + vb)
+    if se == 0:
+        return {"delta": d, "ci": 0.0, "n": min(len(x), len(b)), "paired": False}
+    df = (vx + vb) ** 2 / (vx ** 2 / (len(x) - 1) + vb ** 2 / (len(b) - 1))
+    return {"delta": d, "ci": t_quantile(df) * se, "n": min(len(x), len(b)), "paired": False}
+
+
+# ------------------------------------------------------------------------------------------ the cross-run report
+
+
+def seedless(task_label: str) -> str:
+    """``kv_retrieval(n_examples=8, seed=1)`` -> ``kv_retrieval(n_examples=8)`` (seeds are the replicates)."""
+    out = re.sub(r"(,\s*)?\bseed=[^,)]*", "", task_label).replace("(, ", "(")
+    return out.replace("()", "")
+
+
+@task(task_run_name="report tables")
+def report_tables(records: list[dict[str, Any]], baseline: str = "baseline") -> list[dict[str, Any]]:
+    """One table per model: rows = component (split by version, and by code fingerprint when the code changed
+    without a version bump), columns = task/metric; cells with mean and 95% CI across seeds, deltas vs the
+    baseline row. ``records`` come from ``tasks.tracking.evaluation_runs``."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_model[r["model"]].append(r)
+    tables = []
+    for model, recs in by_model.items():
+        identities = defaultdict(set)
+        for r in recs:
+            identities[r["component"]].add((r["version"], r["code_fingerprint"]))
+        versions_of = defaultdict(set)
+        for label, ids in identities.items():
+            for v, _ in ids:
+                versions_of[label].add(v)
+        results, values, names = [], defaultdict(dict), {}
+        for r in sorted(recs, key=lambda r: (r["start_time"], r["run_id"])):
+            row = r["component"]
+            if len(identities[row]) > 1:
+                row += f" @{r['version']}"
+                if len(identities[r["component"]]) > len(versions_of[r["component"]]):
+                    row += f"+{r['code_fingerprint'][:6]}"
+            names[row] = r["name"]
+            results.append({"component": {"label": row, "version": r["version"]}, "benchmark": {"name": r["task"]},
+                            "metrics": r["metrics"], "higher_is_better": r["higher_is_better"]})
+            for metric, value in r["metrics"].items():
+                values[(row, f"{r['task']}/{metric}")][r["seed"]] = value
+        table = comparison_table.fn(results, title=f"{model}")
+        table["rows"].sort(key=lambda row: (names[row] != baseline, row))  # baseline first, then by label/version
+        table["model"] = model
+        table["runs"] = len(recs)
+        table["seeds"] = sorted({r["seed"] for r in recs}, key=str)
+        base = next((row for row in table["rows"] if names.get(row) == baseline), None)
+        table["baseline"] = base
+        table["deltas"] = {
+            row: {col: delta(values[(row, col)], values[(base, col)]) for col in table["columns"]
+                  if (row, col) in values and (base, col) in values}
+            for row in table["rows"] if base and row != base
+        }
+        tables.append(table)
+    return tables
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _cell_text(c: dict[str, Any]) -> str:
+    return _fmt(c["mean"]) + (f" ± {c['ci']:.2g}" if c["n"] > 1 else "") + f" (n={c['n']})"
+
+
+def _delta_text(d: dict[str, Any] | None, higher_is_better: bool) -> str:
+    if d is None:
+        return "-"
+    if d["ci"] is None:
+        return f"{d['delta']:+.3g} (n=1, no CI)"
+    lo, hi = d["delta"] - d["ci"], d["delta"] + d["ci"]
+    mark = ""
+    if lo > 0 or hi < 0:
+        mark = " ▲" if (lo > 0) == higher_is_better else " ▼"
+    return f"{d['delta']:+.3g} [{lo:+.3g}, {hi:+.3g}]{mark}"
+
+
+def _arrow(table: dict[str, Any], col: str) -> str:
+    return "↑" if table["higher_is_better"].get(col, True) else "↓"
+
+
+def report_markdown(experiment: str, tables: list[dict[str, Any]], figures: dict[str, str] | None = None) -> str:
+    """The report as Markdown: per model, the values (mean ± 95% CI) and the deltas vs baseline."""
+    lines = [f"# attnflow report: experiment `{experiment}`", ""]
+    if not tables:
+        return "\n".join(lines + ["No evaluation runs found."])
+    for t in tables:
+        cols = t["columns"]
+        lines += [f"## model `{t['model']}`", "",
+                  f"{t['runs']} evaluation runs; seeds {', '.join(map(str, t['seeds']))}; "
+                  "values are mean ± half-width of the 95% t-interval across seeds.", "",
+                  "| component | version | " + " | ".join(f"{c} {_arrow(t, c)}" for c in cols) + " |",
+                  "|" + "---|" * (len(cols) + 2)]
+        for row in t["rows"]:
+            cells = [_cell_text(t["cells"][row][c]) if c in t["cells"][row] else "-" for c in cols]
+            lines.append(f"| {row} | {t['versions'].get(row, '')} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if t["baseline"] is None:
+            lines += ["No baseline row in these runs: deltas omitted.", ""]
+        elif t["deltas"]:
+            lines += [f"Deltas vs `{t['baseline']}` (95% CI; paired by seed when both rows have the same seeds; "
+                      "▲ better / ▼ worse when the interval excludes 0):", "",
+                      "| component | version | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+            for row, ds in t["deltas"].items():
+                cells = [_delta_text(ds.get(c), t["higher_is_better"].get(c, True)) for c in cols]
+                lines.append(f"| {row} | {t['versions'].get(row, '')} | " + " | ".join(cells) + " |")
+            lines.append("")
+    for name in figures or {}:
+        lines += [f"![{name}]({name})", ""]
+    return "\n".join(lines)
+
+
+def report_html(experiment: str, tables: list[dict[str, Any]], figures: dict[str, bytes]) -> str:
+    """A self-contained HTML page (tables + figures inlined) that MLflow's artifact view renders."""
+    parts = [f"<h1>attnflow report: experiment <code>{html.escape(experiment)}</code></h1>"]
+    for t in tables:
+        cols = t["columns"]
+        parts.append(f"<h2>model <code>{html.escape(t['model'])}</code></h2><p>{t['runs']} evaluation runs; seeds "
+                     f"{html.escape(', '.join(map(str, t['seeds'])))}; mean ± 95% CI across seeds.</p>")
+        head = "".join(f"<th>{html.escape(c)} {_arrow(t, c)}</th>" for c in cols)
+        rows = "".join(
+            f"<tr><td>{html.escape(r)}</td><td>{html.escape(t['versions'].get(r, ''))}</td>"
+            + "".join(f"<td>{html.escape(_cell_text(t['cells'][r][c]) if c in t['cells'][r] else '-')}</td>"
+                      for c in cols)
+            + "</tr>" for r in t["rows"])
+        parts.append(f"<table><tr><th>component</th><th>version</th>{head}</tr>{rows}</table>")
+        if t["deltas"]:
+            rows = "".join(
+                f"<tr><td>{html.escape(r)}</td><td>{html.escape(t['versions'].get(r, ''))}</td>"
+                + "".join(f"<td>{html.escape(_delta_text(ds.get(c), t['higher_is_better'].get(c, True)))}</td>"
+                          for c in cols) + "</tr>" for r, ds in t["deltas"].items())
+            parts.append(f"<h3>Deltas vs <code>{html.escape(t['baseline'])}</code> (95% CI)</h3>"
+                         f"<table><tr><th>component</th><th>version</th>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + f"</tr>{rows}</table>")
+    for name, png in figures.items():
+        parts.append(f'<h3>{html.escape(name)}</h3><img alt="{html.escape(name)}" '
+                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+             "img{max-width:100%}")
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
+           + "".join(parts) + "</body></html>"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,30 @@ from tasks.report import to_csv_rows, to_markdown
 RETRY = dict(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer (logging tasks retry, then the flow fails with this message)."""
+
+
 def client() -> MlflowClient:
     uri = settings().tracking_uri
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Raise TrackingUnavailable when nothing answers at ``uri`` (any HTTP answer, even an error, counts)."""
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()  # noqa: S310 - tracking URI
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({reason}). Nothing computed is lost: evaluation results "
+            f"stay in Prefect's result store ({settings().results_dir}); once the server is back, re-run the same "
+            "request and they are logged from the cache (or `attnflow up` to restart the local stack).") from None
 
 
 def artifact_root() -> str | None:
@@ -173,3 +195,4 @@ def log_comparison(run_id: str, table: dict[str, Any], results: list[dict[str, A
 def _table_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     keys = list(rows[0]) if rows else []
     return {k: [r.get(k) for r in rows] for k in keys}
+

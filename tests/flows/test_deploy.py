@@ -36,3 +36,13 @@ def test_prefect_yaml_deploys_all():
     schema = deployments["compare"].parameter_openapi_schema["properties"]
     assert {"model", "components", "tasks", "seeds"} <= set(schema)
     assert "Hub id" in schema["model"].get("description", "")
+    # typed parameters: the UI form gets choices and minimums
+    assert schema["dtype"]["enum"] == ["float32", "bfloat16", "float16"] and schema["batch_size"]["minimum"] == 1
+    # every user-facing flow on main has a deployment; retries, runners, schedules and limits as declared
+    assert {"compare-sweep", "report", "train-lm", "quickstart"} <= set(deployments)
+    assert nightly.job_variables["env"]["PREFECT_FLOWS_DEFAULT_RETRIES"] == "1"
+    assert deployments["compare-sweep"].job_variables["env"]["ATTNFLOW_TASK_RUNNER"] == "dask"
+    assert deployments["report"].schedules[0].schedule.cron == "0 3 * * *"
+    limits = {name: (d.global_concurrency_limit.limit if d.global_concurrency_limit else None)
+              for name, d in deployments.items()}
+    assert limits["train-lm"] == 1 and limits["compare"] == 2, limits
