@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from components.benchmarks import _text
@@ -31,3 +32,13 @@ def pair_file(path: Path, model, tokenizer, n: int, seed: int = 0) -> Path:
     """A Fast-DetectGPT style ``{"original": [...], "sampled": [...]}`` file."""
     path.write_text(json.dumps({"original": human_texts(n, seed), "sampled": machine_texts(model, tokenizer, n, seed)}))
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Torch with 2 threads on a loaded 2-core machine is up to 30x slower for these small models (OpenMP spin
+    barriers); the PAWN tests run with 1 thread and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
