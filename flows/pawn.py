@@ -131,7 +131,7 @@ def pawn_train(train: list[str], test: list[str] = [], model: str = "demo",  # n
 def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B006 - Prefect parameter defaults
          detectors: list[str] = DEFAULT_DETECTORS, prep: PrepOptions = PrepOptions(),  # noqa: B006,B008
          max_length: int = 512, batch_size: int = 16, performer: Optional[str] = None, experiment: str = "pawn",
-         register: bool = True, out: Optional[str] = None, dtype: str = "float32",
+         register_model: bool = True, out: Optional[str] = None, dtype: str = "float32",
          progress: bool = True) -> dict[str, Any]:
     """End to end: prep, feature cache, PAWN heads and baselines, evaluation, ONNX export of the best head,
     registration as attnflow.pawn.<backbone> (alias champion).
@@ -146,7 +146,7 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
         batch_size: Texts per backbone forward.
         performer: Optional second model sharing the tokenizer (two-model Binoculars).
         experiment: MLflow experiment name.
-        register: Register the exported detector in MLflow with alias champion.
+        register_model: Register the exported detector in MLflow with alias champion.
         out: Directory of the exported detector (default ATTNFLOW_HOME/models/pawn-<backbone>-<id>).
         dtype: Backbone dtype: float32, bfloat16 or float16.
         progress: Show progress bars.
@@ -162,10 +162,10 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
     # 6. ONNX: the head and the backbone + metric graph, parity-checked in ONNX Runtime.
     model_dir = export_detector(best, out_["loaded"], out_["caches"]["train"]["dir"], out)
     # 7. Registered model attnflow.pawn.<backbone>, alias champion.
-    version = register_detector(model_dir, out_["run_id"], registered_name(out_["loaded"].name)) if register else None
+    version = register_detector(model_dir, out_["run_id"], registered_name(out_["loaded"].name)) if register_model else None
     finish_run(out_["run_id"])
     return {**{k: v for k, v in out_.items() if k != "loaded"}, "model_dir": model_dir,
-            "registered": registered_name(out_["loaded"].name) if register else None, "registered_version": version,
+            "registered": registered_name(out_["loaded"].name) if register_model else None, "registered_version": version,
             "exported": best["fit"]["component"]["label"]}
 
 

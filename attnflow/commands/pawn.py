@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
         opts = _prep(valid_frac, test_frac, limit, text_field, label_field, invert_labels, drop_empty,
                      strip_shared_prefix)
         res = _train("pawn", train, test, model, detectors, max_length, batch_size, performer, experiment, dtype,
-                     opts, register=register_model, out=out)
+                     opts, register_model=register_model, out=out)
         typer.echo(f"detector: {res['model_dir']}" + (f" (registered {res['registered']} version "
                                                        f"{res['registered_version']}, alias champion)"
                                                        if res["registered"] else ""))
