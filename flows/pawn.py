@@ -18,7 +18,7 @@ from tasks.pawn_data import PrepOptions, prepare
 from tasks.pawn_export import export_detector, read_meta, register_detector, registered_name, resolve_model
 from tasks.pawn_plan import check_options, plan_pawn
 from tasks.pawn_report import log_detection
-from tasks.pawn_train import evaluate_detector, fit_detector
+from tasks.pawn_train import evaluate_detector, fit_detector, forget_features
 from tasks.tracking import finish_run, publish_components, start_run
 
 DEFAULT_DETECTORS = ["pawn", "log_likelihood", "log_rank", "token_entropy", "gltr", "fast_detectgpt", "binoculars"]
@@ -124,6 +124,7 @@ def pawn_train(train: list[str], test: list[str] = [], model: str = "demo",  # n
                              max_length=max_length, batch_size=batch_size, performer=performer,
                              experiment=experiment, dtype=dtype, progress=progress)
     finish_run(out["run_id"])
+    forget_features()
     return {k: v for k, v in out.items() if k != "loaded"}
 
 
@@ -164,6 +165,7 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
     # 7. Registered model attnflow.pawn.<backbone>, alias champion.
     version = register_detector(model_dir, out_["run_id"], registered_name(out_["loaded"].name)) if register_model else None
     finish_run(out_["run_id"])
+    forget_features()
     return {**{k: v for k, v in out_.items() if k != "loaded"}, "model_dir": model_dir,
             "registered": registered_name(out_["loaded"].name) if register_model else None, "registered_version": version,
             "exported": best["fit"]["component"]["label"]}
@@ -208,4 +210,5 @@ def pawn_evaluate(detector: str, data: list[str], prep: PrepOptions = PrepOption
     logged = log_detection([result], experiment, parent, versions, {"name": loaded.name, "fingerprint": loaded.fingerprint},
                            {"test": {k: v for k, v in cache.items() if k != "dir"}}, f"{experiment}: {loaded.name}")
     finish_run(parent)
+    forget_features()
     return {"table": logged["table"], "run_id": parent, "result": result}

@@ -50,8 +50,9 @@ def cache_root() -> Path:
     return settings().cache_dir / "pawn-features"
 
 
-def identity(loaded: LoadedModel, data_fp: str, max_length: int, performer: LoadedModel | None = None) -> dict:
-    """What a cache is built from (its key is a hash of this)."""
+def identity(loaded: LoadedModel, data_fp: str, max_length: int, performer: LoadedModel | None = None,
+             data_path: str = "") -> dict:
+    """What a cache is built from (its key hashes these, except the dataset's path)."""
     return {
         "backbone": {"name": loaded.name, "ref": loaded.ref.ref, "fingerprint": loaded.fingerprint,
                      "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
@@ -59,7 +60,7 @@ def identity(loaded: LoadedModel, data_fp: str, max_length: int, performer: Load
                      "vocab_size": _features.vocab_size(loaded.model)},
         "performer": None if performer is None else {"name": performer.name, "fingerprint": performer.fingerprint},
         "extractor": {"version": _features.EXTRACTOR_VERSION, "max_length": max_length, "metrics": list(METRICS)},
-        "dataset": {"fingerprint": data_fp},
+        "dataset": {"fingerprint": data_fp, "path": data_path},
     }
 
 
@@ -125,7 +126,7 @@ def build(loaded: LoadedModel, data_path: str, *, max_length: int = 512, batch_s
           progress: bool = True) -> dict[str, Any]:
     """Build or complete the cache of a prepared dataset; returns the manifest (plus this run's counts)."""
     rows = read_prepared(data_path)
-    ident = identity(loaded, dataset_fingerprint(data_path), max_length, performer)
+    ident = identity(loaded, dataset_fingerprint(data_path), max_length, performer, str(data_path))
     key = cache_key(ident)
     out = Path(cache_dir) if cache_dir else cache_root() / key
     manifest = {"format": FORMAT, "key": key, **ident, "shard_size": shard_size, "n_rows": len(rows),

@@ -83,10 +83,12 @@ def _pair_rows(path: Path, data: dict[str, Any], limit: int, strip_prefix: bool)
             k = _common_prefix_words(h, s)
             if k and len(h.split()) > k and len(s.split()) > k:
                 h, s = " ".join(h.split()[k:]), " ".join(s.split()[k:])
-        group = f"{stem}:{i}"
-        rows.append({"id": f"{group}:human", "text": h, "label": 0, "domain": domain, "generator": "human",
+        # files of one domain often share their human texts: group by the human text so that it (and every
+        # machine continuation of it) lands in one split whichever file it comes from
+        group = hashlib.sha256(str(h).encode()).hexdigest()[:16]
+        rows.append({"id": f"{stem}:{i}:human", "text": h, "label": 0, "domain": domain, "generator": "human",
                      "split": None, "group": group})
-        rows.append({"id": f"{group}:machine", "text": s, "label": 1, "domain": domain, "generator": generator,
+        rows.append({"id": f"{stem}:{i}:machine", "text": s, "label": 1, "domain": domain, "generator": generator,
                      "split": None, "group": group})
     return rows
 

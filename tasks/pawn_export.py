@@ -33,6 +33,7 @@ from infra.settings import settings
 from tasks import pawn_cache, tracking
 from tasks.lm import register_model
 from tasks.models import LoadedModel
+from tasks.pawn_data import read_prepared
 from tasks.pawn_train import detector, features, load_state
 
 KIND = "attnflow-pawn-detector"
@@ -146,9 +147,17 @@ def _parity(out: Path, loaded: LoadedModel, head: torch.nn.Module, texts: list[s
             "n_texts": len(texts)}
 
 
+def parity_texts(manifest: dict[str, Any], n: int = 8) -> list[str]:
+    """Up to n validation texts of the training data (different lengths: one padded batch), else two fixed ones."""
+    path = manifest["dataset"].get("path", "")
+    rows = [r for r in read_prepared(path) if r["split"] == "valid"] if path and Path(path).is_file() else []
+    texts = [r["text"] for r in rows[:: max(1, len(rows) // n)][:n]]
+    return texts or ["A short text to check the exported graphs.",
+                     "Another, somewhat longer text: the graphs must agree with torch at every length and batch size."]
+
+
 @task(cache_policy=NO_CACHE, task_run_name="export {evaluation[fit][spec]}")
-def export_detector(evaluation: dict[str, Any], loaded: LoadedModel, cache_dir: str, out: str | None = None,
-                    parity_texts: list[str] | None = None) -> str:
+def export_detector(evaluation: dict[str, Any], loaded: LoadedModel, cache_dir: str, out: str | None = None) -> str:
     """Write the detector directory with both ONNX graphs and check them against torch with ONNX Runtime."""
     fit = evaluation["fit"]
     det = detector(fit["spec"])
@@ -184,9 +193,7 @@ def export_detector(evaluation: dict[str, Any], loaded: LoadedModel, cache_dir: 
                  "providers": ["CPUExecutionProvider"]},
     }
     (dst / "pawn.json").write_text(json.dumps(meta, indent=1))
-    parity = _parity(dst, loaded, head, parity_texts or ["A short text to check the exported graphs.",
-                                                         "Another, somewhat longer text: the graphs must agree with "
-                                                         "torch at every length and batch size."])
+    parity = _parity(dst, loaded, head, parity_texts(manifest))
     meta["onnx"]["parity"] = parity
     (dst / "pawn.json").write_text(json.dumps(meta, indent=1))
     print(f"exported {det.label()} to {dst} ({export_seconds:.0f}s); ONNX Runtime vs torch: max |logit diff| "

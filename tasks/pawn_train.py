@@ -41,6 +41,11 @@ def features(cache_dir: str, splits: tuple[str, ...] | None, hidden: bool) -> Fe
     return _load(str(cache_dir), splits, hidden)
 
 
+def forget_features() -> None:
+    """Drop the in-memory features (a long-lived worker process should not keep them after a flow)."""
+    _load.cache_clear()
+
+
 def state_dir(cache_key: str, det: Any) -> Path:
     return settings().cache_dir / "pawn-detectors" / cache_key / f"{det.component_name}-{det.fingerprint()}"
 

@@ -15,10 +15,10 @@ and, with a second "performer" model M2 on the same tokens (Binoculars):
     performer_log_prob = log M2_i(t_{i+1});   cross_entropy = -sum_v P_i(v) log M2_i(v)
 
 The vocabulary can be large (128k for Llama 3), so nothing of size (T, V) is ever held in float64: the
-backbone's body runs once per batch, then the output projection and the metrics run over chunks of 16-512
-positions (about ``chunk_elements`` logits) in float32. Texts always start with a BOS token (the tokenizer's,
-else its EOS, as is usual for GPT-2), so the first real token is scored too; texts longer than ``max_length``
-tokens are truncated and flagged. ``EXTRACTOR_VERSION`` is part of every feature-cache key: bump it whenever the numbers change.
+backbone's body runs once per batch, then the output projection runs over chunks of up to 1024 positions (about
+8 x ``chunk_elements`` logits) and the metrics over pieces of about ``chunk_elements`` logits, in float32. Texts
+always start with a BOS token (the tokenizer's, else its EOS, as is usual for GPT-2), so the first real token is
+scored too; texts longer than ``max_length`` tokens are truncated and flagged. ``EXTRACTOR_VERSION`` is part of every feature-cache key: bump it whenever the numbers change.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def extract(
     hidden: list[Any] = [None] * n
     metrics: list[Any] = [None] * n
     aux: list[Any] = [None] * n
-    rows_per_chunk = max(16, min(512, chunk_elements // V))  # GEMM-friendly, cache-friendly temporaries
+    gemm_rows = max(16, min(1024, 8 * chunk_elements // V))  # positions per output-projection GEMM
+    stat_rows = max(16, min(512, chunk_elements // V))  # positions per metric computation (cache-friendly)
     done_texts = done_tokens = 0
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
@@ -163,15 +164,17 @@ def extract(
         targets = ids[:, 1:][scored]  # (N,)
         hp = _body(performer, ids)[:, :-1][scored] if performer is not None else None  # (N, H2)
         m_parts, a_parts = [], []
-        for c in range(0, rows.shape[0], rows_per_chunk):
-            logits = output_logits(model, rows[c : c + rows_per_chunk])  # (n, V)
-            tg = targets[c : c + rows_per_chunk]
-            m, sq = token_metrics(logits, tg)
-            a = [sq]
-            if hp is not None:
-                a.append(performer_stats(logits, output_logits(performer, hp[c : c + rows_per_chunk]), tg))
-            m_parts.append(m)
-            a_parts.append(torch.cat(a, dim=-1))
+        for c in range(0, rows.shape[0], gemm_rows):  # output projection: large GEMMs
+            logits = output_logits(model, rows[c : c + gemm_rows])  # (n, V)
+            perf = output_logits(performer, hp[c : c + gemm_rows]) if hp is not None else None  # (n, V)
+            for s in range(0, logits.shape[0], stat_rows):  # metrics: cache-sized pieces
+                lg = logits[s : s + stat_rows]  # (n', V)
+                tg = targets[c + s : c + s + lg.shape[0]]  # (n',)
+                m, sq = token_metrics(lg, tg)
+                if perf is not None:
+                    sq = torch.cat([sq, performer_stats(lg, perf[s : s + stat_rows], tg)], dim=-1)  # (n', 3)
+                m_parts.append(m)
+                a_parts.append(sq)
         m_all = torch.cat(m_parts).cpu().numpy()  # (N, 5)
         a_all = torch.cat(a_parts).cpu().numpy()  # (N, A)
         h16 = h.to(torch.float16).cpu().numpy()  # (B, T, H)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from attnflow.cli import app
 from components.detectors._features import extract
-from flows.pawn import DEFAULT_DETECTORS, pawn, pawn_evaluate, pawn_train
+from flows.pawn import DEFAULT_DETECTORS, pawn, pawn_evaluate, pawn_features, pawn_prep, pawn_train
 from infra.settings import settings
 from tasks.pawn_export import PARITY_TOL, read_meta
 from tasks.pawn_train import detector, load_state
@@ -128,3 +128,11 @@ def test_registered_detector_evaluates_new_data(run, data):
     res = state.result()
     assert res["result"]["threshold"] == read_meta(run["model_dir"])["threshold_logit"]
     assert res["table"]["rows"][0].startswith("pawn") and len(res["result"]["test"]["labels"]) == 24
+
+
+def test_prep_and_features_flows_find_the_same_cache(run, data, tiny_llama_dir):
+    prepared = pawn_prep(sources=data["train"], out=str(data["dir"] / "prepared.parquet"))
+    assert prepared["n_rows"] == 144 and prepared["generators"] == ["human", "tiny-a", "tiny-b"]
+    feats = pawn_features(data=[prepared["path"]], model=str(tiny_llama_dir), max_length=48, progress=False)
+    assert feats["key"] == run["caches"]["train"]["key"]  # same content, same backbone: the pawn run's cache
+    assert feats["complete"] and feats["computed_shards"] == []

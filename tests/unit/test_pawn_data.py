@@ -46,6 +46,13 @@ def test_fast_detectgpt_pair_files(tmp_path):
     assert all(len(s) == 1 for s in by_pair.values())  # a pair never straddles two splits
     assert {r["split"] for r in rows} <= {"train", "valid", "test"}
     assert info["splits"]["train"]["human"] == info["splits"]["train"]["machine"]
+    # another generator's file with the same human texts: each human text keeps its split across files
+    two = read_sources([str(pair_file(tmp_path)), str(pair_file(tmp_path, "xsum_opt.raw_data.json"))], fields=FIELDS)
+    split_of: dict[str, set[str]] = {}
+    for r in two:
+        if r["label"] == 0:
+            split_of.setdefault(r["text"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values()) and len(two) == 80
     cut = read_sources([str(pair_file(tmp_path))], fields=FIELDS, strip_shared_prefix=True, limit_per_source=3)
     assert len(cut) == 6 and cut[0]["text"] == "human text 0." and cut[1]["text"] == "machine text 0!"
 
