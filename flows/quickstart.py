@@ -20,13 +20,14 @@ from tasks.demo import ensure_registered, find_demo
 
 @flow(name="quickstart", log_prints=True)
 def quickstart(preset: str = "quickstart", experiment: str = "quickstart", train_if_missing: bool = True,
-               progress: bool = True) -> dict[str, Any]:
+               demo_preset: str = "demo", progress: bool = True) -> dict[str, Any]:
     """Compare baseline, ZeroTuning and head masking on the synthetic suite and perplexity, on the demo model.
 
     Args:
         preset: Comparison preset (registry/presets/<name>.yaml).
         experiment: MLflow experiment.
         train_if_missing: Train the demo model when neither ATTNFLOW_HOME/models/demo-lm nor assets/demo-lm exists.
+        demo_preset: LM preset used when the demo model has to be trained.
         progress: Show progress bars.
     """
     # 1. The demo model: shipped, trained earlier, or trained now.
@@ -34,8 +35,9 @@ def quickstart(preset: str = "quickstart", experiment: str = "quickstart", train
     if model_dir is None:
         if not train_if_missing:
             raise FileNotFoundError("the demo model is missing; run `attnflow train-lm --preset demo`")
-        print("demo model not found: training it (attnflow train-lm --preset demo)")
-        model_dir = train_lm(preset="demo", progress=progress)["model_dir"]
+        print(f"demo model not found: training it (attnflow train-lm --preset {demo_preset})")
+        out_dir = str(settings().models_dir / "demo-lm")
+        model_dir = train_lm(preset=demo_preset, out=out_dir, register_model=False, progress=progress)["model_dir"]
     # 2. Registered once in MLflow as attnflow.demo-lm@champion.
     ensure_registered(model_dir)
     # 3. The comparison.

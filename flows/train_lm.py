@@ -12,7 +12,7 @@ from typing import Any, Optional
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, register_model, resolve_preset,
+from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, register_lm, resolve_preset,
                       save_model, suite_specs, train_model)
 from tasks.tracking import finish_run, metric_key
 
@@ -63,7 +63,7 @@ def train_lm(
     log_final(run.mlflow_run_id, metrics, info)
     version = None
     if register_model:
-        version = register_model(run.mlflow_run_id, model_dir, f"attnflow.{spec.name}-lm", "champion",
+        version = register_lm(run.mlflow_run_id, model_dir, f"attnflow.{spec.name}-lm", "champion",
                                  {"attnflow.data_fingerprint": run.data_fingerprint, "attnflow.preset": spec.name,
                                   **{metric_key(f"metric.{k}"): f"{v:.4f}" for k, v in metrics.items()}})
     finish_run(run.mlflow_run_id)

@@ -75,7 +75,7 @@ def configure() -> Settings:
     env.setdefault("ATTNFLOW_HOME", str(s.home))
     if "PREFECT_API_URL" not in env:
         env.setdefault("PREFECT_HOME", str(s.home / "prefect"))
-    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(s.results_dir))
     env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import modeling
 from tasks import tracking
-from tasks.lm import register_model
+from tasks.lm import register_lm
 
 DEMO_NAME = "attnflow.demo-lm"
 
@@ -40,4 +40,4 @@ def ensure_registered(model_dir: str) -> str:
     tags = {"attnflow.model_fingerprint": fp, "attnflow.data_fingerprint": str(info.get("data_fingerprint", "")),
             "attnflow.command": str(info.get("command", ""))}
     tags.update({tracking.metric_key(f"metric.{k}"): f"{v:.4f}" for k, v in info.get("metrics", {}).items()})
-    return register_model.fn(None, model_dir, DEMO_NAME, "champion", tags)
+    return register_lm.fn(None, model_dir, DEMO_NAME, "champion", tags)

@@ -52,7 +52,11 @@ def resolve_preset(preset: str, overrides: dict[str, Any] | None = None, corpus:
 
 
 def run_key(spec: LMPreset) -> str:
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    """Identity of a training run: everything that changes the result (not the thread count or logging)."""
+    d = spec.to_dict()
+    for k in ("threads", "log_every"):
+        d["train"].pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="prepare run")
@@ -204,7 +208,7 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="register {name}")
-def register_model(run_id: str | None, model_dir: str, name: str, alias: str, tags: dict[str, str],
+def register_lm(run_id: str | None, model_dir: str, name: str, alias: str, tags: dict[str, str],
                    experiment: str = "models") -> str:
     """Log a model directory as run artifacts and register it as ``name`` with ``alias`` (e.g. champion)."""
     c = tracking.client()

@@ -16,11 +16,15 @@ _HOME = Path(tempfile.mkdtemp(prefix="attnflow-test-home-"))
 os.environ["ATTNFLOW_HOME"] = str(_HOME)
 for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
     os.environ.pop(var, None)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models gain nothing from threads; avoids oversubscription
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import infra.settings  # noqa: E402,F401  (creates the home and Prefect defaults)
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,13 @@ def dense_bias_logits(biases: list[KeyBias], batch: int, kv_len: int, dtype: tor
     return total
 
 
+def bias_mask(biases: list[KeyBias], call: CallInfo, dtype: torch.dtype) -> torch.Tensor:
+    """Key biases folded into an additive float mask (B, H, T, S): the bias where visible, finfo.min elsewhere."""
+    visible = call.mask if call.mask is not None else causal_mask(call, call.device)  # (B|1, 1, T, S) bool
+    bias = dense_bias_logits(biases, call.batch, call.kv_len, dtype)  # (B, H, 1, S)
+    return torch.where(visible, bias, torch.finfo(dtype).min)  # (B, H, T, S)
+
+
 def correct_sparse_biases(
     out: torch.Tensor,
     lse: torch.Tensor,

@@ -13,6 +13,10 @@ Routing per attention call, fastest first:
 2. materialised path (the fallback): when attention weights are requested (``output_attentions=True``), for
    ``softcap`` models, when a patch edits probabilities without a fast form, when two probability editors share a
    layer, or when forced (``force="materialize"``). Returns the probabilities.
+
+``force="channels"`` keeps every key bias in the extra-channel form (the form used under torch.export);
+``force="bias"`` folds key biases into an additive float mask instead (slower in PyTorch, but ONNX Runtime fuses it
+into ``GroupQueryAttention``, see docs/onnx.md).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from components.patches.base import AttentionPatch
 
 IMPLEMENTATION = "attnflow"
-Force = Literal["channels", "materialize"] | None
+Force = Literal["channels", "bias", "materialize"] | None
 
 
 class UnsupportedModelError(TypeError):
@@ -215,15 +219,17 @@ def attnflow_attention(
 
 def _fast(query, key, value, call: CallInfo, biases: list[KeyBias], prob_editors, force: Force) -> torch.Tensor:
     """Fused SDPA plus exact corrections."""
-    use_lse = am.lse_available(query) and force != "channels"
+    use_lse = am.lse_available(query) and force not in ("channels", "bias")
     sparse = [b for b in biases if b.index is not None] if use_lse else []
     dense = [b for b in biases if b not in sparse]
     d = value.shape[-1]
-    q, k, v = query, key, value
-    if dense:
+    q, k, v, mask, is_causal = query, key, value, call.mask, call.is_causal
+    if dense and force == "bias":
+        mask, is_causal = am.bias_mask(dense, call, query.dtype), False  # (B, H, T, S) additive
+    elif dense:
         q, k, v = am.append_bias_channels(q, k, v, dense, call.scaling)
     need_lse = bool(sparse) or any(p.needs_lse for p in prob_editors)
-    out, lse = am.sdpa(q, k, v, call.mask, call.is_causal, call.scaling, want_lse=need_lse and use_lse)
+    out, lse = am.sdpa(q, k, v, mask, is_causal, call.scaling, want_lse=need_lse and use_lse)
     out = out[..., :d]  # drop the bias channels
     if sparse:
         extra = am.dense_bias_logits(dense, call.batch, call.kv_len, torch.float32) if dense else None

@@ -65,10 +65,12 @@ class KVRetrieval(Benchmark):
         check_range("kv_retrieval.n_examples", self.n_examples, 1)
 
     def sample(self, rng: random.Random, index: int = 0) -> dict[str, Any]:
-        keys: set[str] = set()
+        keys: list[str] = []  # a list, not a set: set order varies between processes (hash randomisation)
         while len(keys) < self.n_pairs:
-            keys.add("".join(rng.choices(string.ascii_lowercase, k=3)))
-        pairs = [(k, f"{rng.randrange(1000):03d}") for k in sorted(keys, key=lambda _: rng.random())]
+            key = "".join(rng.choices(string.ascii_lowercase, k=3))
+            if key not in keys:
+                keys.append(key)
+        pairs = [(k, f"{rng.randrange(1000):03d}") for k in keys]
         q = index % self.n_pairs  # depth spread evenly over the examples
         context = " ".join(f"{k}:{v}" for k, v in pairs)
         return {

@@ -1,0 +1,139 @@
+"""`attnflow export-onnx` (runs the `export` flow) and `attnflow generate` (ONNX Runtime text generation)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-onnx")
+    def export_onnx(
+        model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
+        component: str = typer.Option("baseline", help="Component name, name@version or spec (ONNX-exportable)."),
+        param: list[str] = typer.Option([], "--param", "-p", help="Component parameter key=value (repeatable)."),
+        kv_cache: bool = typer.Option(False, "--kv-cache", help="Also export decode.onnx (past/present key-values)."),
+        optimize: str = typer.Option("ort-cpu", help="ONNX Runtime fusions: none, ort-cpu or ort-gpu."),
+        out: Optional[str] = typer.Option(None, help="Export directory (default ATTNFLOW_HOME/onnx/...)."),
+        attention_form: str = typer.Option("bias", help="Key biases as an additive mask (bias) or extra channels."),
+        opset: Optional[int] = typer.Option(None, help="ONNX opset, 18-23 (default 20; 23 = standard Attention op)."),
+        parity_lengths: str = typer.Option("16,64", help="Comma-separated sequence lengths of the parity check."),
+        threshold: float = typer.Option(1e-4, help="Maximum |logit diff| vs PyTorch (float32)."),
+        benchmark: bool = typer.Option(True, "--benchmark/--no-benchmark", help="Time ONNX Runtime vs PyTorch."),
+        speed_lengths: str = typer.Option("128,512", help="Comma-separated sequence lengths of the timing."),
+        register_model: bool = typer.Option(True, "--register/--no-register", help="Register in MLflow."),
+        reuse_export: bool = typer.Option(True, "--reuse-export/--fresh-export",
+                                          help="Reuse graphs exported earlier for the same model, component, options."),
+        experiment: str = typer.Option("export", help="MLflow experiment."),
+        trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
+    ) -> None:
+        """Export a model with a component applied to ONNX: parity-checked, fused, timed, registered in MLflow."""
+        from attnflow.cli import guarded, run_flow
+        from registry.specs import parse_kv
+        from tasks.export import plan_export
+
+        def prepare():
+            params = parse_kv(param)
+            lengths = _ints(parity_lengths, "--parity-lengths")
+            speeds = _ints(speed_lengths, "--speed-lengths") if benchmark else []
+            plan_export.fn(model, component, params, optimize, out, attention_form, lengths, threshold, speeds,
+                           trust_remote_code, opset)
+            return params, lengths, speeds
+
+        params, lengths, speeds = guarded(prepare)
+        from flows.export import export as flow
+
+        result = run_flow(flow, model=model, component=component, params=params, kv_cache=kv_cache,
+                          optimize=optimize, out=out, attention_form=attention_form, opset=opset,
+                          parity_lengths=lengths, threshold=threshold, benchmark=benchmark,
+                          speed_lengths=speeds or [128], register=register_model, reuse_export=reuse_export, experiment=experiment,
+                          trust_remote_code=trust_remote_code)
+        manifest = result["manifest"]
+        typer.echo(f"exported to {result['out_dir']}")
+        for kind, graph in manifest["graphs"].items():
+            typer.echo(f"  {graph['file']:12s} attention {graph['attention']}, fused ops {graph['fused_ops'] or '-'}")
+        typer.echo(f"  parity: max |diff| {manifest['parity']['max_abs_diff']:.2e} (threshold {threshold:g})")
+        for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
+            typer.echo(f"  speed T={length}: onnxruntime {r['onnxruntime_ms']:.1f} ms vs torch {r['torch_ms']:.1f} ms "
+                       f"(x{r['ratio']:.2f}, 1 thread)")
+        if result.get("registered_version"):
+            typer.echo(f"  MLflow: {result['registered_name']} version {result['registered_version']} "
+                       f"(run {result['run_id']})")
+
+    @app.command("generate")
+    def generate(
+        onnx: str = typer.Option(..., "--onnx", help="Directory written by `attnflow export-onnx`."),
+        prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text (repeat for a batch)."),
+        max_new_tokens: int = typer.Option(32, min=1, help="Tokens to generate."),
+        sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+        top_k: int = typer.Option(0, min=0, help="Sample among the k most likely tokens (0 = all)."),
+        seed: int = typer.Option(0, help="Sampling seed."),
+        provider: str = typer.Option("cpu", help="ONNX Runtime execution provider: cpu or cuda."),
+        verify: bool = typer.Option(False, "--verify", help="Also decode greedily with the patched PyTorch model "
+                                    "recorded in the manifest and report whether the tokens match."),
+    ) -> None:
+        """Generate text with an exported model on ONNX Runtime (uses the KV-cache graph when exported)."""
+        from attnflow.cli import fail, guarded
+
+        def prepare():
+            from pathlib import Path
+
+            from transformers import AutoTokenizer
+
+            from components.onnx.generate import PROVIDERS, OnnxCausalLM
+
+            if provider not in PROVIDERS:
+                raise ValueError(f"--provider {provider!r} is not one of {', '.join(PROVIDERS)}")
+            if sample and temperature <= 0:
+                raise ValueError(f"--temperature {temperature} must be > 0 when sampling")
+            if not Path(onnx).is_dir():
+                raise FileNotFoundError(f"--onnx {onnx!r} is not a directory")
+            return OnnxCausalLM(onnx, provider=provider), AutoTokenizer.from_pretrained(onnx)
+
+        lm, tokenizer = guarded(prepare)
+        typer.secho(lm.provider.message, fg=typer.colors.YELLOW if lm.provider.fell_back else None, err=True)
+        if not lm.has_kv_cache:
+            typer.echo("note: no decode.onnx in this export (exported without --kv-cache): every step re-runs the "
+                       "prefill graph", err=True)
+        tokenizer.padding_side = "left"
+        enc = tokenizer(prompt, return_tensors="np", padding=True)
+        gen = lm.manifest.get("generation", {})
+        ids = lm.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
+                          temperature=temperature, top_k=top_k, seed=seed, eos_token_id=gen.get("eos_token_id"),
+                          pad_token_id=gen.get("pad_token_id"))
+        for i in range(len(prompt)):  # the prompt and its continuation, left padding dropped
+            first = int(enc["attention_mask"][i].argmax())
+            typer.echo(f"[{i}] {tokenizer.decode(ids[i, first:], skip_special_tokens=True)}")
+        if verify:
+            if sample:
+                fail("--verify compares greedy decoding; drop --sample")
+            same = _torch_tokens(lm.manifest, enc, max_new_tokens, gen) == ids.tolist()
+            typer.echo(f"greedy tokens match the patched PyTorch model: {'yes' if same else 'NO'}")
+            if not same:
+                raise typer.Exit(code=1)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: expected comma-separated integers") from None
+
+
+def _torch_tokens(manifest: dict, enc: dict, max_new_tokens: int, gen: dict) -> list[list[int]]:
+    """Greedy tokens of the model + component recorded in the manifest, decoded by PyTorch."""
+    import torch
+
+    from components import modeling
+    from registry.specs import parse
+
+    model, _ = modeling.load_model(manifest["model"]["location"])
+    comp = parse(manifest["component"]["spec"]).create("patch")
+    with torch.no_grad(), comp.applied(model):
+        out = model.generate(input_ids=torch.from_numpy(enc["input_ids"]),
+                             attention_mask=torch.from_numpy(enc["attention_mask"]), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=gen.get("eos_token_id"),
+                             pad_token_id=gen.get("pad_token_id"))
+    return out.tolist()

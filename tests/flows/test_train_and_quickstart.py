@@ -1,0 +1,53 @@
+"""train-lm and quickstart end to end (tiny preset), against the real Prefect test server and MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components import modeling
+from flows.quickstart import quickstart
+from flows.train_lm import train_lm
+from infra.settings import settings
+from tests.flows.test_compare import task_states
+
+
+def test_train_lm_registers_a_loadable_model(tmp_path):
+    out = train_lm(preset="tiny", out=str(tmp_path / "lm"), steps=20, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out["model_dir"])
+    AutoTokenizer.from_pretrained(out["model_dir"])
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert {"kv_retrieval(n_pairs=4)/accuracy", "perplexity(max_tokens=8000)/ppl"} <= set(out["metrics"])
+    client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
+    mv = client.get_model_version_by_alias("attnflow.tiny-lm", "champion")
+    assert mv.tags["attnflow.data_fingerprint"] and mv.version == out["registered_version"]
+    run = client.get_run(out["mlflow_run_id"])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert len(history) >= 2 and history[-1].value < history[0].value  # loss curve logged and going down
+    assert "README.md" in {p.name for p in (tmp_path / "lm").iterdir()}
+
+
+def test_quickstart_trains_missing_demo_then_reuses_it(tmp_path, monkeypatch):
+    home_demo = settings().models_dir / "demo-lm"
+    monkeypatch.setattr(modeling, "demo_model_dirs", lambda: [home_demo])  # as on a machine without assets/
+    preset = tmp_path / "qs.yaml"
+    preset.write_text(yaml.safe_dump({"components": ["baseline", "zerotuning(gamma=2)"],
+                                      "tasks": ["kv_retrieval(n_pairs=4, n_examples=8)", "perplexity(max_tokens=400)"],
+                                      "seeds": [0]}))
+    first = quickstart(preset=str(preset), demo_preset="tiny", experiment="qs-test", progress=False,
+                       return_state=True)
+    assert first.is_completed(), first
+    assert (home_demo / "config.json").is_file()
+    assert first.result()["table"]["rows"] == ["baseline", "zerotuning"]
+    client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
+    assert str(client.get_model_version_by_alias("attnflow.demo-lm", "champion").version) == "1"
+
+    second = quickstart(preset=str(preset), experiment="qs-test", progress=False, return_state=True)
+    assert second.is_completed()
+    states = task_states(second.state_details.flow_run_id)
+    assert not any(name.startswith("train") for name in states)  # no retraining
+    assert len(client.search_model_versions("name='attnflow.demo-lm'")) == 1  # registered once
+    with pytest.raises(Exception):
+        quickstart(preset="no-such-preset", progress=False)

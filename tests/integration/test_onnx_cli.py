@@ -1,0 +1,75 @@
+"""`attnflow export-onnx` / `attnflow generate`: bad input is reported before any flow or model load."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+import registry
+from attnflow.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--component", "nope"], "unknown patch component 'nope'"),
+        (["--component", "kv_retrieval"], "unknown patch component 'kv_retrieval'"),
+        (["--component", "zerotuning", "--param", "gamma=0"], "gamma=0.0 is out of range"),
+        (["--component", "head_mask", "--param", "heads=7:0"], "7:0 out of range for a model with 2 layers"),
+        (["--optimize", "fast"], "--optimize 'fast' is not one of none, ort-cpu, ort-gpu"),
+        (["--attention-form", "dense"], "attention form 'dense' is not one of bias, channels"),
+        (["--parity-lengths", "1,64"], "parity length(s) [1] outside [2, 512]"),
+        (["--parity-lengths", "a"], "--parity-lengths 'a': expected comma-separated integers"),
+        (["--threshold", "-1"], "parity threshold -1.0 must be >= 0"),
+        (["--opset", "13"], "--opset 13 is not supported: use 18 to 23"),
+    ],
+)
+def test_export_bad_input_fails_fast(args, message, tiny_llama_dir):
+    out = runner.invoke(app, ["export-onnx", "--model", str(tiny_llama_dir), *args])
+    assert out.exit_code == 2, out.output
+    assert message in re.sub(r"\s+", " ", out.output)
+    assert "Starting temporary server" not in out.output  # no Prefect flow was started
+
+
+def test_export_refuses_a_component_that_is_not_exportable(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(registry.get("head_mask").cls, "onnx_exportable", False)
+    out = runner.invoke(app, ["export-onnx", "--model", str(tiny_llama_dir), "--component", "head_mask",
+                              "--param", "heads=0:1"])
+    assert out.exit_code == 2
+    assert "head_mask@1.0.0 cannot be exported to ONNX: it declares onnx_exportable = False" in \
+        re.sub(r"\s+", " ", out.output)
+
+
+def test_export_unsupported_model_and_missing_paths(tmp_path):
+    from transformers import MambaConfig
+
+    MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1).save_pretrained(tmp_path / "mamba")
+    out = runner.invoke(app, ["export-onnx", "--model", str(tmp_path / "mamba")])
+    assert out.exit_code == 2 and "MambaForCausalLM cannot be patched" in out.output
+    out = runner.invoke(app, ["export-onnx", "--model", "./missing/model"])
+    assert out.exit_code == 2 and "model path './missing/model' does not exist" in out.output
+
+
+def test_export_refuses_to_overwrite_a_foreign_directory(tiny_llama_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = runner.invoke(app, ["export-onnx", "--model", str(tiny_llama_dir), "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "is not an attnflow export directory" in re.sub(r"\s+", " ", out.output)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--onnx", "/nonexistent/dir", "--prompt", "hi"], "--onnx '/nonexistent/dir' is not a directory"),
+        (["--onnx", ".", "--prompt", "hi", "--provider", "tpu"], "--provider 'tpu' is not one of cpu, cuda"),
+        (["--onnx", ".", "--prompt", "hi", "--sample", "--temperature", "0"], "--temperature 0.0 must be > 0"),
+        (["--onnx", ".", "--prompt", "hi"], "holds no model.onnx"),
+    ],
+)
+def test_generate_bad_input(args, message):
+    out = runner.invoke(app, ["generate", *args])
+    assert out.exit_code == 2, out.output
+    assert message in re.sub(r"\s+", " ", out.output)

@@ -1,0 +1,78 @@
+"""The LM trainer: loss goes down, checkpoints resume exactly after a kill, the output loads with from_pretrained."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.lm.model import save_model_dir
+from components.lm.preset import LMPreset
+from components.lm.trainer import latest_checkpoint, lr_at
+from registry.specs import load_preset
+from tests.helpers.train_script import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_training_lowers_loss_and_saves_loadable_dir(tmp_path):
+    model, result = run(tmp_path / "ckpt", steps=30)  # tokenizer saved in tmp_path/tokenizer
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < first - 0.3, result.losses
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.helpers.train_script import setup
+
+    _, tok, _, _ = setup(30, tmp_path / "tokenizer")
+    out = save_model_dir(model, tok, tmp_path / "model", "# tiny\n")
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    tok2 = AutoTokenizer.from_pretrained(out)
+    ids = tok2("kv: abc:123. abc:", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+
+
+def test_resume_after_kill_loses_no_steps(tmp_path):
+    steps = 20
+    # Uninterrupted reference run.
+    ref_model, _ = run(tmp_path / "ref", steps)
+    # Interrupted run: a subprocess killed (SIGKILL) after its first checkpoint, then resumed here.
+    ckpt = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.train_script", str(ckpt), str(steps), "0.4"],
+                            cwd=REPO, env=env)
+    deadline = time.time() + 240
+    while latest_checkpoint(ckpt) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = latest_checkpoint(ckpt)
+    assert done is not None and done.name == "step-0000005", done  # killed mid-run, after step 5
+    model, result = run(ckpt, steps)
+    assert result.resumed_from == 5 and result.step == steps
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref_model.state_dict().items()):
+        assert torch.equal(a, b), name  # exactly the weights of the uninterrupted run
+
+
+def test_lr_schedule_warmup_then_cosine():
+    spec = LMPreset.from_dict("tiny", load_preset("lm/tiny"), {"train.steps": 100, "train.warmup": 10}).train
+    lrs = [lr_at(s, spec) for s in range(100)]
+    assert lrs[0] == pytest.approx(spec.lr / 10) and lrs[9] == pytest.approx(spec.lr)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(spec.lr * spec.min_lr_ratio, rel=0.05)
+
+
+def test_bad_preset_is_named():
+    from components.base import ParamError
+
+    with pytest.raises(ParamError, match="model.hidden=30 must be divisible by model.heads=4"):
+        LMPreset.from_dict("x", load_preset("lm/tiny"), {"model.hidden": 30, "model.heads": 4})
+    with pytest.raises(ParamError, match="unknown key"):
+        LMPreset.from_dict("x", {"model": {"width": 3}, "mixture": [{"text": "builtin:stories", "weight": 1}]})
