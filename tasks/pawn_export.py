@@ -31,7 +31,7 @@ from components.detectors import _export, _features
 from components.detectors.pawn import collate
 from infra.settings import settings
 from tasks import pawn_cache, tracking
-from tasks.lm import register_model
+from tasks.lm import register_lm
 from tasks.models import LoadedModel
 from tasks.pawn_data import read_prepared
 from tasks.pawn_train import detector, features, load_state
@@ -221,4 +221,4 @@ def register_detector(model_dir: str, run_id: str, name: str, alias: str = "cham
             "attnflow.threshold_logit": f"{meta['threshold_logit']:.6g}",
             **{tracking.metric_key(f"metric.test.{k}"): f"{m[k]:.4f}" for k in ("auroc", "macro_f1", "macro_recall")
                if isinstance(m.get(k), float) and not math.isnan(m[k])}}
-    return register_model.fn(run_id, model_dir, name, alias, tags)
+    return register_lm.fn(run_id, model_dir, name, alias, tags)
