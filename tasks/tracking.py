@@ -105,6 +105,18 @@ def _flow_tags() -> dict[str, str]:
     return tags
 
 
+def component_tags(comp: dict[str, Any], versions: dict[str, str]) -> dict[str, str]:
+    """The standard tags of a run about one component (a ``tasks.evaluate.component_record``): flow and git tags,
+    name, version, fingerprints, paper, label and the published registry version."""
+    return {
+        **_flow_tags(),
+        "attnflow.component": comp["name"], "attnflow.component_version": comp["version"],
+        "attnflow.fingerprint": comp["fingerprint"], "attnflow.code_fingerprint": comp["code_fingerprint"],
+        "attnflow.paper": comp["paper"] or "", "attnflow.component_label": comp["label"],
+        "attnflow.registry_version": versions.get(f"{comp['name']}@{comp['version']}", ""),
+    }
+
+
 @task(**RETRY, task_run_name="publish components")
 def publish_components(refs: list[str]) -> dict[str, str]:
     """Publish each component version once to the MLflow model registry; returns {ref: model version}."""
@@ -137,14 +149,10 @@ def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str |
     c = client()
     comp, bench = result["component"], result["benchmark"]
     tags = {
-        **_flow_tags(),
-        "attnflow.component": comp["name"], "attnflow.component_version": comp["version"],
-        "attnflow.fingerprint": comp["fingerprint"], "attnflow.code_fingerprint": comp["code_fingerprint"],
-        "attnflow.paper": comp["paper"] or "", "attnflow.component_label": comp["label"],
+        **component_tags(comp, versions),
         "attnflow.model": result["model"], "attnflow.model_fingerprint": result["model_fingerprint"],
         "attnflow.task": bench["name"], "attnflow.task_version": bench["version"],
         "attnflow.task_fingerprint": bench["fingerprint"],
-        "attnflow.registry_version": versions.get(f"{comp['name']}@{comp['version']}", ""),
     }
     if seed is not None:
         tags["attnflow.seed"] = str(seed)
