@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# pytest-xdist workers (one per core on the 2-core CI machine); test files stay whole on one worker
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
 .PHONY: install quickstart test test-unit test-integration test-flows bench clean-home help
@@ -25,16 +28,16 @@ quickstart: install
 	$(VENV)/bin/attnflow quickstart
 
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-unit: install
-	$(PY) -m pytest -q tests/unit
+	$(PYTEST) tests/unit
 
 test-integration: install
-	$(PY) -m pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 test-flows: install
-	$(PY) -m pytest -q tests/flows
+	$(PYTEST) tests/flows
 
 bench: install
 	$(PY) bench/patch_overhead.py
