@@ -22,7 +22,7 @@ def test_train_lm_registers_a_loadable_model(tmp_path):
     assert {"kv_retrieval(n_pairs=4)/accuracy", "perplexity(max_tokens=8000)/ppl"} <= set(out["metrics"])
     client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
     mv = client.get_model_version_by_alias("attnflow.tiny-lm", "champion")
-    assert mv.tags["attnflow.data_fingerprint"] and mv.version == out["registered_version"]
+    assert mv.tags["attnflow.data_fingerprint"] and str(mv.version) == out["registered_version"]
     run = client.get_run(out["mlflow_run_id"])
     history = client.get_metric_history(run.info.run_id, "loss")
     assert len(history) >= 2 and history[-1].value < history[0].value  # loss curve logged and going down
