@@ -26,7 +26,7 @@ from infra import stack
 # The flags that keep Chromium quiet on a machine without network (no background connections, no updates).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-INSTALL_TIMEOUT = 900  # seconds for each apt-get call
+INSTALL_TIMEOUT = 600  # seconds for each apt-get call
 TIER_TIMEOUT = float(os.environ.get("ATTNFLOW_E2E_TIMEOUT", "1200"))
 _artifacts: list[Path] = []  # where this run's screenshots went (printed in the terminal summary)
 
