@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart test test-unit test-integration test-flows bench clean-home help
+.PHONY: install quickstart test test-unit test-integration test-flows test-e2e bench clean-home help
 
 help:
 	@echo "make quickstart   install, then run the offline quickstart comparison on the demo model"
@@ -38,6 +38,9 @@ test-integration: install
 
 test-flows: install
 	$(PYTEST) tests/flows
+
+test-e2e: install
+	$(PY) -m pytest -q tests/e2e
 
 bench: install
 	$(PY) bench/patch_overhead.py
