@@ -23,10 +23,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import modeling
+from components.kernels.base import kernel_of
 from components.onnx import export as onnx_export
 from components.onnx import optimize as onnx_optimize
 from components.onnx.parity import check_parity
 from components.onnx.speed import measure_speed
+from components.patches.baseline import Baseline
 from infra.settings import settings
 from registry import specs
 from tasks import plots, tracking
@@ -84,6 +86,11 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
     ref = check_model(model, trust_remote_code=trust_remote_code)
     config = modeling.load_config(ref, trust_remote_code=trust_remote_code)
     comp.check_model(config)
+    kernel, _ = kernel_of(config)
+    if kernel is not None and not kernel.patchable and not isinstance(comp, Baseline):
+        raise ValueError(f"model {ref.name!r} uses the attention kernel {kernel.spec_text()}: attnflow patches edit "
+                         f"softmax attention and cannot apply {comp.ref} to it; export it with the component "
+                         "'baseline' (the default)")
     limit = onnx_export.max_positions(config)
     parity_lengths, speed_lengths = list(parity_lengths or [16, 64]), list(speed_lengths or [])
     for what, lengths in (("parity length", parity_lengths), ("speed length", speed_lengths)):

@@ -34,6 +34,21 @@ def _value(text: str) -> Any:
         return text
 
 
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """A list of row dicts as a table (columns in first-seen order; floats to 4 significant digits)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    t = Table(show_lines=False)
+    for col in columns:
+        t.add_column(str(col))
+    for row in rows:
+        t.add_row(*("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                    for c in columns))
+    Console(width=200).print(t)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
@@ -54,10 +69,13 @@ def register(app: typer.Typer) -> None:
         if unknown:
             fail(f"flow {flow!r} has no parameter(s) {', '.join(unknown)}; parameters: {', '.join(sorted(valid))}")
         result = run_flow(flows_[flow], **params)
-        if isinstance(result, dict) and "table" in result:
+        table = result.get("table") if isinstance(result, dict) else None
+        if isinstance(table, dict) and "columns" in table:  # a comparison table (compare, retrieval-heads)
             from attnflow.cli import print_table
 
-            print_table(result["table"])
+            print_table(table)
+        elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
+            print_rows(table)  # the studies' row tables (sink-emergence, instability-proxies, arch-compare)
 
     @app.command("flows")
     def list_flows() -> None:

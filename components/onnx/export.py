@@ -15,19 +15,25 @@ so left-padded batches decode exactly as ``model.generate`` does. The patches ru
 ``GroupQueryAttention`` (the extra-channel form does not fuse). The 2-D ``attention_mask`` is an explicit graph
 input, so patches that read it (ZeroTuning's first real token) follow the padding at run time.
 
+Models trained with a non-softmax attention kernel (``components/kernels``: sigmoid, lightning, moh) export with
+the ``baseline`` component only: ``patched`` then leaves the model as it is (its kernel is traced as written) instead
+of entering ``applied``, which refuses such models; any other component is refused, naming the kernel.
+
 The example batch is 2: exporting with a batch of 1 specialises the batch axis to 1 (STACK.md 6.1).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 
-from components.attention.session import applied
+from components.attention.session import UnsupportedModelError, applied
+from components.patches.baseline import Baseline
 
 Form = Literal["bias", "channels"]
 FORMS: tuple[str, ...] = ("bias", "channels")
@@ -56,6 +62,20 @@ def check_exportable(patches: Sequence[Any]) -> None:
                 f"component {p.ref} cannot be exported to ONNX: it reads per-batch inputs (session.set_inputs: "
                 "texts, spans) that the exported graph has no input for; the trace would bake in one example's"
             )
+
+
+def patched(model: torch.nn.Module, patches: Sequence[Any], force: Form | None = None) -> AbstractContextManager:
+    """``applied(model, *patches, force=force)``; for a model with a non-softmax attention kernel (which patches
+    cannot edit) the model as it is when every patch is the no-op ``baseline``, else UnsupportedModelError."""
+    kernel = getattr(model, "attnflow_unpatchable", None)  # set by components.kernels.base.install
+    if not kernel:
+        return applied(model, *patches, force=force)
+    edits = [p.ref for p in patches if not isinstance(p, Baseline)]
+    if edits:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} uses the attention kernel {kernel}: attnflow patches edit softmax attention and "
+            f"cannot apply {', '.join(edits)} to it; export it with the component 'baseline' (the default)")
+    return nullcontext()
 
 
 def text_config(config: Any) -> Any:
@@ -154,7 +174,7 @@ def export_graphs(model: torch.nn.Module, patches: Sequence[Any], out_dir: str |
     seq = torch.export.Dim("seq", min=1, max=limit)
     ids, mask = _example(model, EXAMPLE_BATCH, EXAMPLE_LEN)
     infos = []
-    with torch.no_grad(), applied(model, *patches, force=form):
+    with torch.no_grad(), patched(model, patches, force=form):
         start = time.perf_counter()
         program = torch.onnx.export(
             PrefillGraph(model).eval(), (ids, mask), dynamo=True, opset_version=opset,

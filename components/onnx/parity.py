@@ -7,7 +7,7 @@ For every case (a fixed and a random input at each length, batch >= 2, the rando
 - ``decode``: one decode step from each side's own cache (ORT prefill -> ORT decode vs torch prefill -> torch
   decode), max |diff| of the step's logits, when the directory has a decode graph.
 
-The reference is the patched model as users run it (``with applied(model, *patches)``, the dispatcher's default
+The reference is the patched model as users run it (``with patched(model, patches)``: ``applied``, the dispatcher's default
 fast path), not the traced form, so the check also covers the export-time attention form. Any NaN fails.
 """
 
@@ -20,8 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from components.attention.session import applied
-from components.onnx.export import DECODE_FILE, DecodeGraph, PrefillGraph, text_config
+from components.onnx.export import DECODE_FILE, DecodeGraph, PrefillGraph, patched, text_config
 from components.onnx.generate import OnnxCausalLM
 
 DEFAULT_THRESHOLD = 1e-4  # float32
@@ -79,7 +78,7 @@ def check_parity(model: torch.nn.Module, patches: Sequence[Any], onnx_dir: str |
     for case in parity_cases(vocab, lengths, batch, seed, fixed_ids):
         ids, mask = case.input_ids, case.attention_mask
         real = mask.bool().numpy()  # (B, T)
-        with applied(model, *patches):
+        with patched(model, patches):
             ref = PrefillGraph(model)(ids, mask)
         got_logits, got_past = runner.prefill(ids.numpy(), mask.numpy())
         row = {"case": case.name, "batch": int(ids.shape[0]), "length": int(ids.shape[1]),
@@ -89,7 +88,7 @@ def check_parity(model: torch.nn.Module, patches: Sequence[Any], onnx_dir: str |
         if decode:
             step = torch.randint(0, vocab, (ids.shape[0], 1), generator=torch.Generator().manual_seed(seed + 1))
             step_mask = torch.cat([mask, torch.ones_like(step)], dim=1)  # (B, T + 1)
-            with applied(model, *patches):
+            with patched(model, patches):
                 ref_step = DecodeGraph(model)(step, step_mask, list(ref[1:]))
             got_step, _ = runner.decode(step.numpy(), step_mask.numpy(), got_past)
             row["decode"] = _max_diff(got_step, ref_step[0].numpy())

@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from components.attention.session import applied
-from components.onnx.export import text_config
+from components.onnx.export import patched, text_config
 from components.onnx.generate import OnnxCausalLM
 
 
@@ -54,7 +53,7 @@ def measure_speed(model: torch.nn.Module, patches: Sequence[Any], onnx_dir: str 
     vocab = int(text_config(model.config).vocab_size)
     out: dict[str, Any] = {"threads": threads, "rounds": rounds, "batch": 1, "clock": "process_time",
                            "provider": runner.provider.active[0], "lengths": {}}
-    with torch_threads(threads), applied(model, *patches):
+    with torch_threads(threads), patched(model, patches):
         for length in lengths:
             ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed + length))
             mask = torch.ones_like(ids)

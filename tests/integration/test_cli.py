@@ -101,3 +101,15 @@ def test_head_search_plan_validates(params, layers, message, tiny_llama_dir):
     plan = plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", {"tau": "0.2"}, "1:*", "accuracy", 2.0)
     assert sorted(plan.candidates.values()) == [[1, 0], [1, 1], [1, 2], [1, 3]]
     assert all("act@1.0.0(" in c and "tau=0.2" in c for c in plan.candidates)
+
+
+def test_run_prints_the_row_table_a_study_flow_returns(monkeypatch):
+    import attnflow.cli
+
+    rows = [{"run": "softmax seed 0", "Sink_1 %": 12.5, "alpha_0": None}, {"run": "sigmoid seed 0", "Sink_1 %": 0.0}]
+    monkeypatch.setattr(attnflow.cli, "run_flow", lambda flow, **params: {"verdict": "held", "table": rows})
+    out = CliRunner().invoke(app, ["run", "sink-emergence", "--param", "steps=2"])
+    assert out.exit_code == 0, out.output
+    assert re.search(r"softmax seed 0\s*│\s*12\.5\s*│\s*-", out.output) and "sigmoid seed 0" in out.output
+    monkeypatch.setattr(attnflow.cli, "run_flow", lambda flow, **params: {"table": None})  # retrieval-heads can
+    assert CliRunner().invoke(app, ["run", "sink-emergence"]).exit_code == 0

@@ -178,3 +178,30 @@ def test_every_kernel_exports_to_onnx_and_matches_onnxruntime(tmp_path):
                 ref = wrapper(x).numpy()
             got = sess.run(None, {"input_ids": x.numpy()})[0]
             assert abs(got - ref).max() < 1e-5, (info.name, t)
+
+
+def test_kernel_model_exports_with_the_baseline_component_and_refuses_real_patches(tmp_path):
+    """The export flow's pieces on a saved lightning model: validation, export (no patch) and parity vs PyTorch."""
+    from components.onnx.export import export_graphs, patched
+    from components.onnx.parity import check_parity
+    from components.patches.baseline import Baseline
+    from tasks.export import plan_export
+    from tests.helpers.tiny import tokenizer
+
+    tok = tokenizer()
+    m = build_model(ModelSpec(layers=1, hidden=32, heads=4, kv_heads=2, intermediate=32, context=64,
+                              vocab_size=len(tok), attention="lightning(block=8)"), tok, seed=1).eval()
+    path = save_model_dir(m, tok, tmp_path / "m", "# kernel model\n")
+    plan = plan_export.fn(str(path), "baseline", {}, "none", str(tmp_path / "out"))
+    assert plan.component.startswith("baseline@")
+    with pytest.raises(ValueError, match=r"attention kernel lightning@[0-9.]+\(block=8.*cannot apply zerotuning.*"
+                                         r"export it with the component 'baseline'"):
+        plan_export.fn(str(path), "zerotuning", {"gamma": 2.0}, "none", None)  # refused before the model loads
+    with pytest.raises(UnsupportedModelError, match=r"attention kernel lightning.*cannot apply zerotuning"):
+        patched(m, [Baseline(), ZeroTuning(gamma=2.0)])
+    loaded, _ = load_model(str(path))
+    export_graphs(loaded, [Baseline()], tmp_path / "onnx", kv_cache=False)
+    result = check_parity(loaded, [Baseline()], tmp_path / "onnx", lengths=(12, 37),
+                          fixed_ids=tok("a fox")["input_ids"])
+    assert result["passed"] and result["max_abs_diff"] < 1e-5, result["worst"]
+    assert any(case["padded"] for case in result["cases"])  # left padding goes through the kernel's mask too
