@@ -4,7 +4,7 @@ would, through the two UIs in headless Chromium (Debian's `chromium` package, in
 possible) with Playwright for Python. Playwright never downloads a browser: it launches /usr/bin/chromium.
 
 Screenshots go to ATTNFLOW_E2E_ARTIFACTS when set, else to a pytest temp directory; the directory is printed at the
-end of the run. Everything started is stopped by PID (`attnflow down`'s machinery) when the module ends, also on
+end of the run. Everything started is stopped by PID (`attnflow down`'s machinery) when the tier ends, also on
 failure; a whole-tier time limit (ATTNFLOW_E2E_TIMEOUT seconds, default 1200) turns a hang into a failure.
 """
 
@@ -62,7 +62,7 @@ def _chromium() -> str:
     pytest.skip(f"`apt-get install -y chromium` failed, Chromium cannot be installed here:\n{log[-800:]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright  # pinned in requirements.txt; a missing one is an error
 
@@ -112,10 +112,10 @@ def _on_alarm(signum, frame):
     raise TierTimeout(f"the end-to-end test ran past {TIER_TIMEOUT:.0f} s (ATTNFLOW_E2E_TIMEOUT); stopping the stack")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def e2e_stack(browser, tmp_path_factory):
-    """`attnflow up` on free ports with its own home (after the browser: no stack without one); `attnflow down`
-    afterwards, then no process of that home may be left."""
+    """`attnflow up` on free ports with its own home (after the browser: no stack without one), shared by the
+    tier's test modules; `attnflow down` afterwards, then no process of that home may be left."""
     home = tmp_path_factory.mktemp("e2e-home")
     prefect_port = stack.free_port()
     mlflow_port = stack.free_port()
