@@ -187,7 +187,7 @@ def evaluate_suite(model: Any, tokenizer: Any, specs: list[str]) -> tuple[dict[s
 def profile_attention(model: Any, tokenizer: Any, run_id: str | None, n_texts: int = 8) -> AttentionProfile | None:
     """Sink mass per layer (built-in story text) and induction scores per head; a figure in MLflow."""
     if model.config._attn_implementation not in ("sdpa", "eager"):
-        print(f"attention profile skipped: attention kernel {model.config._attn_implementation!r} has no eager form")
+        print(f"attention profile skipped: kernel {model.config._attn_implementation!r} is not softmax attention")
         return None
     docs = data_sources.texts(data_sources.read_records("builtin:stories", limit=n_texts), "text", "builtin:stories")
     limit = model.config.max_position_embeddings

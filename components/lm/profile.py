@@ -1,6 +1,7 @@
 """Attention profile of a causal LM: sink mass on position 0 per layer and induction scores per head.
 
-Two standard diagnostics, computed from materialised attention probabilities (eager attention, no patches):
+Two standard diagnostics, computed from materialised attention probabilities (``attention_maps``: the attnflow
+dispatcher's materialised path, no patches):
 
 - **Sink mass** per layer: mean over heads and over queries i >= 1 of A[i, 0], the probability a query puts on the
   first position (Xiao et al., "Efficient Streaming Language Models with Attention Sinks", arXiv 2309.17453). Query
@@ -23,11 +24,12 @@ seed : int
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from components.analyzers.base import attention_maps
 
 
 @dataclass(frozen=True)
@@ -51,17 +53,6 @@ class AttentionProfile:
         return "\n".join(lines)
 
 
-@contextmanager
-def eager_attention(model: Any) -> Iterator[None]:
-    """Temporarily switch a Hugging Face model to eager attention so it returns probabilities."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
 @torch.no_grad()
 def attention_profile(model: Any, texts: list[torch.Tensor], vocab_size: int, bos_id: int | None,
                       seq_len: int = 48, n_sequences: int = 8, seed: int = 0) -> AttentionProfile:
@@ -74,26 +65,25 @@ def attention_profile(model: Any, texts: list[torch.Tensor], vocab_size: int, bo
     model.eval()
     sink_sum: torch.Tensor | None = None
     uniform_sum, n_tok = 0.0, 0
-    with eager_attention(model):
-        for ids in texts:
-            out = model(input_ids=ids[None], output_attentions=True)
-            # per layer (1, H, T, T) -> mass on key 0 from queries 1.., summed over queries, mean over heads
-            mass = torch.stack([a[0, :, 1:, 0].mean(0).sum() for a in out.attentions])  # (L,)
-            sink_sum = mass if sink_sum is None else sink_sum + mass
-            t = ids.numel()
-            uniform_sum += float((1.0 / torch.arange(2, t + 1, dtype=torch.float64)).sum())
-            n_tok += t - 1
-        gen = torch.Generator().manual_seed(seed)
-        rand = torch.randint(0, vocab_size, (n_sequences, seq_len), generator=gen)  # (N, L)
-        if bos_id is not None:
-            rand[rand == bos_id] = (bos_id + 1) % vocab_size
-        prefix = [] if bos_id is None else [torch.full((n_sequences, 1), bos_id)]
-        ids = torch.cat(prefix + [rand, rand], dim=1)  # (N, 1 + 2L)
-        off = len(prefix)
-        out = model(input_ids=ids, output_attentions=True)
-        q = torch.arange(off + seq_len, off + 2 * seq_len)  # queries in the second copy
-        k = q - seq_len + 1                                  # token after the earlier occurrence
-        induction = [a[:, :, q, k].mean(dim=(0, 2)).tolist() for a in out.attentions]  # [L][H]
+    for ids in texts:
+        _, maps = attention_maps(model, ids[None])  # L x (1, H, T, T)
+        # mass on key 0 from queries 1.., summed over queries, mean over heads
+        mass = torch.stack([a[0, :, 1:, 0].mean(0).sum() for a in maps])  # (L,)
+        sink_sum = mass if sink_sum is None else sink_sum + mass
+        t = ids.numel()
+        uniform_sum += float((1.0 / torch.arange(2, t + 1, dtype=torch.float64)).sum())
+        n_tok += t - 1
+    gen = torch.Generator().manual_seed(seed)
+    rand = torch.randint(0, vocab_size, (n_sequences, seq_len), generator=gen)  # (N, L)
+    if bos_id is not None:
+        rand[rand == bos_id] = (bos_id + 1) % vocab_size
+    prefix = [] if bos_id is None else [torch.full((n_sequences, 1), bos_id)]
+    ids = torch.cat(prefix + [rand, rand], dim=1)  # (N, 1 + 2L)
+    off = len(prefix)
+    _, maps = attention_maps(model, ids)  # L x (N, H, T, T)
+    q = torch.arange(off + seq_len, off + 2 * seq_len)  # queries in the second copy
+    k = q - seq_len + 1                                  # token after the earlier occurrence
+    induction = [a[:, :, q, k].mean(dim=(0, 2)).tolist() for a in maps]  # [L][H]
     model.train(was_training)
     assert sink_sum is not None
     return AttentionProfile(sink_mass=(sink_sum / n_tok).tolist(), uniform=uniform_sum / n_tok,

@@ -25,7 +25,7 @@ def test_profile_matches_loops_over_reference_probabilities():
     gen = torch.Generator().manual_seed(3)
     texts = [torch.randint(3, 320, (n,), generator=gen) for n in (17, 9)]
     prof = attention_profile(model, texts, vocab_size=320, bos_id=1, seq_len=6, n_sequences=3, seed=5)
-    assert model.config._attn_implementation == "sdpa"  # restored after the eager switch
+    assert model.config._attn_implementation == "sdpa"  # the dispatcher scope is restored
 
     # sink mass: sum over texts and queries i >= 1 of mean-over-heads A[i, 0], divided by the number of such queries
     total = torch.zeros(2, dtype=torch.float64)
