@@ -16,7 +16,7 @@ from components import data as data_sources
 from components import modeling
 from components.lm import model as lm_model
 from components.lm import trainer
-from components.lm.mixture import Mixture
+from components.lm.mixture import Mixture, eval_spec
 from components.lm.preset import LMPreset, MixtureItem, compact
 from components.lm.profile import AttentionProfile, attention_profile
 from components.lm.tokenizer import train_tokenizer
@@ -108,7 +108,8 @@ def prepare_tokenizer(run: LMRun) -> Any:
         tok.save_pretrained(tok_dir)
         return tok
     mixture = Mixture(run.preset, tokenizer=None)
-    tok = train_tokenizer(mixture.texts_for_tokenizer(seed=run.preset.train.seed), run.preset.model.vocab_size)
+    tok = train_tokenizer(mixture.texts_for_tokenizer(seed=run.preset.train.seed), run.preset.model.vocab_size,
+                          number_tokens=run.preset.model.number_tokens)
     tok.save_pretrained(tok_dir)
     print(f"trained a {len(tok)}-token BPE tokenizer")
     return tok
@@ -119,7 +120,7 @@ def _eval_fn(mixture: Mixture, model: Any, tokenizer: Any, n: int):
     benches = {}
     for item in mixture.items:
         if item.task:
-            b = parse(item.task).create("benchmark")
+            b = parse(eval_spec(item.task)).create("benchmark")
             benches[b.label()] = b
     rows = {}
     for label, b in benches.items():
@@ -206,7 +207,7 @@ def profile_attention(model: Any, tokenizer: Any, run_id: str | None, n_texts: i
 
 def suite_specs(spec: LMPreset) -> list[str]:
     """What the final evaluation covers: every generated task of the mixture, and perplexity on held-out text."""
-    tasks = [item.task for item in spec.mixture if item.task]
+    tasks = [eval_spec(item.task) for item in spec.mixture if item.task]
     return list(dict.fromkeys(tasks)) + ["perplexity(max_tokens=8000)"]
 
 

@@ -1,12 +1,14 @@
 """Associative recall: single-token keys bound to single-token values, then one key is queried.
 
-Prompt: ``d=4, k=7, a=1, ... k=``; the answer is ``7``. Keys are letters, values digits; with more pairs than
+Prompt: ``Bindings: d=4, k=7, a=1, ... k=``; the answer is ``7`` (every key follows a space, so it tokenizes
+the same in the context and in the query; 1.0.0 started the context with the first key). Keys are letters, values digits; with more pairs than
 digits values repeat, so the model must bind each key to its value rather than memorise a value set. The
 classic synthetic probe of in-context recall, solved by induction-style heads.
 
 From Ba et al. 2016 ("Using Fast Weights to Attend to the Recent Past", arXiv 1610.06258) and the H3/Zoology
-line (Fu et al. 2023, arXiv 2212.14052; Arora et al. 2023, arXiv 2312.04927). Deviations: one query per
-sequence (Zoology's MQAR asks several), text format rather than raw token ids.
+line (Fu et al. 2023, arXiv 2212.14052; Arora et al. 2023, arXiv 2312.04927). Deviations: one scored query per
+sequence (Zoology's MQAR scores several; ``queries`` > 1 adds the others to the target for training), text
+format rather than raw token ids.
 
 Parameters
 ----------
@@ -14,6 +16,9 @@ n_pairs : int
     Key-value pairs in the context (at most 26). Default 8.
 n_examples : int
     Examples per split. Default 100.
+queries : int
+    Queried keys per example (1..n_pairs); the first is scored, the others extend the target
+    (``... k=7, a=1, d=4``) for dense supervision when a model trains on the task. Default 1.
 seed : int
     Data seed. Default 0.
 """
@@ -32,7 +37,7 @@ from components.benchmarks.kv_retrieval import answer_matches, depth_table
 from registry import register
 
 
-@register("associative_recall", version="1.0.0", family="benchmark", paper="arXiv:2312.04927",
+@register("associative_recall", version="1.1.0", family="benchmark", paper="arXiv:2312.04927",
           summary="Single-token key=value bindings, one key queried; accuracy by depth.")
 @dataclass(frozen=True)
 class AssociativeRecall(Benchmark):
@@ -40,6 +45,7 @@ class AssociativeRecall(Benchmark):
 
     n_pairs: int = 8
     n_examples: int = 100
+    queries: int = 1
     seed: int = 0
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
@@ -49,13 +55,18 @@ class AssociativeRecall(Benchmark):
     def __post_init__(self) -> None:
         check_range("associative_recall.n_pairs", self.n_pairs, 1, 26)
         check_range("associative_recall.n_examples", self.n_examples, 1)
+        check_range("associative_recall.queries", self.queries, 1, self.n_pairs)
 
     def sample(self, rng: random.Random, index: int = 0) -> dict[str, Any]:
         keys = rng.sample(string.ascii_lowercase, self.n_pairs)
         values = [rng.choice(string.digits) for _ in keys]
         q = index % self.n_pairs
         context = ", ".join(f"{k}={v}" for k, v in zip(keys, values))
-        return {"prompt": f"{context}. {keys[q]}=", "target": values[q], "answer": values[q],
+        prompt = f"Bindings: {context}. {keys[q]}="
+        # extra queries from an RNG seeded by the prompt: the scored examples do not depend on `queries`
+        more = random.Random(prompt).sample([i for i in range(self.n_pairs) if i != q], self.queries - 1)
+        target = values[q] + "".join(f", {keys[i]}={values[i]}" for i in more)
+        return {"prompt": prompt, "target": target, "answer": values[q],
                 "depth": q / max(self.n_pairs - 1, 1)}
 
     def evaluate(self, model, tokenizer, rows, *, session=None, batch_size=16, progress=False) -> EvalResult:

@@ -1,7 +1,9 @@
 """Key-value retrieval: find the value of a queried key among key:value pairs in the context.
 
-Prompt: ``k1:v1 k2:v2 ... kN:vN. kq:`` with 3-letter keys and 3-digit values; the answer is ``vq``. Scored by
-exact match of the greedy continuation's first token-run (stripped) with the value. The queried pair's position
+Prompt: ``Pairs: k1:v1 k2:v2 ... kN:vN. kq:`` with 3-letter keys and 3-digit values; the answer is ``vq``. Scored
+by exact match of the greedy continuation's first token-run (stripped) with the value. Every key follows a space,
+so it tokenizes the same way in the context and in the query (1.0.0 started the context with the first key, which
+a BPE tokenizer split differently from the queried copy). The queried pair's position
 in the context ("depth") is spread evenly over the examples so accuracy can be broken down by depth, the way
 needle-in-a-haystack and the Lost-in-the-Middle studies report it.
 
@@ -14,6 +16,11 @@ n_pairs : int
     Key-value pairs per prompt (context length grows linearly). Default 8.
 n_examples : int
     Examples per split. Default 100.
+queries : int
+    Queried pairs per example (1..n_pairs). The first is the scored query; the others extend the target
+    (``... kq:vq kr:vr ks:vs``), which gives a language model trained on the task one supervised value per query
+    instead of one per sequence (the dense supervision of multi-query associative recall, Arora et al. 2023).
+    Scoring is unchanged: only the first value is checked. Default 1.
 seed : int
     Data seed; train and eval splits use disjoint derived seeds. Default 0.
 """
@@ -46,7 +53,7 @@ def depth_table(examples: list[dict[str, Any]], n_bins: int = 5) -> list[dict[st
     return [{"depth": (b + 0.5) / n_bins, "accuracy": sum(v) / len(v), "n": len(v)} for b, v in sorted(agg.items())]
 
 
-@register("kv_retrieval", version="1.0.0", family="benchmark", paper=None,
+@register("kv_retrieval", version="1.1.0", family="benchmark", paper=None,
           summary="Synthetic in-context key:value lookup; accuracy of the greedy answer, by depth.")
 @dataclass(frozen=True)
 class KVRetrieval(Benchmark):
@@ -54,6 +61,7 @@ class KVRetrieval(Benchmark):
 
     n_pairs: int = 8
     n_examples: int = 100
+    queries: int = 1
     seed: int = 0
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
@@ -63,6 +71,7 @@ class KVRetrieval(Benchmark):
     def __post_init__(self) -> None:
         check_range("kv_retrieval.n_pairs", self.n_pairs, 1, 500)
         check_range("kv_retrieval.n_examples", self.n_examples, 1)
+        check_range("kv_retrieval.queries", self.queries, 1, self.n_pairs)
 
     def sample(self, rng: random.Random, index: int = 0) -> dict[str, Any]:
         keys: list[str] = []  # a list, not a set: set order varies between processes (hash randomisation)
@@ -73,9 +82,12 @@ class KVRetrieval(Benchmark):
         pairs = [(k, f"{rng.randrange(1000):03d}") for k in keys]
         q = index % self.n_pairs  # depth spread evenly over the examples
         context = " ".join(f"{k}:{v}" for k, v in pairs)
+        prompt = f"Pairs: {context}. {pairs[q][0]}:"
+        # extra queries from an RNG seeded by the prompt: the scored examples do not depend on `queries`
+        more = random.Random(prompt).sample([i for i in range(self.n_pairs) if i != q], self.queries - 1)
         return {
-            "prompt": f"{context}. {pairs[q][0]}:",
-            "target": pairs[q][1],
+            "prompt": prompt,
+            "target": pairs[q][1] + "".join(f" {pairs[i][0]}:{pairs[i][1]}" for i in more),
             "answer": pairs[q][1],
             "depth": q / max(self.n_pairs - 1, 1),
             "n_pairs": self.n_pairs,

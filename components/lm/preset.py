@@ -28,7 +28,8 @@ class ModelSpec:
     kv_heads: int = 2
     intermediate: int = 172
     context: int = 256
-    vocab_size: int = 512
+    vocab_size: int = 512  # BPE entries (the number tokens come on top)
+    number_tokens: int = 0  # 0: digits one per token; n: every 1..n-digit string is one token (n=3: +1,110 tokens)
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
     attention: str = "sdpa"  # "sdpa"/"eager", or an attention kernel spec: "softmax", "lightning(block=64)", ...
@@ -38,6 +39,7 @@ class ModelSpec:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
             check_range(f"model.{name}", getattr(self, name), 1)
         check_range("model.vocab_size", self.vocab_size, 64)
+        check_range("model.number_tokens", self.number_tokens, 0, 3)
         if self.hidden % self.heads:
             raise ParamError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads}")
         if self.heads % self.kv_heads:
@@ -145,7 +147,7 @@ class LMPreset:
 
 # Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory
 # (and resumption) of an existing preset does not change.
-ADDED_KNOBS = {"model": {"qk_layernorm": False},
+ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0},
                "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": ""}}
 
 

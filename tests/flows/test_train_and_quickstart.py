@@ -17,8 +17,10 @@ from tests.flows.test_compare import task_states
 def test_train_lm_registers_a_loadable_model(tmp_path):
     out = train_lm(preset="tiny", out=str(tmp_path / "lm"), steps=20, progress=False)
     model = AutoModelForCausalLM.from_pretrained(out["model_dir"])
-    AutoTokenizer.from_pretrained(out["model_dir"])
+    tok = AutoTokenizer.from_pretrained(out["model_dir"])
     assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.vocab_size == len(tok) and "42" in tok.tokenize("x:42")  # number_tokens: 2
+    # the training-only `queries` parameter is dropped from what is evaluated and reported
     assert {"kv_retrieval(n_pairs=4)/accuracy", "perplexity(max_tokens=8000)/ppl"} <= set(out["metrics"])
     client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
     mv = client.get_model_version_by_alias("attnflow.tiny-lm", "champion")

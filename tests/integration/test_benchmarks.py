@@ -13,7 +13,7 @@ from components.data import DataSourceError
 
 def solve_kv(prompt: str) -> str:
     """The trivial solver: look the queried key up in the context."""
-    context, query = prompt.rsplit(". ", 1)
+    context, query = prompt.removeprefix("Pairs: ").rsplit(". ", 1)
     table = dict(pair.split(":") for pair in context.split())
     return table[query.rstrip(":")]
 

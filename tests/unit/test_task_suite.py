@@ -11,15 +11,23 @@ import registry
 GENERATED = ["kv_retrieval", "passkey", "associative_recall", "induction_copy", "icl_classification"]
 
 
+def kv_table(prompt: str) -> dict[str, str]:
+    context = prompt.removeprefix("Pairs: ").rsplit(". ", 1)[0]
+    return dict(pair.split(":") for pair in context.split())
+
+
+def recall_table(prompt: str) -> dict[str, str]:
+    context = prompt.removeprefix("Bindings: ").rsplit(". ", 1)[0]
+    return dict(pair.split("=") for pair in context.split(", "))
+
+
 def solve(name: str, row: dict) -> str:
     """Trivial solvers that read the answer out of the prompt (proves the prompt contains it)."""
     p = row["prompt"]
     if name == "kv_retrieval":
-        context, query = p.rsplit(". ", 1)
-        return dict(pair.split(":") for pair in context.split())[query.rstrip(":")]
+        return kv_table(p)[p.rsplit(". ", 1)[1].rstrip(":")]
     if name == "associative_recall":
-        context, query = p.rsplit(". ", 1)
-        return dict(pair.split("=") for pair in context.split(", "))[query.rstrip("=")]
+        return recall_table(p)[p.rsplit(". ", 1)[1].rstrip("=")]
     if name == "passkey":
         return re.search(r"The pass key is (\d+)\. Remember it\.", p).group(1)
     if name == "induction_copy":
@@ -62,6 +70,34 @@ def test_passkey_covers_the_grid():
     last = next(r for r in rows if r["depth"] == 1.0)
     assert first["prompt"].startswith("The pass key is")
     assert last["prompt"].split(" What is the pass key?")[0].endswith("is the pass key.")
+
+
+@pytest.mark.parametrize("name, table, sep, join", [("kv_retrieval", kv_table, ":", " "),
+                                                    ("associative_recall", recall_table, "=", ", ")])
+def test_extra_queries_extend_the_target_only(name, table, sep, join):
+    """queries=N: the prompt (what is scored) is unchanged; the target answers N distinct keys, the first one being
+    the scored answer, each value the one bound in the context."""
+    one = registry.get(name).create({"n_pairs": "6", "n_examples": "12"}).build("train")
+    many = registry.get(name).create({"n_pairs": "6", "n_examples": "12", "queries": "6"}).build("train")
+    for r1, r in zip(one, many):
+        assert r["prompt"] == r1["prompt"] and r["answer"] == r1["answer"] and r1["target"] == r1["answer"]
+        bound = table(r["prompt"])
+        first_key = r["prompt"].rsplit(". ", 1)[1].rstrip(sep)
+        answered = [(first_key, r["target"].split(join)[0])]
+        answered += [tuple(q.split(sep)) for q in r["target"].split(join)[1:]]
+        assert answered[0][1] == r["answer"]
+        assert len({k for k, _ in answered}) == 6 and all(bound[k] == v for k, v in answered)
+    with pytest.raises(ValueError, match="queries=7 is out of range"):
+        registry.get(name).create({"n_pairs": "6", "queries": "7"})
+
+
+def test_every_key_tokenizes_like_its_query():
+    """Every key follows a space, in the context as in the query, so a BPE tokenizer splits both the same way."""
+    for name, sep in (("kv_retrieval", ":"), ("associative_recall", "=")):
+        for r in registry.get(name).create({}).build("eval"):
+            context, query = r["prompt"].rsplit(". ", 1)
+            key = query.rstrip(sep)
+            assert f" {key}{sep}" in context
 
 
 def test_icl_mapping_is_redrawn_per_prompt():
