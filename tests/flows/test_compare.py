@@ -7,6 +7,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+import registry
 from flows.compare import compare
 from infra.settings import settings
 
@@ -63,7 +64,7 @@ def test_components_published_once_with_versions(first_run):
     for name in ("zerotuning", "head_mask", "baseline", "kv_retrieval", "perplexity"):
         versions = client.search_model_versions(f"name='attnflow.{name}'")
         assert len(versions) == 1, name
-        assert versions[0].tags["attnflow.component_version"] == "1.0.0"
+        assert versions[0].tags["attnflow.component_version"] == registry.get(name).version
         assert versions[0].tags["attnflow.code_fingerprint"]
     zt = client.search_model_versions("name='attnflow.zerotuning'")[0]
     assert zt.tags["attnflow.paper"] == "arXiv:2505.11739"
