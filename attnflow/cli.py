@@ -62,18 +62,21 @@ def print_table(table: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=table.get("title"), show_lines=False)
-    t.add_column("component")
-    t.add_column("version")
+    t.add_column("component", overflow="fold")  # fold, never cut to "…", in a narrow terminal
+    t.add_column("version", overflow="fold")
     for col in table["columns"]:
         arrow = "↑" if table["higher_is_better"].get(col, True) else "↓"
-        t.add_column(f"{col} {arrow}", justify="right")
+        t.add_column(f"{col} {arrow}", justify="right", overflow="fold")
     for row in table["rows"]:
         cells = []
         for col in table["columns"]:
             c = table["cells"][row].get(col)
             cells.append("-" if c is None else f"{c['mean']:.4g}" + (f" ± {c['std']:.2g}" if c["n"] > 1 else ""))
         t.add_row(row, table["versions"].get(row, ""), *cells)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: no terminal width to respect, print the table whole
+        console = Console(width=max(console.width, 240))
+    console.print(t)
 
 
 def split_list(values: list[str]) -> list[str]:
