@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +108,16 @@ def prepare_tokenizer(run: LMRun) -> Any:
         return AutoTokenizer.from_pretrained(tok_dir)
     if run.preset.train.init_from:  # continuing a model: keep its vocabulary
         tok = AutoTokenizer.from_pretrained(Path(run.preset.train.init_from).expanduser())
-        tok.save_pretrained(tok_dir)
-        return tok
-    mixture = Mixture(run.preset, tokenizer=None)
-    tok = train_tokenizer(mixture.texts_for_tokenizer(seed=run.preset.train.seed), run.preset.model.vocab_size,
-                          number_tokens=run.preset.model.number_tokens)
-    tok.save_pretrained(tok_dir)
-    print(f"trained a {len(tok)}-token BPE tokenizer")
+    else:
+        mixture = Mixture(run.preset, tokenizer=None)
+        tok = train_tokenizer(mixture.texts_for_tokenizer(seed=run.preset.train.seed), run.preset.model.vocab_size,
+                              number_tokens=run.preset.model.number_tokens)
+        print(f"trained a {len(tok)}-token BPE tokenizer")
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=run.run_dir))  # renamed once complete: a crash never
+    tok.save_pretrained(tmp)                                              # leaves a half-written tokenizer to reuse
+    if tok_dir.exists():  # a half-written directory of an older version
+        shutil.rmtree(tok_dir)
+    os.replace(tmp, tok_dir)
     return tok
 
 

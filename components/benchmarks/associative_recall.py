@@ -1,9 +1,9 @@
 """Associative recall: single-token keys bound to single-token values, then one key is queried.
 
 Prompt: ``Bindings: d=4, k=7, a=1, ... k=``; the answer is ``7`` (every key follows a space, so it tokenizes
-the same in the context and in the query; 1.0.0 started the context with the first key). Keys are letters, values digits; with more pairs than
-digits values repeat, so the model must bind each key to its value rather than memorise a value set. The
-classic synthetic probe of in-context recall, solved by induction-style heads.
+the same in the context and in the query; 1.0.0 started the context with the first key). Keys are letters,
+values digits; with more pairs than digits values repeat, so the model must bind each key to its value rather
+than memorise a value set. The classic synthetic probe of in-context recall, solved by induction-style heads.
 
 From Ba et al. 2016 ("Using Fast Weights to Attend to the Recent Past", arXiv 1610.06258) and the H3/Zoology
 line (Fu et al. 2023, arXiv 2212.14052; Arora et al. 2023, arXiv 2312.04927). Deviations: one scored query per
@@ -49,6 +49,7 @@ class AssociativeRecall(Benchmark):
     seed: int = 0
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
+    training_only_params: ClassVar[tuple[str, ...]] = ("queries",)
     primary_metric: ClassVar[str] = "accuracy"
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"by_depth": ("line", "depth", "accuracy")}
 

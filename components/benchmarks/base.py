@@ -41,6 +41,9 @@ class Benchmark(Component):
     primary_metric: ClassVar[str] = ""
     #: figure specs the tasks layer draws from breakdowns: {breakdown name: (kind, x, y, value)}
     figures: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: parameters that only shape training text (e.g. more supervised answers per sequence), never what is scored;
+    #: the train-lm flow drops them when it evaluates a mixture task
+    training_only_params: ClassVar[tuple[str, ...]] = ()
 
     def build(self, split: str) -> list[dict[str, Any]]:
         """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""

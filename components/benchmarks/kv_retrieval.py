@@ -3,9 +3,9 @@
 Prompt: ``Pairs: k1:v1 k2:v2 ... kN:vN. kq:`` with 3-letter keys and 3-digit values; the answer is ``vq``. Scored
 by exact match of the greedy continuation's first token-run (stripped) with the value. Every key follows a space,
 so it tokenizes the same way in the context and in the query (1.0.0 started the context with the first key, which
-a BPE tokenizer split differently from the queried copy). The queried pair's position
-in the context ("depth") is spread evenly over the examples so accuracy can be broken down by depth, the way
-needle-in-a-haystack and the Lost-in-the-Middle studies report it.
+a BPE tokenizer split differently from the queried copy). The queried pair's position in the context ("depth") is
+spread evenly over the examples so accuracy can be broken down by depth, the way needle-in-a-haystack and the
+Lost-in-the-Middle studies report it.
 
 A synthetic associative-recall task in the style of the in-context retrieval literature (e.g. Olsson et al. 2022,
 "In-context learning and induction heads", arXiv 2209.11895; Arora et al. 2023, "Zoology", arXiv 2312.04927).
@@ -65,6 +65,7 @@ class KVRetrieval(Benchmark):
     seed: int = 0
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
+    training_only_params: ClassVar[tuple[str, ...]] = ("queries",)
     primary_metric: ClassVar[str] = "accuracy"
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"by_depth": ("line", "depth", "accuracy")}
 

@@ -19,16 +19,13 @@ from components.benchmarks.base import Benchmark
 from components.lm.preset import LMPreset, MixtureItem
 from registry.specs import Spec, parse
 
-#: benchmark parameters that only shape training text (more supervised answers per sequence), not what is scored
-TRAINING_ONLY_PARAMS = ("queries",)
-
 
 def eval_spec(task: str) -> str:
-    """The spec to evaluate a mixture task with: its training-only parameters dropped (scoring is unchanged by them,
-    and the labels match the plain benchmark's)."""
+    """The spec to evaluate a mixture task with: the benchmark's ``training_only_params`` dropped (scoring is
+    unchanged by them, and the labels match the plain benchmark's)."""
     spec = parse(task)
-    params = {k: v for k, v in spec.params.items() if k not in TRAINING_ONLY_PARAMS}
-    return Spec(spec.name, spec.version, params).text()
+    drop = spec.info("benchmark").cls.training_only_params
+    return Spec(spec.name, spec.version, {k: v for k, v in spec.params.items() if k not in drop}).text()
 
 
 class Mixture:
