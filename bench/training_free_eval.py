@@ -30,8 +30,9 @@ TASKS = {
     # emphasise the label tokens of the demonstrations (text between "->" and the end of the line)
     "icl_classification": ("icl_classification(n_examples=100)", "icl_classification(n_examples=64)",
                            "pasta(alpha=0.5, span_start=->, span_end=\\n)"),
-    # emphasise the key:value context (everything but the final ". key:" query)
-    "kv_retrieval": ("kv_retrieval(n_examples=100)", "kv_retrieval(n_examples=64)", "pasta(alpha=0.5, spans=0:-6)"),
+    # emphasise the key-value context: the text between "Pairs: " and the ". " before the queried key
+    "kv_retrieval": ("kv_retrieval(n_examples=100)", "kv_retrieval(n_examples=64)",
+                     "pasta(alpha=0.5, span_start=Pairs: , span_end=. )"),
 }
 
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from components.base import check_range
 from components.benchmarks import _scoring
 from components.benchmarks.base import Benchmark, EvalResult
-from components.benchmarks.kv_retrieval import answer_matches, depth_table
+from components.benchmarks.kv_retrieval import answer_matches, depth_table, value_spans
 from registry import register
 
 
@@ -69,6 +69,10 @@ class AssociativeRecall(Benchmark):
         target = values[q] + "".join(f", {keys[i]}={values[i]}" for i in more)
         return {"prompt": prompt, "target": target, "answer": values[q],
                 "depth": q / max(self.n_pairs - 1, 1)}
+
+    def answer_spans(self, row: dict[str, Any]) -> list[tuple[int, int]]:
+        """Each value with the ``,`` after it (the keys of extra queries are random: nothing to learn from them)."""
+        return value_spans(row, "=")
 
     def evaluate(self, model, tokenizer, rows, *, session=None, batch_size=16, progress=False) -> EvalResult:
         conts = _scoring.greedy_continuations(

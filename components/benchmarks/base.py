@@ -59,6 +59,13 @@ class Benchmark(Component):
         """Prompt + target: what a language model trains on (the train-lm mixture)."""
         return row["prompt"] + row["target"]
 
+    def answer_spans(self, row: dict[str, Any]) -> list[tuple[int, int]]:
+        """Character spans of ``training_text(row)`` that hold answers: what a model trained with
+        ``task_loss: answers`` is supervised on. Default: the whole target. Benchmarks whose target mixes answers
+        with unpredictable text (e.g. the random keys of extra queries) return only the answers."""
+        start = len(row["prompt"])
+        return [(start, start + len(row["target"]))]
+
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]], *,
                  session: Any = None, batch_size: int = 16, progress: bool = False) -> EvalResult:
         raise NotImplementedError

@@ -3,7 +3,10 @@
 ``Mixture.batch(step)`` draws from an RNG seeded by (seed, step) only, so an interrupted run that resumes at step
 k sees exactly the batches an uninterrupted run would have seen. Each batch comes from one mixture item (chosen
 by weight), so sequence lengths within a batch are similar; rows are right-padded and padding is excluded from the
-loss (labels -100).
+loss (labels -100). With ``train.task_loss: answers`` the loss of a generated task example covers only its
+answers (the benchmark's ``answer_spans``): the keys, values and filler of the context are unpredictable, and
+predicting them only adds gradient noise to the in-context retrieval signal (the labelling of Zoology's MQAR,
+Arora et al. 2023). Text items always train on every token.
 """
 
 from __future__ import annotations
@@ -85,17 +88,40 @@ class Mixture:
             for _ in range(bs):
                 start = rng.randrange(0, len(stream) - self.seq_len + 1)
                 rows.append([self.tokenizer.bos_token_id] + stream[start : start + self.seq_len - 1])
+            keep = None
         else:
-            bench = self.benchmarks[i]
-            texts = [bench.training_text(bench.sample(rng, rng.randrange(1 << 30))) for _ in range(bs)]
-            eos = self.tokenizer.eos_token_id
-            rows = [(ids + [eos])[: self.seq_len] for ids in self.tokenizer(texts)["input_ids"]]
+            rows, keep = self._task_rows(self.benchmarks[i], rng, bs)
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # (B, T)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # (B, T)
         labels = input_ids.masked_fill(mask == 0, -100)
+        if keep is not None:  # task_loss=answers: only answer tokens are predicted targets
+            keep_t = torch.tensor([k + [False] * (width - len(k)) for k in keep])  # (B, T)
+            labels = labels.masked_fill(~keep_t, -100)
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "item": i}
+
+    def _task_rows(self, bench: Benchmark, rng: random.Random,
+                   bs: int) -> tuple[list[list[int]], list[list[bool]] | None]:
+        """Token ids of ``bs`` generated examples (+ EOS), and with ``task_loss: answers`` which tokens overlap the
+        benchmark's answer spans (character offsets of the fast tokenizer)."""
+        samples = [bench.sample(rng, rng.randrange(1 << 30)) for _ in range(bs)]
+        texts = [bench.training_text(r) for r in samples]
+        eos = self.tokenizer.eos_token_id
+        answers_only = self.preset.train.task_loss == "answers"
+        enc = self.tokenizer(texts, return_offsets_mapping=answers_only)
+        rows = [(ids + [eos])[: self.seq_len] for ids in enc["input_ids"]]
+        if not answers_only:
+            return rows, None
+        keep = []
+        for row, offsets, sample in zip(rows, enc["offset_mapping"], samples):
+            spans = bench.answer_spans(sample)
+            end = len(bench.training_text(sample))
+            # EOS is an answer token when an answer span reaches the end of the text (the model learns to stop)
+            flags = [e > s and any(s < b and e > a for a, b in spans) for s, e in offsets] + [
+                any(b >= end for _, b in spans)]
+            keep.append(flags[: len(row)])
+        return rows, keep
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"source": it.task or it.text, "weight": it.weight} for it in self.items]

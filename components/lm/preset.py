@@ -77,6 +77,7 @@ class TrainSpec:
     init_from: str = ""  # a model directory (safetensors + tokenizer) to continue from; "" = random init
     z_loss: float = 0.0  # weight of the output z-loss, mean(log^2 Z) over predicted tokens (Wortsman et al.: 1e-4)
     independent_weight_decay: bool = False  # decay by (lr_t / lr) * weight_decay, not lr_t * weight_decay
+    task_loss: Literal["all", "answers"] = "all"  # generated task examples: loss on every token, or on answers only
 
     def __post_init__(self) -> None:
         check_range("train.steps", self.steps, 1)
@@ -148,7 +149,7 @@ class LMPreset:
 # Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory
 # (and resumption) of an existing preset does not change.
 ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0},
-               "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": ""}}
+               "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": "", "task_loss": "all"}}
 
 
 def compact(d: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from components.data import DataSourceError
 
 
 def solve_kv(prompt: str) -> str:
-    """The trivial solver: look the queried key up in the context."""
+    """The trivial solver: look the queried key up in the context (``k v, k v`` words)."""
     context, query = prompt.removeprefix("Pairs: ").rsplit(". ", 1)
-    table = dict(pair.split(":") for pair in context.split())
-    return table[query.rstrip(":")]
+    table = dict(pair.split(" ") for pair in context.split(", "))
+    return table[query]
 
 
 def test_kv_retrieval_deterministic_and_solvable():

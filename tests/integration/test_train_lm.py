@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.base import ParamError
 from components.lm.model import save_model_dir
 from components.lm.preset import LMPreset
 from components.lm.trainer import latest_checkpoint, lr_at
@@ -99,3 +101,38 @@ def test_init_from_continues_a_saved_model_and_rejects_other_shapes(tmp_path):
         LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": str(tmp_path)})
     ok = LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": str(src)})
     assert ok.train.init_from == str(src)
+
+
+def test_task_loss_answers_labels_only_the_answer_tokens():
+    """task_loss=answers: a task example's labels are its answers (the values of every query, each with the comma
+    that ends it, and EOS after the last); text items still train on every token. task_loss=all labels every
+    non-padding token."""
+    from components.lm.mixture import Mixture
+    from components.lm.tokenizer import train_tokenizer
+
+    data = {"model": {"context": 256, "vocab_size": 400},
+            "mixture": [{"task": "kv_retrieval(n_pairs=5, queries=3)", "weight": 1},
+                        {"task": "passkey(lengths=20)", "weight": 1}, {"text": "builtin:stories", "weight": 1}]}
+    spec = LMPreset.from_dict("x", data, {"train.task_loss": "answers", "train.batch_size": 4})
+    tok = train_tokenizer(Mixture(spec, None).texts_for_tokenizer(n_per_item=200), 400)
+    mix, mix_all = Mixture(spec, tok), Mixture(LMPreset.from_dict("x", data, {"train.batch_size": 4}), tok)
+    seen = set()
+    for step in range(40):
+        b, b_all = mix.batch(step), mix_all.batch(step)
+        assert torch.equal(b["input_ids"], b_all["input_ids"])  # same data, only the labels differ
+        assert torch.equal(b_all["labels"] != -100, b_all["attention_mask"] == 1)
+        source = spec.mixture[b["item"]]
+        seen.add(source.task or source.text)
+        for ids, labels in zip(b["input_ids"], b["labels"]):
+            kept = tok.decode(ids[labels != -100])
+            if source.text:
+                assert torch.equal(labels != -100, ids != tok.pad_token_id)
+            elif source.task.startswith("kv_retrieval"):
+                values = kept.removesuffix(tok.eos_token).split(",")
+                assert len(values) == 3 and all(v.strip() and " " not in v.strip() for v in values), kept
+                assert kept.endswith(tok.eos_token)
+            else:  # passkey: the whole target " 48213." and EOS
+                assert re.fullmatch(r" \d{5}\.</s>", kept), kept
+    assert len(seen) == 3
+    with pytest.raises(ParamError, match="train.task_loss: 'prompt' is not one of 'all', 'answers'"):
+        LMPreset.from_dict("x", data, {"train.task_loss": "prompt"})
