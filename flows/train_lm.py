@@ -8,11 +8,13 @@ preset -> run directory (resumable) -> tokenizer -> train (checkpoints, curves i
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any, Optional
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from infra.settings import settings
 from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, profile_attention, register_lm,
                       resolve_preset, save_model, suite_specs, train_model)
 from tasks.tracking import finish_run, metric_key
@@ -50,6 +52,14 @@ def train_lm(
     extra = {**overrides, **({"train.steps": steps} if steps else {}), **({"train.seed": seed} if seed is not None else {})}
     # 1. Validate the preset before any work.
     spec = resolve_preset(preset, extra, corpus, corpus_weight, corpus_field)
+    # 1b. A staged preset (train.init_from: preset:<name>) continues from its first stage, trained now if missing.
+    if spec.train.stage_preset:
+        stage_dir = settings().models_dir / f"{Path(spec.train.stage_preset).stem}-lm"
+        if not (stage_dir / "model.safetensors").is_file():
+            print(f"training stage {spec.train.stage_preset!r} first (into {stage_dir})")
+            train_lm(preset=spec.train.stage_preset, out=str(stage_dir), register_model=False,
+                     experiment=experiment, progress=progress)
+        spec = spec.continuing_from(str(stage_dir))
     # 2. A resumable run directory and its MLflow run.
     run = prepare_run(spec, experiment)
     # 3. Tokenizer, then training (checkpoints every N steps; resumes after an interruption).

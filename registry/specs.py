@@ -123,8 +123,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise SpecError(f"unknown preset {name_or_path!r}; presets: {', '.join(names)}")
+        where = (PRESET_DIR / name_or_path).parent
+        names = sorted(p.stem for p in where.glob("*.yaml")) if where.is_dir() else []
+        raise SpecError(f"unknown preset {name_or_path!r}; presets: {', '.join(names) or '(none)'}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise SpecError(f"preset {str(path)!r} must be a mapping")

@@ -164,8 +164,11 @@ def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any,
 
     result = trainer.train(model, mixture.batch, spec.train, run.ckpt_dir, on_log=on_log,
                            on_eval=_eval_fn(mixture, model, tokenizer, spec.train.eval_examples), progress=progress)
+    final_loss = result.losses[-1][1] if result.losses else None
+    if final_loss is None and (last := trainer.latest_checkpoint(run.ckpt_dir)) is not None:  # already finished
+        final_loss = json.loads((last / "state.json").read_text()).get("loss")
     info = {"steps": result.step, "resumed_from": result.resumed_from, "train_seconds": result.seconds,
-            "tokens": result.tokens, "final_loss": result.losses[-1][1] if result.losses else None,
+            "tokens": result.tokens, "final_loss": final_loss,
             "n_params": lm_model.n_params(model)}
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
@@ -245,7 +248,8 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]
           if run.preset.train.init_from else []),
         f"- Training data fingerprint: `{run.data_fingerprint}` (mixture + seed {run.preset.train.seed})",
-        f"- Steps: {info['steps']}, tokens: {info['tokens']:,}, final loss: {info['final_loss']:.4f}",
+        f"- Steps: {info['steps']}, tokens: {info['tokens']:,} (this process), final loss: "
+        + (f"{info['final_loss']:.4f}" if info["final_loss"] is not None else "n/a"),
         f"- Training time: {info['train_seconds']:.0f} s (this process)", "",
         "| task | metric | value |", "|---|---|---|",
     ]

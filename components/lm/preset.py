@@ -20,6 +20,10 @@ from typing import Any, Literal, get_type_hints
 from components.base import ParamError, _coerce, check_range
 
 
+#: ``train.init_from: preset:<name>`` continues from the output of another LM preset (a training stage)
+PRESET_REF = "preset:"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     layers: int = 2
@@ -74,7 +78,7 @@ class TrainSpec:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
-    init_from: str = ""  # a model directory (safetensors + tokenizer) to continue from; "" = random init
+    init_from: str = ""  # model directory to continue from, or "preset:<name>" (trained first); "" = random init
     z_loss: float = 0.0  # weight of the output z-loss, mean(log^2 Z) over predicted tokens (Wortsman et al.: 1e-4)
     independent_weight_decay: bool = False  # decay by (lr_t / lr) * weight_decay, not lr_t * weight_decay
     task_loss: Literal["all", "answers"] = "all"  # generated task examples: loss on every token, or on answers only
@@ -93,12 +97,25 @@ class TrainSpec:
         check_range("train.z_loss", self.z_loss, 0.0)
         if self.dtype not in ("float32", "bfloat16"):
             raise ParamError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
-        if self.init_from:
+        if self.init_from.startswith(PRESET_REF):
+            from registry.specs import SpecError, load_preset
+
+            ref = self.stage_preset
+            try:
+                load_preset(ref if Path(ref).expanduser().is_file() else f"lm/{ref}")
+            except SpecError as e:
+                raise ParamError(f"train.init_from={self.init_from!r}: {e}") from None
+        elif self.init_from:
             root = Path(self.init_from).expanduser()
             missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (root / f).is_file()]
             if missing:
                 raise ParamError(f"train.init_from={self.init_from!r} is not a model directory written by train-lm "
                                  f"(missing {', '.join(missing)})")
+
+    @property
+    def stage_preset(self) -> str:
+        """The preset (name or YAML path) ``init_from: preset:<ref>`` continues from ('' otherwise)."""
+        return self.init_from.removeprefix(PRESET_REF) if self.init_from.startswith(PRESET_REF) else ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,10 @@ class LMPreset:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def continuing_from(self, model_dir: str) -> "LMPreset":
+        """This preset with ``train.init_from`` set to a model directory (a resolved ``preset:`` stage)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, init_from=model_dir))
 
 
 # Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 import yaml
@@ -53,3 +55,23 @@ def test_quickstart_trains_missing_demo_then_reuses_it(tmp_path, monkeypatch):
     assert len(client.search_model_versions("name='attnflow.demo-lm'")) == 1  # registered once
     with pytest.raises(Exception):
         quickstart(preset="no-such-preset", progress=False)
+
+
+def test_staged_preset_trains_its_first_stage_then_continues(tmp_path):
+    """init_from: preset:tiny trains the tiny stage into ATTNFLOW_HOME/models/tiny-lm when it is missing, then
+    continues from it (same tokenizer, weights loaded); a second stage-2 run reuses the stage."""
+    repo = Path(__file__).resolve().parents[2]
+    staged = tmp_path / "tiny-stage2.yaml"
+    staged.write_text(yaml.safe_dump({"include": str(repo / "registry/presets/lm/tiny"),
+                                      "train": {"init_from": "preset:tiny", "steps": 6}}))
+    stage_dir = settings().models_dir / "tiny-lm"
+    assert not stage_dir.exists()
+    out = train_lm(preset=str(staged), out=str(tmp_path / "s2"), register_model=False, progress=False)
+    assert (stage_dir / "model.safetensors").is_file()
+    card = (tmp_path / "s2" / "README.md").read_text()
+    assert f"Continued from: `{stage_dir}`" in card
+    assert AutoTokenizer.from_pretrained(out["model_dir"]).get_vocab() == \
+        AutoTokenizer.from_pretrained(stage_dir).get_vocab()
+    mtime = (stage_dir / "model.safetensors").stat().st_mtime
+    train_lm(preset=str(staged), out=str(tmp_path / "s2b"), register_model=False, progress=False)
+    assert (stage_dir / "model.safetensors").stat().st_mtime == mtime  # the stage was not trained again

@@ -136,3 +136,13 @@ def test_task_loss_answers_labels_only_the_answer_tokens():
     assert len(seen) == 3
     with pytest.raises(ParamError, match="train.task_loss: 'prompt' is not one of 'all', 'answers'"):
         LMPreset.from_dict("x", data, {"train.task_loss": "prompt"})
+
+
+def test_staged_preset_reference_is_validated():
+    """train.init_from: preset:<name> names another LM preset (a training stage); an unknown one is named with the
+    presets that exist, before any work."""
+    spec = LMPreset.from_dict("demo", load_preset("lm/demo"))
+    assert spec.train.stage_preset == "demo-stage1" and spec.continuing_from("/x").train.init_from == "/x"
+    assert LMPreset.from_dict("s1", load_preset("lm/demo-stage1")).train.stage_preset == ""
+    with pytest.raises(ParamError, match=r"train.init_from='preset:nope': unknown preset 'lm/nope'; presets: demo, "):
+        LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": "preset:nope"})
