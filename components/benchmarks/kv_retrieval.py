@@ -11,7 +11,10 @@ Two vocabularies (``vocab``):
   between key and value, so retrieval needs a multi-token match and a multi-token copy: a much harder task for a
   small model.
 
-Scored by exact match of the greedy continuation's first word (punctuation stripped) with the value. The queried
+Scored by exact match of the greedy continuation's first word with the value, the word cut at the first stop
+character (``,`` ``;`` ``:`` ``!`` ``?`` quotes) and stripped of periods (2.0.1; 2.0.0 only stripped punctuation
+at the ends, so a model that answered ``small,`` and kept going without a space, ``small,9``, was scored wrong;
+the prompts are unchanged). The queried
 pair's position in the context ("depth") is spread evenly over the examples so accuracy can be broken down by
 depth, the way needle-in-a-haystack and the Lost-in-the-Middle studies report it.
 
@@ -39,6 +42,7 @@ seed : int
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass
@@ -51,10 +55,15 @@ from components.benchmarks.induction_copy import WORDS
 from registry import register
 
 
+_STOP = re.compile(r"[,;:!?\"']")
+
+
 def answer_matches(continuation: str, answer: str) -> bool:
-    """Exact match of the first whitespace-delimited run of the continuation (punctuation stripped)."""
+    """Exact match of the continuation's first answer: its first whitespace-delimited run, cut at the first stop
+    character (``, ; : ! ?`` or a quote) and stripped of periods, as generation stop sequences cut it in
+    lm-eval-harness (``small,`` and ``small,bright`` both answer ``small``; ``smaller`` does not)."""
     words = continuation.strip().split()
-    return bool(words) and words[0].strip(".,;:!?\"'") == answer
+    return bool(words) and _STOP.split(words[0].lstrip(".,;:!?\"'"), maxsplit=1)[0].strip(".") == answer
 
 
 def value_spans(row: dict[str, Any], sep: str) -> list[tuple[int, int]]:
@@ -83,7 +92,7 @@ VOCABS = ("words", "letters")
 _SEP = {"words": " ", "letters": ":"}
 
 
-@register("kv_retrieval", version="2.0.0", family="benchmark", paper="arXiv:2312.04927",
+@register("kv_retrieval", version="2.0.1", family="benchmark", paper="arXiv:2312.04927",
           summary="Synthetic in-context key-value lookup (word or letter/number pairs); accuracy by depth.")
 @dataclass(frozen=True)
 class KVRetrieval(Benchmark):

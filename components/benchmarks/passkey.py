@@ -2,7 +2,8 @@
 
 Prompt: filler text with ``The pass key is 48213. Remember it. 48213 is the pass key.`` inserted at a relative
 depth, then ``What is the pass key? The pass key is``; the answer is the number. Scored by exact match of the
-greedy continuation's first word. Every (length, depth) cell of the grid gets ``n_per_cell`` examples, so accuracy
+greedy continuation's first word, cut at the first stop character as in ``kv_retrieval`` (1.0.1; 1.0.0 counted
+``48213,1`` as wrong). Every (length, depth) cell of the grid gets ``n_per_cell`` examples, so accuracy
 is reported as a depth x length heatmap, as in needle-in-a-haystack evaluations.
 
 Format from Mohtashami & Jaggi, "Landmark Attention: Random-Access Infinite Context Length for Transformers"
@@ -39,7 +40,7 @@ from registry import register
 QUESTION = " What is the pass key? The pass key is"
 
 
-@register("passkey", version="1.0.0", family="benchmark", paper="arXiv:2305.16300",
+@register("passkey", version="1.0.1", family="benchmark", paper="arXiv:2305.16300",
           summary="A number hidden at a chosen depth in filler text; accuracy as a depth x length heatmap.")
 @dataclass(frozen=True)
 class Passkey(Benchmark):

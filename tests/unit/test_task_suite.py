@@ -198,3 +198,16 @@ def test_generation_is_identical_across_processes():
                            env={**os.environ, "PYTHONPATH": str(repo), "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2")]
     assert json.loads(outs[0]) == json.loads(outs[1])
+
+
+def test_answer_matching_cuts_at_stop_characters():
+    from components.benchmarks.kv_retrieval import answer_matches
+
+    # the answer word, however the model goes on after a stop character (kv_retrieval 2.0.1, passkey 1.0.1)
+    for cont in (" small", " small, bright", " small,9 9", " small.", ' "small"', "small;"):
+        assert answer_matches(cont, "small"), cont
+    assert answer_matches(" 33758. Remember", "33758")
+    # a longer word or number, a different first word, or nothing is wrong
+    for cont in (" smaller", " sm", " big small", "", "   "):
+        assert not answer_matches(cont, "small"), cont
+    assert not answer_matches(" 337589", "33758")
