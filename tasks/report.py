@@ -23,6 +23,9 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
     values: dict[str, dict[str, list[float]]] = {}
     higher: dict[str, bool] = {}
     versions: dict[str, str] = {}
+    variants: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        variants[r["benchmark"]["name"]].add(task_column(r["benchmark"]))
     for r in results:
         row = r["component"]["label"]
         versions[row] = r["component"]["version"]
@@ -31,7 +34,8 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
         for metric, value in r["metrics"].items():
             if metric not in r["higher_is_better"] or metric.startswith("n_"):
                 continue
-            col = f"{r['benchmark']['name']}/{metric}"
+            name = r["benchmark"]["name"]  # variants of one benchmark (n_pairs=8 / 16) get a column each
+            col = f"{task_column(r['benchmark']) if len(variants[name]) > 1 else name}/{metric}"
             if col not in columns:
                 columns.append(col)
             higher[col] = r["higher_is_better"][metric]
@@ -39,6 +43,12 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
     cells = {row: {col: summarize(v) for col, v in values.get(row, {}).items()} for row in rows}
     return {"title": title, "rows": rows, "columns": columns, "cells": cells, "higher_is_better": higher,
             "versions": versions}
+
+
+def task_column(bench: dict[str, Any]) -> str:
+    """A benchmark's label without its data seed (results over seeds share a column and are averaged)."""
+    label = re.sub(r"seed=-?\d+(, )?", "", bench.get("label", bench["name"]))
+    return label.replace(", )", ")").replace("()", "")
 
 
 def to_markdown(table: dict[str, Any]) -> str:
