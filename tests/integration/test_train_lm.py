@@ -138,11 +138,16 @@ def test_task_loss_answers_labels_only_the_answer_tokens():
         LMPreset.from_dict("x", data, {"train.task_loss": "prompt"})
 
 
-def test_staged_preset_reference_is_validated():
+def test_staged_preset_reference_is_validated(tmp_path):
     """train.init_from: preset:<name> names another LM preset (a training stage); an unknown one is named with the
-    presets that exist, before any work."""
+    presets that exist, before any work. The trained stage it then continues from must be a model directory."""
     spec = LMPreset.from_dict("demo", load_preset("lm/demo"))
-    assert spec.train.stage_preset == "demo-stage1" and spec.continuing_from("/x").train.init_from == "/x"
+    assert spec.train.stage_preset == "demo-stage1"
+    with pytest.raises(ParamError, match="not a model directory written by train-lm"):
+        spec.continuing_from(str(tmp_path))
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / f).write_text("{}")
+    assert spec.continuing_from(str(tmp_path)).train.init_from == str(tmp_path)
     assert LMPreset.from_dict("s1", load_preset("lm/demo-stage1")).train.stage_preset == ""
     with pytest.raises(ParamError, match=r"train.init_from='preset:nope': unknown preset 'lm/nope'; presets: demo, "):
         LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": "preset:nope"})
