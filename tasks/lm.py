@@ -236,6 +236,12 @@ def save_model(model: Any, tokenizer: Any, run: LMRun, out: str | None, info: di
     return str(out_dir)
 
 
+def _home_relative(path: str) -> str:
+    """``path`` with the ATTNFLOW_HOME prefix written as ``$ATTNFLOW_HOME`` (a model card is read on other machines)."""
+    p, home = Path(path).expanduser().resolve(), settings().home.expanduser().resolve()
+    return f"$ATTNFLOW_HOME/{p.relative_to(home)}" if p.is_relative_to(home) else path
+
+
 def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], command: str) -> str:
     m = run.preset.model
     lines = [
@@ -244,7 +250,7 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
         f"heads, context {m.context}, {info['n_params']:,} parameters) trained from scratch by attnflow's "
         "`train-lm` flow on synthetic in-context tasks and built-in story text.", "",
         f"- Command: `{command}`",
-        *([f"- Continued from: `{run.preset.train.init_from}` (weights fingerprint "
+        *([f"- Continued from: `{_home_relative(run.preset.train.init_from)}` (weights fingerprint "
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]
           if run.preset.train.init_from else []),
         f"- Training data fingerprint: `{run.data_fingerprint}` (mixture + seed {run.preset.train.seed})",
