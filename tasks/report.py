@@ -47,7 +47,7 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
 
 def task_column(bench: dict[str, Any]) -> str:
     """A benchmark's label without its data seed (results over seeds share a column and are averaged)."""
-    label = re.sub(r"seed=-?\d+(, )?", "", bench.get("label", bench["name"]))
+    label = re.sub(r"(?<=[(, ])seed=-?\d+(, )?", "", bench.get("label", bench["name"]))  # not data_seed=...
     return label.replace(", )", ")").replace("()", "")
 
 

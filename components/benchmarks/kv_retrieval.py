@@ -14,9 +14,9 @@ Two vocabularies (``vocab``):
 Scored by exact match of the greedy continuation's first word with the value, the word cut at the first stop
 character (``,`` ``;`` ``:`` ``!`` ``?`` quotes) and stripped of periods (2.0.1; 2.0.0 only stripped punctuation
 at the ends, so a model that answered ``small,`` and kept going without a space, ``small,9``, was scored wrong;
-the prompts are unchanged). The queried
-pair's position in the context ("depth") is spread evenly over the examples so accuracy can be broken down by
-depth, the way needle-in-a-haystack and the Lost-in-the-Middle studies report it.
+the prompts are unchanged). The queried pair's position in the context ("depth") is spread evenly over the
+examples so accuracy can be broken down by depth, the way needle-in-a-haystack and the Lost-in-the-Middle studies
+report it.
 
 A synthetic associative-recall task in the style of the in-context retrieval literature (Olsson et al. 2022,
 "In-context learning and induction heads", arXiv 2209.11895; multi-query associative recall, Arora et al. 2023,

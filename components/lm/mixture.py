@@ -114,9 +114,8 @@ class Mixture:
         if not answers_only:
             return rows, None
         keep = []
-        for row, offsets, sample in zip(rows, enc["offset_mapping"], samples):
-            spans = bench.answer_spans(sample)
-            end = len(bench.training_text(sample))
+        for row, offsets, sample, text in zip(rows, enc["offset_mapping"], samples, texts):
+            spans, end = bench.answer_spans(sample), len(text)
             # EOS is an answer token when an answer span reaches the end of the text (the model learns to stop)
             flags = [e > s and any(s < b and e > a for a, b in spans) for s, e in offsets] + [
                 any(b >= end for _, b in spans)]
