@@ -210,16 +210,20 @@ def compare(
 
 @app.command()
 def quickstart(
-    preset: str = typer.Option("quickstart", help="Comparison preset (registry/presets/<name>.yaml)."),
+    model: str = typer.Option("", help="Model to tour (default: the preset's, smollm2-135m; 'demo' for the "
+                                       "bundled toy model)."),
+    preset: str = typer.Option("", help="Quickstart preset (registry/presets/<name>.yaml or a path; default "
+                                        "quickstart, or quickstart-demo for --model demo)."),
     experiment: str = typer.Option("quickstart", help="MLflow experiment."),
 ) -> None:
-    """Offline tour: demo model -> compare ZeroTuning and head masking on the task suite -> MLflow."""
-    from registry.specs import load_preset
+    """Offline tour on a real model: sink profile, retrieval heads, then baseline vs ZeroTuning, ACT and head
+    masking, in one table and in MLflow."""
+    from flows.quickstart import preset_for
 
-    guarded(lambda: load_preset(preset))
+    guarded(lambda: preset_for(model or None, preset or None))
     from flows.quickstart import quickstart as flow
 
-    out = run_flow(flow, preset=preset, experiment=experiment)
+    out = run_flow(flow, model=model, preset=preset, experiment=experiment)
     print_table(out["table"])
 
 

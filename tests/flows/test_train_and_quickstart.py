@@ -40,7 +40,7 @@ def test_quickstart_trains_missing_demo_then_reuses_it(tmp_path, monkeypatch):
     preset.write_text(yaml.safe_dump({"components": ["baseline", "zerotuning(gamma=2)"],
                                       "tasks": ["kv_retrieval(n_pairs=4, n_examples=8)", "perplexity(max_tokens=400)"],
                                       "seeds": [0]}))
-    first = quickstart(preset=str(preset), demo_preset="tiny", experiment="qs-test", progress=False,
+    first = quickstart(model="demo", preset=str(preset), demo_preset="tiny", experiment="qs-test", progress=False,
                        return_state=True)
     assert first.is_completed(), first
     assert (home_demo / "config.json").is_file()
@@ -48,7 +48,7 @@ def test_quickstart_trains_missing_demo_then_reuses_it(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
     assert str(client.get_model_version_by_alias("attnflow.demo-lm", "champion").version) == "1"
 
-    second = quickstart(preset=str(preset), experiment="qs-test", progress=False, return_state=True)
+    second = quickstart(model="demo", preset=str(preset), experiment="qs-test", progress=False, return_state=True)
     assert second.is_completed()
     states = task_states(second.state_details.flow_run_id)
     assert not any(name.startswith("train") for name in states)  # no retraining
@@ -75,3 +75,36 @@ def test_staged_preset_trains_its_first_stage_then_continues(tmp_path):
     mtime = (stage_dir / "model.safetensors").stat().st_mtime
     train_lm(preset=str(staged), out=str(tmp_path / "s2b"), register_model=False, progress=False)
     assert (stage_dir / "model.safetensors").stat().st_mtime == mtime  # the stage was not trained again
+
+
+def test_quickstart_tour_profiles_sinks_finds_retrieval_heads_and_masks_them(tmp_path, monkeypatch):
+    """The real-model tour (the default preset's recipe) on the demo model, whose retrieval heads are known
+    (1:2, 1:3): a sink-profile run and a retrieval-score run under the parent, the detected heads masked next to
+    as many random heads, and a re-run served from the caches."""
+    shipped = Path(__file__).resolve().parents[2] / "assets" / "demo-lm"
+    monkeypatch.setattr(modeling, "demo_model_dirs", lambda: [shipped])  # not a demo trained by another test
+    preset = tmp_path / "tour.yaml"
+    preset.write_text(yaml.safe_dump({
+        "model": "demo", "sinks": "sink_metric(n_samples=4, n_tokens=16)",
+        "retrieval": "retrieval_score(lengths=40, depths=0;1, n_per_cell=2, max_new_tokens=6)",
+        "components": ["baseline", "zerotuning(gamma=2)"],
+        "tasks": ["passkey(lengths=40, n_per_cell=2)", "perplexity(max_tokens=400)"]}))
+    first = quickstart(preset=str(preset), experiment="qs-tour", progress=False, return_state=True)
+    assert first.is_completed(), first
+    out = first.result()
+    rows = out["table"]["rows"]
+    assert rows[:2] == ["baseline", "zerotuning(gamma=2)"]
+    assert rows[2:] == ["mask 2 retrieval heads", "mask 2 random heads"]  # the demo model's two retrieval heads
+    cells = out["table"]["cells"]
+    assert cells["mask 2 retrieval heads"]["passkey/accuracy"]["mean"] < cells["baseline"]["passkey/accuracy"]["mean"]
+    client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
+    children = client.search_runs([client.get_experiment_by_name("qs-tour").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    kinds = {r.data.tags.get("attnflow.component") for r in children}
+    assert {"sink_metric", "retrieval_score", "baseline", "head_mask"} <= kinds
+
+    second = quickstart(preset=str(preset), experiment="qs-tour", progress=False, return_state=True)
+    assert second.is_completed()
+    assert second.result()["table"]["cells"] == out["table"]["cells"]
+    states = task_states(second.state_details.flow_run_id)
+    assert all(s == "Cached" for name, s in states.items() if name.startswith(("analyze ", "evaluate ")))

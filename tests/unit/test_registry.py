@@ -97,11 +97,16 @@ def test_specs():
         parse_kv(["nope"])
 
 
-def test_quickstart_preset_is_valid():
-    preset = load_preset("quickstart")
+@pytest.mark.parametrize("name", ["quickstart", "quickstart-demo"])
+def test_quickstart_presets_are_valid(name):
+    preset = load_preset(name)
+    assert preset["model"]
     for s in parse_list(preset["components"]):
         s.create("patch")
     for s in parse_list(preset["tasks"]):
         s.create("benchmark")
+    for key, family in (("sinks", "analyzer"), ("retrieval", "analyzer")):
+        if key in preset:
+            parse(preset[key]).create(family)
     with pytest.raises(SpecError, match="unknown preset"):
         load_preset("nope")
