@@ -162,11 +162,11 @@ def log_analysis(record: dict[str, Any], experiment: str, versions: dict[str, st
     return rid
 
 
-def summary_text(record: dict[str, Any], top: int = 8) -> str:
-    """A short human summary of an analysis result (metrics and head sets)."""
+def summary_text(record: dict[str, Any], top: int = 8, metrics: tuple[str, ...] | None = None) -> str:
+    """A short human summary of an analysis result (metrics, or only ``metrics`` when given, and head sets)."""
     result = record["result"]
     lines = [f"{record['component']['label']} on {record['model']}:"]
-    lines += [f"  {k} = {v:.4g}" for k, v in result["metrics"].items()]
+    lines += [f"  {k} = {v:.4g}" for k, v in result["metrics"].items() if metrics is None or k in metrics]
     for name, heads in result["heads"].items():
         shown = ", ".join(f"{a}:{b}" for a, b in heads[:top]) + (" ..." if len(heads) > top else "")
         lines.append(f"  {name} ({len(heads)}): {shown or '-'}")
