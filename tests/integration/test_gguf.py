@@ -74,7 +74,7 @@ def test_gguf_path_resolves_without_side_effects_and_loads_once(tmp_path, home):
     cfg = modeling.load_config(ref)  # metadata only
     assert (cfg.num_hidden_layers, cfg.num_key_value_heads) == (2, 2)
     assert not (home / "cache" / "gguf").exists()
-    model, _ = modeling.load_model(str(path))
+    modeling.load_model(str(path))
     cache = model_store.gguf_cache_dir(model_store.sha256_file(path))
     assert (cache / "model.safetensors").is_file()
     stamp = (cache / "model.safetensors").stat().st_mtime_ns

