@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
 from tests.helpers import tiny
+from tests.helpers.wheels import build_wheel
 
 _LAYER_NAMES = {  # HF suffix (model.layers.<i>.) -> llama.cpp name (blk.<i>.)
     "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -108,29 +109,6 @@ def tiny_gguf(path: Path, *, quant: str = "F32", seed: int = 0, arch: str = "lla
     """A tiny random Llama (tests/helpers/tiny.py, untied head) written to ``path``; returns (path, the HF model)."""
     model = tiny.tiny_model("llama", seed=seed)
     return write_gguf(Path(path), model, tiny.tokenizer(), quant=quant, arch=arch), model
-
-
-def build_wheel(out_dir: Path, project: str, version: str, files: dict[str, bytes]) -> Path:
-    """A minimal valid wheel (``py3-none-any``: METADATA, WHEEL, RECORD) holding ``files`` (path -> bytes), as
-    ``pip download`` finds on an index or in a --find-links directory."""
-    import base64
-    import hashlib
-    import zipfile
-
-    dist = f"{project.replace('-', '_')}-{version}"
-    meta = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n".encode(),
-            f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: attnflow-tests\nRoot-Is-Purelib: true\n"
-                                       b"Tag: py3-none-any\n"}
-    entries = {**files, **meta}
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=').decode()},{len(b)}"
-              for n, b in entries.items()] + [f"{dist}.dist-info/RECORD,,"]
-    out = Path(out_dir) / f"{dist}-py3-none-any.whl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(out, "w") as z:
-        for n, b in entries.items():
-            z.writestr(n, b)
-        z.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
-    return out
 
 
 def gguf_wheels(out_dir: Path, gguf_path: Path, project: str = "tiny-gguf-model", version: str = "0.1.0",
