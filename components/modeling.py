@@ -1,4 +1,5 @@
-"""Loading models and tokenizers: hub ids, local directories and the bundled demo model.
+"""Loading models and tokenizers: hub ids, local directories, the bundled demo model, local ``.gguf`` files and
+catalogue names (``smollm2-135m``, ``gemma3-270m``; see components/model_sources.py and docs/models.md).
 
 Safe defaults: ``trust_remote_code`` stays off unless the caller passes it; weights load from safetensors when the
 checkpoint has them and otherwise through transformers' ``torch.load(weights_only=True)``; nothing else is
@@ -34,7 +35,8 @@ class UnsupportedArchitectureError(TypeError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved model reference: ``kind`` is ``local`` (a directory) or ``hub`` (a hub id)."""
+    """A resolved model reference: ``kind`` is ``local`` (a directory), ``hub`` (a hub id), ``gguf`` (a local .gguf
+    file, converted on load) or ``catalogue`` (a catalogue model not pulled yet, pulled on load)."""
 
     ref: str
     kind: str
@@ -45,6 +47,10 @@ class ModelRef:
         """Short name for run names and registered-model names."""
         if self.ref == DEMO:
             return "demo-lm"
+        if self.ref.lower().endswith(".gguf"):
+            return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(self.ref).stem)
+        if self.kind == "catalogue":
+            return self.ref
         return re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(self.location).name if self.kind == "local" else self.location)
 
 
@@ -55,7 +61,8 @@ def demo_model_dirs() -> list[Path]:
 
 
 def resolve(ref: str) -> ModelRef:
-    """Resolve ``demo``, a local directory, or a hub id; raise ModelNotFoundError with what was tried."""
+    """Resolve ``demo``, a local directory, a ``.gguf`` file, a catalogue name or a hub id; raise
+    ModelNotFoundError with what was tried. Side-effect free: nothing is downloaded or converted here."""
     ref = str(ref).strip()
     if not ref:
         raise ModelNotFoundError("empty model reference: pass a hub id, a local directory, or 'demo'")
@@ -65,11 +72,20 @@ def resolve(ref: str) -> ModelRef:
                 return ModelRef(ref, "local", str(d))
         tried = ", ".join(str(d) for d in demo_model_dirs())
         raise ModelNotFoundError(f"the demo model was not found (looked in {tried}); run `attnflow train-lm`")
+    if ref.lower().endswith(".gguf"):
+        from components import model_sources
+
+        return model_sources.resolve_gguf(ref)
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{ref!r} exists but is not a model directory (no config.json in it)")
         return ModelRef(ref, "local", str(path.resolve()))
+    from infra import model_store
+
+    if ref in model_store.CATALOGUE:  # pulled: a plain local directory; else pulled when loaded
+        pulled = model_store.is_pulled(ref)
+        return ModelRef(ref, "local" if pulled else "catalogue", str(model_store.model_dir(ref)))
     looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1
     if looks_like_path or not _HUB_ID.match(ref):
         raise ModelNotFoundError(f"model path {ref!r} does not exist")
@@ -81,6 +97,10 @@ def load_config(ref: ModelRef | str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     mref = resolve(ref) if isinstance(ref, str) else ref
+    if mref.kind in ("gguf", "catalogue"):
+        from components import model_sources
+
+        return model_sources.load_config(mref)
     try:
         return AutoConfig.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -124,6 +144,10 @@ def load_model(
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
     mref = resolve(ref) if isinstance(ref, str) else ref
+    if mref.kind in ("gguf", "catalogue"):  # convert the GGUF once / pull the catalogue model
+        from components import model_sources
+
+        mref = model_sources.materialize(mref)
     config = load_config(mref, trust_remote_code=trust_remote_code)
     if check:
         check_supported(config)
@@ -145,6 +169,10 @@ def model_fingerprint(ref: ModelRef | str) -> str:
     """Identify the exact weights: hash of config + weight-file names, sizes and safetensors headers (local), or the
     hub id and its resolved revision when known."""
     mref = resolve(ref) if isinstance(ref, str) else ref
+    if mref.kind in ("gguf", "catalogue"):  # the weights are those of the converted directory
+        from components import model_sources
+
+        mref = model_sources.materialize(mref)
     h = hashlib.sha256(mref.kind.encode())
     if mref.kind == "hub":
         h.update(mref.location.encode())

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from components import modeling
 from tasks import tracking
 from tasks.lm import register_lm
+from tasks.model_registry import find_version
 
 DEMO_NAME = "attnflow.demo-lm"
 
@@ -28,13 +29,8 @@ def find_demo() -> str | None:
 def ensure_registered(model_dir: str) -> str:
     """Register the demo directory as ``attnflow.demo-lm`` (alias champion) unless these weights already are."""
     fp = modeling.model_fingerprint(model_dir)
-    c = tracking.client()
-    try:
-        for mv in c.search_model_versions(f"name='{DEMO_NAME}'"):
-            if mv.tags.get("attnflow.model_fingerprint") == fp:
-                return str(mv.version)
-    except Exception:  # noqa: BLE001 - no registered model yet
-        pass
+    if (version := find_version(DEMO_NAME, fp)) is not None:
+        return version
     info_file = Path(model_dir) / "training.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     tags = {"attnflow.model_fingerprint": fp, "attnflow.data_fingerprint": str(info.get("data_fingerprint", "")),

@@ -66,8 +66,18 @@ def check_model(model: str, trust_remote_code: bool = False) -> modeling.ModelRe
 @task(cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
       task_run_name="load {model}")
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM + tokenizer (hub id, local directory or 'demo')."""
+    """Load a causal LM + tokenizer (hub id, local directory, 'demo', a .gguf file or a catalogue name; a catalogue
+    model not pulled yet is pulled and registered in MLflow first)."""
     ref = modeling.resolve(model)
+    if ref.kind in ("catalogue", "gguf"):
+        from components import model_sources
+
+        pulling = ref.kind == "catalogue"
+        ref = model_sources.materialize(ref)
+        if pulling:
+            from tasks.model_registry import register_pulled
+
+            register_pulled.fn(ref.location)
     mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     info = modeling.describe(mdl)
     print(f"loaded {ref.name}: {info['model_class']}, {info['n_params']:,} parameters, "
