@@ -44,9 +44,10 @@ class KeyBias:
         """The feature over all keys, (B, S)."""
         if self.keys is not None:
             return self.keys[:, :kv_len].to(dtype)
-        idx = self.index  # (B, K); negative = not in the cache
+        idx = self.index  # (B, K); negative = padding or not in the cache
         out = torch.zeros(idx.shape[0], kv_len, dtype=dtype, device=idx.device)
-        return out.scatter(1, idx.clamp(0, kv_len - 1), (idx >= 0).to(dtype))
+        # scatter_add, not scatter: a padding entry clamped onto key 0 must add 0, never overwrite key 0's 1
+        return out.scatter_add(1, idx.clamp(0, kv_len - 1), (idx >= 0).to(dtype))
 
 
 @dataclass
