@@ -222,7 +222,7 @@ class RetrievalScore(NeedleGrid, Analyzer):
                 counted += 1
             tests.append({"length": row["length"], "depth": row["depth"], "tokens": len(ids),
                           "answer": row["answer"], "response": response, "recall": recall, "counted": ok,
-                          "best_head_score": float(score.max())})
+                          "generated_tokens": len(generated), "best_head_score": float(score.max())})
         bar.close()
         mean = (total / counted if counted else total).numpy()  # (L, H)
         rows_ = ranked(layer_head_rows({"retrieval_score": mean}), "retrieval_score")
