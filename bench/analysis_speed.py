@@ -83,8 +83,11 @@ def retrieval(model, tok, grid: dict[str, str], rounds: int) -> dict[str, float]
             "n_retrieval_heads": res.metrics["n_retrieval_heads"], "max_score": res.metrics["max_score"]}
 
 
-def evaluation(model, tok, spec: str, batch_size: int, rounds: int) -> dict[str, float]:
+def evaluation(model, tok, spec: str, batch_size: int, rounds: int, new_tokens: int) -> dict[str, float]:
     bench = parse(spec).create("benchmark")
+    new_tokens = new_tokens or getattr(bench, "max_new_tokens", 0)
+    if not new_tokens:
+        raise SystemExit(f"{bench.component_name} has no max_new_tokens parameter: pass --eval-new-tokens")
     rows = bench.build("eval")
     prompts = [r["prompt"] for r in rows]
     n_prompt = sum(len(tok(p)["input_ids"]) for p in prompts)
@@ -93,8 +96,8 @@ def evaluation(model, tok, spec: str, batch_size: int, rounds: int) -> dict[str,
         with applied(model) as session:
             times["evaluate"].append(cpu(lambda: bench.evaluate(model, tok, rows, session=session,
                                                                  batch_size=batch_size))[0])
-        times["bare"].append(cpu(lambda: bare_generate(model, tok, prompts, bench.max_new_tokens, batch_size))[0])
-    tokens = n_prompt + len(prompts) * bench.max_new_tokens
+        times["bare"].append(cpu(lambda: bare_generate(model, tok, prompts, new_tokens, batch_size))[0])
+    tokens = n_prompt + len(prompts) * new_tokens
     best = {k: min(v) for k, v in times.items()}
     return {"benchmark": bench.label(), "n_prompts": len(prompts), "tokens": tokens, "batch_size": batch_size,
             "tok_s_evaluate": tokens / best["evaluate"], "tok_s_bare_generate": tokens / best["bare"],
@@ -110,23 +113,28 @@ def main() -> None:
     ap.add_argument("--n-per-cell", default="2")
     ap.add_argument("--max-new-tokens", default="24")
     ap.add_argument("--eval", default="needle", help="benchmark spec for the evaluation part ('' to skip)")
+    ap.add_argument("--eval-new-tokens", type=int, default=0,
+                    help="tokens the benchmark generates per prompt (default: its max_new_tokens parameter)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--no-retrieval", action="store_true", help="only the evaluation part")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, dtype=args.dtype)
     grid = {"lengths": args.lengths, "depths": args.depths, "n_per_cell": args.n_per_cell,
             "max_new_tokens": args.max_new_tokens}
-    out = {"model": args.model, "threads": args.threads, "retrieval_score": retrieval(model, tok, grid, args.rounds)}
-    r = out["retrieval_score"]
-    print(f"retrieval_score on {args.model}: {r['n_tests']} tests, {r['mean_prompt_tokens']:.0f} prompt tokens, "
-          f"{r['new_tokens']} new tokens; CPU s/test: analysis {r['s_per_test_analysis']:.3f} (batch_size=1 "
-          f"{r['s_per_test_analysis_batch1']:.3f}), greedy decode {r['s_per_test_greedy']:.3f}")
-    print(f"ratio analysis / greedy decode: {r['ratio']:.2f} (batch_size=1: {r['ratio_batch1']:.2f})")
+    out: dict = {"model": args.model, "threads": args.threads}
+    if not args.no_retrieval:
+        r = out["retrieval_score"] = retrieval(model, tok, grid, args.rounds)
+        print(f"retrieval_score on {args.model}: {r['n_tests']} tests, {r['mean_prompt_tokens']:.0f} prompt tokens, "
+              f"{r['new_tokens']} new tokens; CPU s/test: analysis {r['s_per_test_analysis']:.3f} (batch_size=1 "
+              f"{r['s_per_test_analysis_batch1']:.3f}), greedy decode {r['s_per_test_greedy']:.3f}")
+        print(f"ratio analysis / greedy decode: {r['ratio']:.2f} (batch_size=1: {r['ratio_batch1']:.2f})")
     if args.eval:
-        e = out["evaluation"] = evaluation(model, tok, args.eval, args.batch_size, args.rounds)
+        e = out["evaluation"] = evaluation(model, tok, args.eval, args.batch_size, args.rounds,
+                                                     args.eval_new_tokens)
         print(f"evaluation {e['benchmark']}: {e['n_prompts']} prompts, {e['tokens']} tokens: "
               f"{e['tok_s_evaluate']:.0f} tok/s vs bare generate {e['tok_s_bare_generate']:.0f} tok/s "
               f"(ratio {e['ratio_tok_s']:.2f})")
