@@ -50,6 +50,13 @@ seed : int
 batch_size : int
     Tests decoded together, grouped by token length, left-padded (speed only: the scores equal batch_size=1 up
     to float rounding in the matrix products). Default 8.
+
+Changelog
+---------
+1.1.0: tests decoded in length-sorted, left-padded batches (``batch_size``); the prefill keeps only the last logits;
+    sliding-window layers (Gemma-3, Mistral) map their cached keys back to prompt positions (prompts longer than
+    the window failed before); the tests table records ``generated_tokens``. Scores unchanged (SmolLM2-135M,
+    default grid: bit-identical to 1.0.0).
 """
 
 from __future__ import annotations
@@ -117,7 +124,7 @@ def needle_span(tokenizer: Any, prompt: str, start: int, end: int) -> tuple[list
     raise ValueError(f"retrieval_score: the answer {prompt[start:end]!r} was not found among the prompt's tokens")
 
 
-@register("retrieval_score", version="1.0.0", family="analyzer", paper="arXiv:2404.15574",
+@register("retrieval_score", version="1.1.0", family="analyzer", paper="arXiv:2404.15574",
           summary="Retrieval heads: copy-paste score of each head while decoding needle-in-a-haystack answers.")
 @dataclass(frozen=True)
 class RetrievalScore(NeedleGrid, Analyzer):
