@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +12,13 @@ from tqdm.auto import tqdm
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices grouped into batches of ``size`` items of similar length (sorted by length, stable), so padding
+    stays small; callers write results back by index, which restores the input order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -29,21 +37,25 @@ def greedy_continuations(
     progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy continuations of left-padded prompt batches (KV cache; patches see prefill then decode steps)."""
+    """Greedy continuations of left-padded prompt batches (KV cache; patches see prefill then decode steps).
+    Prompts are batched by token length; the continuations come back in the prompts' order."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    outs: list[str] = []
+    prompts = list(prompts)
+    outs: list[str] = [""] * len(prompts)
     bar = _progress(len(prompts), desc, progress)
-    for chunk in batches(list(prompts), batch_size):
-        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+    for idx in by_length([len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else [], batch_size):
+        chunk = [prompts[i] for i in idx]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
         if session is not None:
-            session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
+            session.set_inputs(texts=chunk, encoding=enc, tokenizer=tokenizer)
         gen = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
         )
         new = gen[:, enc["input_ids"].shape[1] :]  # (B, new)
-        outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            outs[i] = text
         bar.update(len(chunk))
     bar.close()
     return outs
@@ -64,11 +76,14 @@ def choice_logprobs(
     tokenizer.padding_side = "right"
     device = next(model.parameters()).device
     pairs = [(i, p, c) for i, (p, cs) in enumerate(zip(prompts, choices)) for c in cs]
+    full = [tokenizer(p + c)["input_ids"] for _, p, c in pairs]
     scores: list[list[float]] = [[] for _ in prompts]
+    pair_scores: list[float] = [0.0] * len(pairs)
     bar = _progress(len(pairs), "choices", progress)
-    for chunk in batches(pairs, batch_size):
+    for idx in by_length([len(f) for f in full], batch_size):
+        chunk = [pairs[j] for j in idx]
         prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
-        full_ids = [tokenizer(p + c)["input_ids"] for _, p, c in chunk]
+        full_ids = [full[j] for j in idx]
         starts = [min(len(p_ids), len(f_ids) - 1) for p_ids, f_ids in zip(prompt_ids, full_ids)]
         width = max(len(f) for f in full_ids)
         pad = tokenizer.pad_token_id or 0
@@ -77,11 +92,14 @@ def choice_logprobs(
         if session is not None:
             session.set_inputs(texts=[p + c for _, p, c in chunk], prompts=[p for _, p, _ in chunk],
                                prompt_lens=starts, input_ids=ids, tokenizer=tokenizer)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
-        for row, ((i, _, _), start, f_ids) in enumerate(zip(chunk, starts, full_ids)):
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        for row, (j, start, f_ids) in enumerate(zip(idx, starts, full_ids)):
             tgt = torch.tensor(f_ids[start:], device=device)  # choice tokens
-            scores[i].append(logp[row, start - 1 : len(f_ids) - 1].gather(1, tgt[:, None]).sum().item())
+            logp = torch.log_softmax(logits[row, start - 1 : len(f_ids) - 1].float(), dim=-1)  # (n, V) rows used
+            pair_scores[j] = logp.gather(1, tgt[:, None]).sum().item()
         bar.update(len(chunk))
+    for (i, _, _), value in zip(pairs, pair_scores):  # back in the order of the prompts and their choices
+        scores[i].append(value)
     bar.close()
     return scores
 
@@ -157,11 +175,16 @@ def prediction_entropy(
         return float(sum(-(lp.exp() * lp).sum() for lp in logp) / len(logp))
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    total = 0.0
-    for chunk in batches([r["prompt"] for r in rows], batch_size):
-        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+    prompts = [r["prompt"] for r in rows]
+    entropy = [0.0] * len(prompts)
+    for idx in by_length([len(ids) for ids in tokenizer(prompts)["input_ids"]], batch_size):
+        chunk = [prompts[i] for i in idx]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
         if session is not None:
-            session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
-        logp = torch.log_softmax(model(**enc).logits[:, -1].double(), dim=-1)  # (B, V)
-        total += float(-(logp.exp() * logp).sum())
-    return total / len(rows)
+            session.set_inputs(texts=chunk, encoding=enc, tokenizer=tokenizer)
+        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # (B, T) left padding: positions skip the pads
+        logits = model(**enc, position_ids=pos).logits[:, -1]  # (B, V)
+        logp = torch.log_softmax(logits.double(), dim=-1)  # (B, V)
+        for i, h in zip(idx, (-(logp.exp() * logp).sum(-1)).tolist()):
+            entropy[i] = h
+    return sum(entropy) / len(rows)  # summed in the rows' order

@@ -15,8 +15,8 @@ from components.attention.session import applied
 from components.benchmarks import _needle
 from components.patches.base import AttentionPatch
 from tests.helpers.reference import reference
-from tests.helpers.tiny import tokenizer
 from tests.helpers.threads import one_thread  # noqa: F401
+from tests.helpers.tiny import tiny_model, tokenizer
 
 
 def copy_model(vocab: int) -> LlamaForCausalLM:
@@ -113,3 +113,63 @@ def test_without_copying_no_test_counts():
     res = rs.analyze(model, tok, rs.build())
     assert res.metrics["n_counted"] == 0 and res.metrics["n_tests"] == 2
     assert res.heads["retrieval_heads"] == [] and res.arrays["retrieval_score"].max() == 0.0
+
+
+def eager_reference(model, tok, ids, span, max_new):
+    """The formula from materialised eager attention: full forwards without a cache, per test; at every step each
+    head's top-1 attended key of the last query, an event when it lies in the span and holds the generated token."""
+    s, e = span
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    seq, score, gen = list(ids), torch.zeros(n_layers, n_heads, dtype=torch.float64), []
+    for _ in range(max_new):
+        out = model(input_ids=torch.tensor([seq]), output_attentions=True)
+        token = int(out.logits[0, -1].argmax())
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                j = int(out.attentions[layer][0, head, -1].argmax())
+                if s <= j < e and ids[j] == token:
+                    score[layer, head] += 1 / (e - s)
+        gen.append(token)
+        seq.append(token)
+        if token == tok.eos_token_id or "\n" in tok.decode([token]):
+            break
+    return score, gen
+
+
+def echo_model(family: str) -> torch.nn.Module:
+    """A random GQA model (4 heads, 2 KV heads) whose greedy token is its input token (unit embeddings shared by
+    the output layer, attention and MLP outputs scaled down), so heads that attend to that token's occurrences in
+    the prompt make copy events; float64 keeps top-1 choices far from float rounding."""
+    model = tiny_model(family, layers=3, heads=4, kv_heads=2).double()
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb.div_(emb.norm(dim=1, keepdim=True).clamp(min=1e-6))  # (the padding row stays zero)
+        model.lm_head.weight.copy_(emb)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.05)
+            layer.mlp.down_proj.weight.mul_(0.05)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])  # GQA 4 heads / 2 KV heads; mistral: sliding window 12
+def test_batched_fast_path_equals_the_eager_formula(family):
+    tok = tokenizer()
+    model = echo_model(family)
+    rs = registry.get("retrieval_score").create({"lengths": "12,20,31", "depths": "0.5", "n_per_cell": "1",
+                                                 "max_new_tokens": "8", "batch_size": "3"})
+    tests = []
+    for row in rs.build():
+        ids, _ = needle_span(tok, row["prompt"], row["answer_start"], row["answer_end"])
+        tests.append((ids, (1, len(ids))))  # the whole prompt as the span: copy events happen on a random model
+    assert len({len(ids) for ids, _ in tests}) == 3  # ragged: the batch is left-padded
+    with applied(model):
+        fast = rs.score_batch(model, tok, tests)
+    model.set_attn_implementation("eager")
+    events = 0.0
+    with torch.no_grad():
+        for (ids, span), (score, gen) in zip(tests, fast):
+            want, want_gen = eager_reference(model, tok, ids, span, rs.max_new_tokens)
+            assert gen == want_gen
+            assert torch.equal(score, want)
+            events += float(want.sum())
+    assert events > 0  # the comparison covers real events, not only zeros
