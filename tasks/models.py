@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components import modeling
+from components import modeling, numerics
 
 
 @dataclass
@@ -51,6 +51,7 @@ def _reload(ref: modeling.ModelRef, dtype: str, device: str, trust_remote_code: 
                 raise RuntimeError(f"model {ref.ref!r} changed on disk (fingerprint {now} != {fingerprint}); "
                                    "re-run so every worker evaluates the same weights")
             mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            numerics.check_finite(mdl, tok, dtype, ref.name)
             _LOADED[key] = LoadedModel(ref, mdl, tok, fingerprint, modeling.describe(mdl), dtype, device,
                                        trust_remote_code)
         return _LOADED[key]
@@ -69,6 +70,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     """Load a causal LM + tokenizer (hub id, local directory or 'demo')."""
     ref = modeling.resolve(model)
     mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    numerics.check_finite(mdl, tok, dtype, ref.name)  # e.g. Gemma-3 in float16: NaN logits, fail now and say why
     info = modeling.describe(mdl)
     print(f"loaded {ref.name}: {info['model_class']}, {info['n_params']:,} parameters, "
           f"{info['n_layers']} layers x {info['n_heads']} heads")
