@@ -97,6 +97,8 @@ def check(path: str, n_tokens: int, steps: int, patches) -> list[dict]:
     rows.append({"model": name, "check": "eager vs sdpa (stock)", **compare(model, eager, sdpa, valid)})
     rows.append({"model": name, "check": "baseline vs eager", **compare(model, eager, base, valid)})
     rows.append({"model": name, "check": "baseline vs sdpa", **compare(model, sdpa, base, valid)})
+    for r in rows:
+        show(r)
     for spec in patches:
         patch = parse(spec).create("patch")
         res = {}
@@ -108,12 +110,15 @@ def check(path: str, n_tokens: int, steps: int, patches) -> list[dict]:
                                                                                   res[None], valid)}
         row["effect"] = max_logit_diff(model, sdpa[0], res[None][0], valid)
         rows.append(row)
-    for r in rows:
-        print(f"  {r['check']:<62} hidden {r['hidden']:.2e}  logits {r['logits']:.2e}  decode {r['decode']:.2e}"
-              f"  next-token agree {r['same_next']}" + (f"  (effect {r['effect']:.2f})" if "effect" in r else ""),
-              flush=True)
+        show(row)
     print(f"  ({time.perf_counter() - t0:.0f} s)")
     return rows
+
+
+def show(r: dict) -> None:
+    print(f"  {r['check']:<62} hidden {r['hidden']:.2e}  logits {r['logits']:.2e}  decode {r['decode']:.2e}"
+          f"  next-token agree {r['same_next']}" + (f"  (effect {r['effect']:.2f})" if "effect" in r else ""),
+          flush=True)
 
 
 def main() -> None:

@@ -13,6 +13,20 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
+#: most logits held at once (B * T * V floats: 512 MiB in float32, twice that with the log-softmax); with Gemma-3's
+#: 262k vocabulary a batch of 16 x 256 tokens would otherwise need 4 GiB for its logits alone
+LOGIT_BUDGET = 1 << 27
+
+
+def fit_rows(batch_size: int, width: int, vocab: int) -> int:
+    """Rows per forward: at most ``batch_size``, and few enough that (B, width, vocab) logits fit LOGIT_BUDGET."""
+    return max(1, min(batch_size, LOGIT_BUDGET // max(1, width * vocab)))
+
+
+def _vocab(model: torch.nn.Module, tokenizer: Any) -> int:
+    return int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+
+
 def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
 
@@ -66,7 +80,8 @@ def choice_logprobs(
     pairs = [(i, p, c) for i, (p, cs) in enumerate(zip(prompts, choices)) for c in cs]
     scores: list[list[float]] = [[] for _ in prompts]
     bar = _progress(len(pairs), "choices", progress)
-    for chunk in batches(pairs, batch_size):
+    longest = max((len(tokenizer(p + c)["input_ids"]) for _, p, c in pairs), default=1)
+    for chunk in batches(pairs, fit_rows(batch_size, longest, _vocab(model, tokenizer))):
         prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
         full_ids = [tokenizer(p + c)["input_ids"] for _, p, c in chunk]
         starts = [min(len(p_ids), len(f_ids) - 1) for p_ids, f_ids in zip(prompt_ids, full_ids)]
@@ -117,7 +132,7 @@ def token_nll(
     device = next(model.parameters()).device
     total, count, per_window = 0.0, 0, []
     bar = _progress(len(windows), "perplexity", progress)
-    for chunk in batches(windows, batch_size):
+    for chunk in batches(windows, fit_rows(batch_size, max_length, _vocab(model, tokenizer))):
         width = max(len(w) for w in chunk)
         ids = torch.tensor([w + [0] * (width - len(w)) for w in chunk], device=device)  # (B, T)
         mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in chunk], device=device)
@@ -158,7 +173,8 @@ def prediction_entropy(
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     total = 0.0
-    for chunk in batches([r["prompt"] for r in rows], batch_size):
+    longest = max((len(tokenizer(r["prompt"])["input_ids"]) for r in rows), default=1)
+    for chunk in batches([r["prompt"] for r in rows], fit_rows(batch_size, longest, _vocab(model, tokenizer))):
         enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
         if session is not None:
             session.set_inputs(texts=list(chunk), encoding=enc, tokenizer=tokenizer)
