@@ -251,9 +251,9 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
     how = "continued" if run.preset.train.init_from else "trained from scratch"
     lines = [
         f"# {run.preset.name}-lm", "",
-        f"A {info.get('architecture', f'{m.layers}-layer Llama-architecture')} causal LM (context {m.context}, "
-        f"{info['n_params']:,} parameters) {how} by attnflow's `train-lm` flow on synthetic in-context tasks and "
-        "built-in story text.", "",
+        (f"A {info.get('architecture', f'{m.layers}-layer Llama-architecture')} causal LM (context {m.context}, "
+         f"{info['n_params']:,} parameters) {how} by attnflow's `train-lm` flow on synthetic in-context tasks and "
+         "built-in story text."), "",
         f"- Command: `{command}`",
         *([f"- Continued from: `{_home_relative(run.preset.train.init_from)}` (weights fingerprint "
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]

@@ -156,8 +156,8 @@ def test_staged_preset_reference_is_validated(tmp_path):
 def test_init_from_a_pretrained_checkpoint_keeps_its_architecture(tmp_path):
     """A model directory not written by train-lm (a pretrained Gemma-3 here) is loaded as itself, weights intact;
     an attention kernel in the preset is refused for it."""
-    from components.lm.model import batch_loss, init_model
     from components.lm.mixture import Mixture
+    from components.lm.model import batch_loss, init_model
     from tests.helpers.tiny import save_tiny, tiny_model, tokenizer
 
     src = save_tiny(tmp_path / "gemma", "gemma3", layers=3)
