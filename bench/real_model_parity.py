@@ -83,7 +83,7 @@ def check(path: str, n_tokens: int, steps: int, patches) -> list[dict]:
     print(f"{name}: batch {tuple(ids.shape)}, real tokens {mask.sum(1).tolist()}, "
           f"sliding_window {getattr(model.config, 'sliding_window', None)}", flush=True)
     with torch.no_grad():
-        first = model(input_ids=ids, attention_mask=mask).logits[:, -1]  # eager greedy decode for the step inputs
+        first = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # eager greedy next token
         steps_ids = first.argmax(-1, keepdim=True)
         for _ in range(steps - 1):
             steps_ids = torch.cat([steps_ids, steps_ids[:, -1:]], 1)
