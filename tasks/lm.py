@@ -251,7 +251,7 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
     how = "continued" if run.preset.train.init_from else "trained from scratch"
     lines = [
         f"# {run.preset.name}-lm", "",
-        (f"A {info.get('architecture', f'{m.layers}-layer Llama-architecture')} causal LM (context {m.context}, "
+        (f"A {info.get('architecture', f'{m.layers}-layer Llama-architecture causal LM')} (context {m.context}, "
          f"{info['n_params']:,} parameters) {how} by attnflow's `train-lm` flow on synthetic in-context tasks and "
          "built-in story text."), "",
         f"- Command: `{command}`",
