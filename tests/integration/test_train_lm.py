@@ -143,7 +143,7 @@ def test_staged_preset_reference_is_validated(tmp_path):
     presets that exist, before any work. The trained stage it then continues from must be a model directory."""
     spec = LMPreset.from_dict("demo", load_preset("lm/demo"))
     assert spec.train.stage_preset == "demo-stage1"
-    with pytest.raises(ParamError, match="not a model directory written by train-lm"):
+    with pytest.raises(ParamError, match="not a model directory, train-lm.s or a pretrained checkpoint"):
         spec.continuing_from(str(tmp_path))
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         (tmp_path / f).write_text("{}")
