@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -148,11 +149,14 @@ def _eval_fn(mixture: Mixture, model: Any, tokenizer: Any, n: int):
 def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """Build the model and train it, resuming from the newest checkpoint; curves go to MLflow."""
     spec = run.preset
-    model = lm_model.build_model(spec.model, tokenizer, seed=spec.train.seed)
-    if spec.train.init_from:
-        lm_model.load_weights(model, Path(spec.train.init_from).expanduser())
-        print(f"initialised from {spec.train.init_from}")
     mixture = Mixture(spec, tokenizer)
+    if spec.train.init_from:
+        model = lm_model.init_model(spec.model, tokenizer, Path(spec.train.init_from).expanduser(), spec.train.seed)
+        first = lm_model.batch_loss(model, mixture.batch(0))
+        print(f"initialised from {spec.train.init_from}: {lm_model.describe(model)}; loss on the first batch "
+              f"{first:.3f} (a uniform guess: ln V = {math.log(len(tokenizer)):.3f})")
+    else:
+        model = lm_model.build_model(spec.model, tokenizer, seed=spec.train.seed)
     client = tracking.client()
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
@@ -169,7 +173,7 @@ def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any,
         final_loss = json.loads((last / "state.json").read_text()).get("loss")
     info = {"steps": result.step, "resumed_from": result.resumed_from, "train_seconds": result.seconds,
             "tokens": result.tokens, "final_loss": final_loss,
-            "n_params": lm_model.n_params(model)}
+            "n_params": lm_model.n_params(model), "architecture": lm_model.describe(model)}
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     print(f"trained {info['n_params']:,} parameters for {result.step} steps in {result.seconds:.0f}s")
@@ -244,11 +248,12 @@ def _home_relative(path: str) -> str:
 
 def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], command: str) -> str:
     m = run.preset.model
+    how = "continued" if run.preset.train.init_from else "trained from scratch"
     lines = [
         f"# {run.preset.name}-lm", "",
-        f"A {m.layers}-layer Llama-architecture causal LM (hidden {m.hidden}, {m.heads} query / {m.kv_heads} KV "
-        f"heads, context {m.context}, {info['n_params']:,} parameters) trained from scratch by attnflow's "
-        "`train-lm` flow on synthetic in-context tasks and built-in story text.", "",
+        (f"A {info.get('architecture', f'{m.layers}-layer Llama-architecture causal LM')} (context {m.context}, "
+         f"{info['n_params']:,} parameters) {how} by attnflow's `train-lm` flow on synthetic in-context tasks and "
+         "built-in story text."), "",
         f"- Command: `{command}`",
         *([f"- Continued from: `{_home_relative(run.preset.train.init_from)}` (weights fingerprint "
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components import modeling
+from components import modeling, numerics
 
 
 @dataclass
@@ -51,6 +51,7 @@ def _reload(ref: modeling.ModelRef, dtype: str, device: str, trust_remote_code: 
                 raise RuntimeError(f"model {ref.ref!r} changed on disk (fingerprint {now} != {fingerprint}); "
                                    "re-run so every worker evaluates the same weights")
             mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            numerics.check_finite(mdl, tok, dtype, ref.name)
             _LOADED[key] = LoadedModel(ref, mdl, tok, fingerprint, modeling.describe(mdl), dtype, device,
                                        trust_remote_code)
         return _LOADED[key]
@@ -63,8 +64,19 @@ def check_model(model: str, trust_remote_code: bool = False) -> modeling.ModelRe
     return ref
 
 
+def _retry_unless_non_finite(_task, _task_run, state) -> bool:
+    """Retry a failed load (a transient I/O error), but not a model that overflows its dtype: that is deterministic."""
+    try:
+        state.result()
+    except numerics.NonFiniteLogitsError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure keeps the retry
+        return True
+    return True
+
+
 @task(cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
-      task_run_name="load {model}")
+      retry_condition_fn=_retry_unless_non_finite, task_run_name="load {model}")
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM + tokenizer (hub id, local directory, 'demo', a .gguf file or a catalogue name; a catalogue
     model not pulled yet is pulled and registered in MLflow first)."""
@@ -79,6 +91,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
 
             register_pulled.fn(ref.location)
     mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    numerics.check_finite(mdl, tok, dtype, ref.name)  # e.g. Gemma-3 in float16: NaN logits, fail now and say why
     info = modeling.describe(mdl)
     print(f"loaded {ref.name}: {info['model_class']}, {info['n_params']:,} parameters, "
           f"{info['n_layers']} layers x {info['n_heads']} heads")

@@ -149,7 +149,7 @@ def materialized_logits(
         logits = logits + extra
     if call.mask is not None:
         visible = call.mask
-    elif call.is_causal or call.q_len > 1:
+    elif call.is_causal:  # (not causal without a mask: a bidirectional module, or one query seeing every key)
         visible = causal_mask(call, q.device)
     else:
         visible = None

@@ -21,6 +21,20 @@ def by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+#: most logits held at once (B * T * V floats: 512 MiB in float32, twice that with the log-softmax); with Gemma-3's
+#: 262k vocabulary a batch of 16 x 256 tokens would otherwise need 4 GiB for its logits alone
+LOGIT_BUDGET = 1 << 27
+
+
+def fit_rows(batch_size: int, width: int, vocab: int) -> int:
+    """Rows per forward: at most ``batch_size``, and few enough that (B, width, vocab) logits fit LOGIT_BUDGET."""
+    return max(1, min(batch_size, LOGIT_BUDGET // max(1, width * vocab)))
+
+
+def _vocab(model: torch.nn.Module, tokenizer: Any) -> int:
+    return int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+
+
 def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
 
@@ -80,7 +94,8 @@ def choice_logprobs(
     scores: list[list[float]] = [[] for _ in prompts]
     pair_scores: list[float] = [0.0] * len(pairs)
     bar = _progress(len(pairs), "choices", progress)
-    for idx in by_length([len(f) for f in full], batch_size):
+    n_rows = fit_rows(batch_size, max((len(f) for f in full), default=1), _vocab(model, tokenizer))
+    for idx in by_length([len(f) for f in full], n_rows):
         chunk = [pairs[j] for j in idx]
         prompt_ids = [tokenizer(p)["input_ids"] for _, p, _ in chunk]
         full_ids = [full[j] for j in idx]
@@ -135,7 +150,7 @@ def token_nll(
     device = next(model.parameters()).device
     total, count, per_window = 0.0, 0, []
     bar = _progress(len(windows), "perplexity", progress)
-    for chunk in batches(windows, batch_size):
+    for chunk in batches(windows, fit_rows(batch_size, max_length, _vocab(model, tokenizer))):
         width = max(len(w) for w in chunk)
         ids = torch.tensor([w + [0] * (width - len(w)) for w in chunk], device=device)  # (B, T)
         mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in chunk], device=device)
@@ -177,7 +192,8 @@ def prediction_entropy(
     device = next(model.parameters()).device
     prompts = [r["prompt"] for r in rows]
     entropy = [0.0] * len(prompts)
-    for idx in by_length([len(ids) for ids in tokenizer(prompts)["input_ids"]], batch_size):
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    for idx in by_length(lengths, fit_rows(batch_size, max(lengths, default=1), _vocab(model, tokenizer))):
         chunk = [prompts[i] for i in idx]
         enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
         if session is not None:

@@ -1,4 +1,5 @@
-"""Build a Llama-architecture causal LM from an LM preset and save it as a Hugging Face model directory."""
+"""Build a Llama-architecture causal LM from an LM preset (or load the model ``train.init_from`` names) and save it as a
+Hugging Face model directory."""
 
 from __future__ import annotations
 
@@ -33,6 +34,47 @@ def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> LlamaForCausa
         if kernel is not None:
             install(model, kernel, spec.qk_layernorm)
     return model
+
+
+def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) -> torch.nn.Module:
+    """The model training continues from (``train.init_from``).
+
+    A directory written by train-lm (it has ``training.json``) is a stage of the same preset: the preset's model is
+    built and the weights loaded with exactly matching shapes. Any other model directory (a pretrained checkpoint:
+    SmolLM2, Gemma-3, ...) keeps its own architecture, loaded in float32 (``train.dtype=bfloat16`` autocasts on top);
+    the preset's model section is then ignored except ``attention``, which must be ``sdpa`` or ``eager`` (attention
+    kernels are built for the preset's Llama architecture)."""
+    if (model_dir / "training.json").is_file():
+        model = build_model(spec, tokenizer, seed=seed)
+        load_weights(model, model_dir)
+        return model
+    from transformers import AutoModelForCausalLM
+
+    if spec.attention not in ("sdpa", "eager") or spec.qk_layernorm:
+        raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa or "
+                         f"eager and model.qk_layernorm false (got {spec.attention!r}, {spec.qk_layernorm})")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=spec.attention)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens, the model embeds only "
+                         f"{model.get_input_embeddings().num_embeddings}")
+    return model
+
+
+def describe(model: torch.nn.Module) -> str:
+    """One line for model cards: '30-layer LlamaForCausalLM (hidden 576, 9 query / 3 KV heads)'."""
+    c = model.config
+    return (f"{c.num_hidden_layers}-layer {type(model).__name__} (hidden {c.hidden_size}, {c.num_attention_heads} "
+            f"query / {c.num_key_value_heads} KV heads)")
+
+
+@torch.no_grad()
+def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """Mean next-token loss of ``model`` on one training batch (eval mode, no gradient)."""
+    was_training = model.training
+    model.eval()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    model.train(was_training)
+    return float(out.loss)
 
 
 def save_model_dir(model: torch.nn.Module, tokenizer: Any, out_dir: Path, card: str) -> Path:

@@ -109,8 +109,8 @@ class TrainSpec:
             root = Path(self.init_from).expanduser()
             missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (root / f).is_file()]
             if missing:
-                raise ParamError(f"train.init_from={self.init_from!r} is not a model directory written by train-lm "
-                                 f"(missing {', '.join(missing)})")
+                raise ParamError(f"train.init_from={self.init_from!r} is not a model directory, train-lm's or a "
+                                 f"pretrained checkpoint (missing {', '.join(missing)})")
 
     @property
     def stage_preset(self) -> str:

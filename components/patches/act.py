@@ -184,8 +184,10 @@ class ACT(AttentionPatch):
         rest = 1.0 - sink_mass  # (B, Hs, T, 1)
         if bool((rest[real_q[:, None, :, None].expand_as(rest)] < _ILL).any()):
             # 3a. Stable form: the attention over non-sink keys only, renormalised, from one more fused call.
-            rest_norm = self._non_sink_attention(call, qs, ks, vs, sinks)  # (B, Hs, T, Dv) = (o - o_S)/(1 - P)
+            rest_norm, no_rest = self._non_sink_attention(call, qs, ks, vs, sinks, lse)  # (B, Hs, T, Dv), (B, Hs, T)
             new = self.beta * o_s + (1 - self.beta * sink_mass) * rest_norm
+            # rows that see only sink keys (a sliding window full of sinks) are left unchanged, as in edit_probs
+            new = torch.where(no_rest[..., None], o.float(), new)
         else:
             # 3b. o' = beta o_S + c (o - o_S), c = (1 - beta P) / (1 - P).
             new = self.beta * o_s + (1 - self.beta * sink_mass) / rest * (o.float() - o_s)
@@ -193,11 +195,13 @@ class ACT(AttentionPatch):
 
     @staticmethod
     def _non_sink_attention(call: CallInfo, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
-                            sinks: torch.Tensor) -> torch.Tensor:
-        """Softmax attention restricted to non-sink keys (a -1e4 logit channel on sinks), fused."""
+                            sinks: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax attention restricted to non-sink keys (a -1e4 logit channel on sinks), fused: (B, Hs, T, Dv),
+        and (B, Hs, T) bool for the rows that see no non-sink key at all (their log-sum-exp drops by ~1e4; the
+        attention returned there is the unrestricted one, with float32 rounding at the 1e4 scale)."""
         q2 = torch.cat([qs.float(), torch.full_like(qs[..., :1], -1.0e4 / call.scaling, dtype=torch.float32)],
                        dim=-1)  # (B, Hs, T, D+1)
         k2 = torch.cat([ks.float(), sinks[..., None].float()], dim=-1)  # (B, Hs, S, D+1)
         v2 = torch.nn.functional.pad(vs.float(), (0, 1))  # (B, Hs, S, Dv+1)
-        out, _ = am.sdpa(q2, k2, v2, call.mask, call.is_causal, call.scaling, want_lse=False)
-        return out[..., :-1]
+        out, lse2 = am.sdpa(q2, k2, v2, call.mask, call.is_causal, call.scaling, want_lse=True)
+        return out[..., :-1], lse2 < lse.float() - 5.0e3

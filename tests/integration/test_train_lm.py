@@ -143,7 +143,7 @@ def test_staged_preset_reference_is_validated(tmp_path):
     presets that exist, before any work. The trained stage it then continues from must be a model directory."""
     spec = LMPreset.from_dict("demo", load_preset("lm/demo"))
     assert spec.train.stage_preset == "demo-stage1"
-    with pytest.raises(ParamError, match="not a model directory written by train-lm"):
+    with pytest.raises(ParamError, match="not a model directory, train-lm.s or a pretrained checkpoint"):
         spec.continuing_from(str(tmp_path))
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         (tmp_path / f).write_text("{}")
@@ -151,3 +151,23 @@ def test_staged_preset_reference_is_validated(tmp_path):
     assert LMPreset.from_dict("s1", load_preset("lm/demo-stage1")).train.stage_preset == ""
     with pytest.raises(ParamError, match=r"train.init_from='preset:nope': unknown preset 'lm/nope'; presets: demo, "):
         LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": "preset:nope"})
+
+
+def test_init_from_a_pretrained_checkpoint_keeps_its_architecture(tmp_path):
+    """A model directory not written by train-lm (a pretrained Gemma-3 here) is loaded as itself, weights intact;
+    an attention kernel in the preset is refused for it."""
+    from components.lm.mixture import Mixture
+    from components.lm.model import batch_loss, init_model
+    from tests.helpers.tiny import save_tiny, tiny_model, tokenizer
+
+    src = save_tiny(tmp_path / "gemma", "gemma3", layers=3)
+    spec = LMPreset.from_dict("x", load_preset("lm/tiny"), {"train.init_from": str(src), "train.batch_size": 2})
+    model = init_model(spec.model, tokenizer(), src)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.dtype == torch.float32
+    want = tiny_model("gemma3", layers=3).state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, want[name]), name
+    assert batch_loss(model, Mixture(spec, tokenizer()).batch(0)) > 0
+    kernel = LMPreset.from_dict("x", load_preset("lm/tiny"), {"model.attention": "lightning(block=64)"}).model
+    with pytest.raises(ValueError, match="is a pretrained model: model.attention must be sdpa or eager"):
+        init_model(kernel, tokenizer(), src)
