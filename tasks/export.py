@@ -26,7 +26,7 @@ from components import modeling
 from components.kernels.base import kernel_of
 from components.onnx import export as onnx_export
 from components.onnx import optimize as onnx_optimize
-from components.onnx.parity import check_parity
+from components.onnx.parity import DEFAULT_MULTIPLE, REAL_TEXT, check_parity
 from components.onnx.speed import measure_speed
 from components.patches.baseline import Baseline
 from infra.settings import settings
@@ -38,11 +38,10 @@ from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs
 
 MANIFEST = "manifest.json"
-FIXED_TEXT = "Once upon a time there was a little fox who lived in a quiet forest near the river."
 
 
 class ParityError(RuntimeError):
-    """The exported graph does not reproduce the patched PyTorch model within the threshold."""
+    """The exported graph does not reproduce the patched PyTorch model within the parity gate."""
 
 
 @dataclass
@@ -57,7 +56,7 @@ class ExportPlan:
     out_dir: str
     registered_name: str
     parity_lengths: list[int]
-    threshold: float
+    multiple: float
     speed_lengths: list[int]
     opset: int | None = None
 
@@ -68,7 +67,7 @@ def registered_name(model_name: str, component_name: str) -> str:
 
 @task(cache_policy=NO_CACHE, task_run_name="validate export")
 def plan_export(model: str, component: str, params: dict[str, Any], optimize: str, out: str | None,
-                form: str = "bias", parity_lengths: list[int] | None = None, threshold: float = 1e-4,
+                form: str = "bias", parity_lengths: list[int] | None = None, multiple: float | None = None,
                 speed_lengths: list[int] | None = None, trust_remote_code: bool = False,
                 opset: int | None = None) -> ExportPlan:
     """Check everything before any model is loaded; raises with a message naming the problem."""
@@ -81,8 +80,10 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
         raise ValueError(f"attention form {form!r} is not one of {', '.join(onnx_export.FORMS)}")
     if opset is not None and not 18 <= opset <= 23:
         raise ValueError(f"--opset {opset} is not supported: use 18 to 23 (default: the exporter's, 20)")
-    if not threshold >= 0:
-        raise ValueError(f"parity threshold {threshold!r} must be >= 0")
+    multiple = DEFAULT_MULTIPLE if multiple is None else multiple
+    if not multiple > 0:
+        raise ValueError(f"parity multiple {multiple!r} must be > 0 (the allowed error as a multiple of PyTorch's "
+                         f"own float32 error; default {DEFAULT_MULTIPLE:g})")
     ref = check_model(model, trust_remote_code=trust_remote_code)
     config = modeling.load_config(ref, trust_remote_code=trust_remote_code)
     comp.check_model(config)
@@ -104,7 +105,7 @@ def plan_export(model: str, component: str, params: dict[str, Any], optimize: st
                               "choose an empty or new directory")
     return ExportPlan(model=model, model_name=ref.name, component=spec_text(comp), optimize=optimize, form=form,
                       out_dir=str(out_dir.resolve()), registered_name=registered_name(ref.name, comp.component_name),
-                      parity_lengths=parity_lengths, threshold=float(threshold), speed_lengths=speed_lengths,
+                      parity_lengths=parity_lengths, multiple=float(multiple), speed_lengths=speed_lengths,
                       opset=opset)
 
 
@@ -177,12 +178,23 @@ def optimize_onnx(exported: dict[str, Any], target: str) -> dict[str, dict[str, 
 @task(cache_policy=NO_CACHE, task_run_name="verify parity")
 def verify_parity(loaded: LoadedModel, plan: ExportPlan, exported: dict[str, Any]) -> dict[str, Any]:
     """Max |logit diff| of the graphs against the patched PyTorch model on fixed and random inputs."""
-    fixed = loaded.tokenizer(FIXED_TEXT)["input_ids"]
+    text = loaded.tokenizer(REAL_TEXT)["input_ids"]
     result = check_parity(loaded.model, [_component(plan)], exported["work_dir"], lengths=plan.parity_lengths,
-                          threshold=plan.threshold, fixed_ids=fixed)
-    worst = ", ".join(f"{k} {v:.2e}" for k, v in result["worst"].items())
-    print(f"parity {'PASSED' if result['passed'] else 'FAILED'}: max |diff| {worst} (threshold {plan.threshold:g})")
+                          multiple=plan.multiple, fixed_ids=text, text_ids=text)
+    print(f"parity {'PASSED' if result['passed'] else 'FAILED'}: {parity_summary(result)}")
     return result
+
+
+def parity_summary(parity: dict[str, Any]) -> str:
+    """One line: error / float32 floor per quantity against the multiple, and the token agreement."""
+    worst = ", ".join(f"{k} {w['err']:.2e} = {w['ratio']:.2g} x floor" for k, w in parity["worst"].items())
+    line = f"max |ORT - torch| {worst} (gate: <= {parity['multiple']:g} x floor)"
+    tokens = parity.get("tokens")
+    if tokens:
+        line += (f"; real text, {tokens['predictions']} predictions: greedy agreement "
+                 f"{tokens['greedy_agreement']:.0%}, top-5 agreement {tokens['top5_agreement']:.0%}"
+                 f"{'' if tokens['agreement_ok'] else ' (a difference that is not a near tie)'}")
+    return line
 
 
 @task(cache_policy=NO_CACHE, task_run_name="benchmark")
@@ -254,10 +266,15 @@ def finalize_export(exported: dict[str, Any], plan: ExportPlan) -> str:
 
 def _metrics(manifest: dict[str, Any]) -> list[Metric]:
     parity, speed = manifest["parity"], manifest["speed"] or {"lengths": {}}
-    values = {"parity/max_abs_diff": parity["max_abs_diff"], "parity/passed": float(parity["passed"])}
-    values.update({f"parity/{k}": v for k, v in parity["worst"].items()})
+    values = {"parity/max_abs_diff": parity["max_abs_diff"], "parity/max_ratio": parity["max_ratio"],
+              "parity/max_rel_logits": parity["max_rel_logits"], "parity/passed": float(parity["passed"])}
+    for k, w in parity["worst"].items():
+        values.update({f"parity/{k}/{f}": w[f] for f in ("err", "floor", "ratio")})
     for case in parity["cases"]:
-        values.update({f"parity/{case['case']}/{k}": case[k] for k in ("logits", "present", "decode") if k in case})
+        values.update({f"parity/{case['case']}/{k}/{f}": case[k][f] for k in ("logits", "present", "decode")
+                       if k in case for f in ("err", "ratio")})
+    if parity.get("tokens"):
+        values.update({f"parity/tokens/{k}": parity["tokens"][k] for k in ("greedy_agreement", "top5_agreement")})
     for length, r in speed["lengths"].items():
         values.update({f"speed/T{length}/{k}": v for k, v in r.items()})
     for kind, g in manifest["graphs"].items():
@@ -267,20 +284,21 @@ def _metrics(manifest: dict[str, Any]) -> list[Metric]:
 
 
 def export_figure(manifest: dict[str, Any]) -> Any:
-    """Parity per case (log scale, threshold line) and prefill time torch vs ONNX Runtime per length."""
+    """Parity per case (error / float32 floor, log scale, gate line) and prefill time torch vs ONNX Runtime."""
     parity, speed = manifest["parity"], manifest["speed"]
     fig, axes = plots.plt.subplots(1, 2 if speed else 1, figsize=(10 if speed else 5.5, 3.4), squeeze=False)
     ax = axes[0][0]
     keys = [k for k in ("logits", "present", "decode") if k in parity["cases"][0]]
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
-        vals = [max(c[key], 1e-12) for c in parity["cases"]]
+        vals = [max(c[key]["ratio"], 1e-3) for c in parity["cases"]]
         ax.bar([x + i * width for x in range(len(vals))], vals, width=width, label=key)
-    ax.axhline(parity["threshold"] or 1e-12, color="red", ls="--", lw=1, label="threshold")
+    ax.axhline(parity["multiple"], color="red", ls="--", lw=1, label="gate")
     ax.set_yscale("log")
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(parity["cases"]))])
     ax.set_xticklabels([c["case"] for c in parity["cases"]], rotation=25, ha="right", fontsize=7)
-    ax.set_title(f"parity: max |ORT - torch| ({'passed' if parity['passed'] else 'FAILED'})", fontsize=9)
+    ax.set_ylabel("max |ORT - torch| / float32 floor", fontsize=8)
+    ax.set_title(f"parity ({'passed' if parity['passed'] else 'FAILED'})", fontsize=9)
     ax.legend(fontsize=7)
     if speed:
         ax = axes[0][1]
@@ -316,7 +334,7 @@ def log_export(plan: ExportPlan, manifest: dict[str, Any], out_dir: str, experim
             "attnflow.onnx.fused_ops": json.dumps(manifest["fused_ops"])[:5000]}
     params = {**comp["params"], "model": plan.model, "component_spec": plan.component, "optimize": plan.optimize,
               "attention_form": plan.form, "kv_cache": manifest["export"]["kv_cache"], "opset": manifest["opset"],
-              "parity_threshold": plan.threshold, "parity_lengths": plan.parity_lengths}
+              "parity_multiple": plan.multiple, "parity_lengths": plan.parity_lengths}
     run_id = tracking.start_run.fn(experiment, f"export {plan.model_name} + {comp['label']}", tags=tags, params=params)
     c = tracking.client()
     c.log_batch(run_id, metrics=_metrics(manifest))
@@ -349,7 +367,12 @@ def _register(c: Any, run_id: str, plan: ExportPlan, manifest: dict[str, Any]) -
             "attnflow.onnx.attention": manifest["graphs"]["prefill"]["attention"],
             "attnflow.onnx.kv_cache": str(manifest["export"]["kv_cache"]).lower(),
             "parity.max_abs_diff": f"{manifest['parity']['max_abs_diff']:.3e}",
-            "parity.threshold": f"{manifest['parity']['threshold']:g}"}
+            "parity.max_ratio": f"{manifest['parity']['max_ratio']:.3g}",
+            "parity.multiple": f"{manifest['parity']['multiple']:g}"}
+    if manifest["parity"].get("tokens"):
+        tokens = manifest["parity"]["tokens"]
+        tags.update({"parity.greedy_agreement": f"{tokens['greedy_agreement']:.3f}",
+                     "parity.top5_agreement": f"{tokens['top5_agreement']:.3f}"})
     for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
         tags[f"speed.T{length}.ratio"] = f"{r['ratio']:.3f}"
         tags[f"speed.T{length}.onnxruntime_ms"] = f"{r['onnxruntime_ms']:.2f}"
@@ -367,7 +390,6 @@ def require_parity(manifest: dict[str, Any], out_dir: str, logged: dict[str, Any
     parity = manifest["parity"]
     if not parity["passed"]:
         raise ParityError(
-            f"parity FAILED: max |ORT - torch| = {parity['max_abs_diff']:.3e} > threshold {parity['threshold']:g} "
-            f"({', '.join(f'{k} {v:.2e}' for k, v in parity['worst'].items())}); the graphs are kept in {out_dir} "
+            f"parity FAILED: {parity_summary(parity)}; the graphs are kept in {out_dir} "
             f"and in MLflow run {logged['run_id']} (marked FAILED), nothing was registered"
         )

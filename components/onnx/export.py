@@ -49,7 +49,9 @@ class NotExportableError(ValueError):
 
 
 def check_exportable(patches: Sequence[Any]) -> None:
-    """Refuse components that cannot be exported, before any work, naming the component and the reason."""
+    """Refuse components that cannot be exported, before any work, naming the component and the reason: those
+    declaring ``onnx_exportable = False``, those that must be fitted first (``needs_fit``) and those that read
+    per-batch inputs (``needs_inputs``). Capability attributes only, never component names."""
     for p in patches:
         cls = type(p)
         if not getattr(cls, "onnx_exportable", False):
@@ -57,6 +59,11 @@ def check_exportable(patches: Sequence[Any]) -> None:
                 "it declares onnx_exportable = False (its attention edit has no form in standard ONNX ops)"
             )
             raise NotExportableError(f"component {p.ref} cannot be exported to ONNX: {reason}")
+        if getattr(cls, "needs_fit", False):
+            raise NotExportableError(
+                f"component {p.ref} cannot be exported to ONNX: it must be fitted on a benchmark's train split "
+                "(needs_fit) and its fitted state is not a parameter of the spec, so an export could neither "
+                "fit it nor reproduce it; export a component whose parameters define it (e.g. zerotuning, head_mask)")
         if getattr(cls, "needs_inputs", False):
             raise NotExportableError(
                 f"component {p.ref} cannot be exported to ONNX: it reads per-batch inputs (session.set_inputs: "

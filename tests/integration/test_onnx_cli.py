@@ -24,7 +24,7 @@ runner = CliRunner()
         (["--attention-form", "dense"], "attention form 'dense' is not one of bias, channels"),
         (["--parity-lengths", "1,64"], "parity length(s) [1] outside [2, 512]"),
         (["--parity-lengths", "a"], "--parity-lengths 'a': expected comma-separated integers"),
-        (["--threshold", "-1"], "parity threshold -1.0 must be >= 0"),
+        (["--parity-multiple", "0"], "parity multiple 0.0 must be > 0"),
         (["--opset", "13"], "--opset 13 is not supported: use 18 to 23"),
     ],
 )
@@ -42,6 +42,15 @@ def test_export_refuses_a_component_that_is_not_exportable(tiny_llama_dir, monke
     assert out.exit_code == 2
     assert "head_mask@1.0.0 cannot be exported to ONNX: it declares onnx_exportable = False" in \
         re.sub(r"\s+", " ", out.output)
+
+
+def test_export_refuses_a_component_that_must_be_fitted(tiny_llama_dir):
+    """soft_injection (needs_fit) is refused by its capability attribute before any model load or trace."""
+    out = runner.invoke(app, ["export-onnx", "--model", str(tiny_llama_dir), "--component", "soft_injection"])
+    assert out.exit_code == 2, out.output
+    text = re.sub(r"\s+", " ", out.output)
+    assert "soft_injection@1.0.0 cannot be exported to ONNX: it must be fitted" in text
+    assert "Starting temporary server" not in out.output and "torch.export" not in out.output
 
 
 def test_export_unsupported_model_and_missing_paths(tmp_path):
