@@ -8,18 +8,20 @@ reported per seed, with means and 95% t confidence intervals over seeds (tasks.c
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Any
 
 import numpy as np
 
+from components import data as data_sources
 from components.analyzers import _prompts
 from components.analyzers._head_patching import patched_logit_diffs
 from components.analyzers.base import top_heads
 from components.patches.base import model_shape
-from tasks.claims_base import (INCONCLUSIVE, Claim, above, at_least, check_seeds, combine, fmt_ci, result,
-                               summarize)
+from infra.settings import settings
+from tasks.claims_base import INCONCLUSIVE, Claim, above, at_least, check_seeds, combine, fmt_ci, result, summarize
 from tasks.claims_masking import HEAD_IMPORTANCE, RETRIEVAL_HEADS, analysis, loaded_model
 
 SINK_MIN, SINK_RATIO = 30.0, 3.0
@@ -27,6 +29,23 @@ IOI_SOLVED_SHARE = 2 / 3
 
 
 # ------------------------------------------------------------------------------------------ sinks
+
+
+def probe_file(source: str, seed: int, n: int, min_words: int) -> str:
+    """``n`` texts of at least ``min_words`` words drawn from a text source with ``seed`` (file sources are read in
+    order by the analyzers, so seeds would otherwise repeat the same probes), written once as JSONL (temp name,
+    then rename) in the data directory; returns its path."""
+    path = settings().data_dir / f"probes-{data_sources.fingerprint(source)}-{seed}-{n}-{min_words}.jsonl"
+    if not path.exists():
+        texts = [t for t in data_sources.texts(data_sources.read_records(source), "text", source)
+                 if len(t.split()) >= min_words]
+        if not texts:
+            raise data_sources.DataSourceError(f"{source!r}: no text of at least {min_words} words to probe with")
+        picked = random.Random(seed).sample(texts, min(n, len(texts)))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in picked))
+        tmp.replace(path)
+    return str(path)
 
 
 def run_sinks(model: str, *, seeds: list[int], data: dict[str, str], dtype: str = "float32", progress: bool = False,
@@ -38,8 +57,8 @@ def run_sinks(model: str, *, seeds: list[int], data: dict[str, str], dtype: str 
     per_seed = []
     for seed in seeds:
         params: dict[str, Any] = {"n_samples": n_samples, "seed": seed}
-        if data.get("corpus"):
-            params.update(source=data["corpus"], short="skip")
+        if data.get("corpus"):  # T = 64 tokens: texts of >= 64 words (a word is >= 1 token), short ones skipped
+            params.update(source=probe_file(data["corpus"], seed, n_samples, 64), short="skip")
         row: dict[str, Any] = {"seed": seed}
         for role, ref in models.items():
             rec = analysis(loaded_model(ref, dtype), ref, "sink_metric", params, progress)

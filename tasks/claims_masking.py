@@ -16,8 +16,8 @@ from typing import Any
 from components.patches.base import model_shape
 from registry.specs import parse
 from tasks.analysis import analysis_data, head_mask_spec, plan_analysis, run_analysis
-from tasks.claims_base import (INCONCLUSIVE, Claim, above, at_least, at_most, check_seeds, combine, fmt_ci,
-                               point, result, summarize)
+from tasks.claims_base import (INCONCLUSIVE, Claim, above, at_least, at_most, check_seeds, combine, fmt_ci, point,
+                               result, summarize)
 from tasks.data import benchmark_data
 from tasks.evaluate import evaluate, spec_text
 from tasks.models import LoadedModel, load_model
@@ -140,7 +140,7 @@ def run_head_importance(model: str, *, seeds: list[int], data: dict[str, str], d
         draws = [sorted(rng.sample(all_heads, k)) for _ in range(n_random)]
         kv = f"kv_retrieval(n_examples={n_eval}, seed={seed})"
 
-        def both(heads):
+        def both(heads, kv=kv):
             return (score(loaded, heads, ppl, mode="zero", batch_size=batch_size, progress=progress),
                     score(loaded, heads, kv, mode="zero", batch_size=batch_size, progress=progress))
 

@@ -43,7 +43,7 @@ def patched_logit_diffs(model: torch.nn.Module, tokenizer: Any, rows: list[dict[
         batch = _Batch(tokenizer, list(chunk), device)
         z_corrupt: dict[int, torch.Tensor] = {}  # layer -> (B, H, D) at the final position
 
-        def record(call, out):
+        def record(call, out, z_corrupt=z_corrupt):
             z_corrupt[call.layer] = out[:, :, -1].clone()
             return out
 
@@ -56,7 +56,7 @@ def patched_logit_diffs(model: torch.nn.Module, tokenizer: Any, rows: list[dict[
             for layer, head in heads:
                 by_layer.setdefault(layer, []).append(head)
 
-            def patch(call, out, by_layer=by_layer):
+            def patch(call, out, by_layer=by_layer, z_corrupt=z_corrupt):
                 mine = by_layer.get(call.layer)
                 if not mine:
                     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -48,7 +49,7 @@ def test_parent_and_one_nested_run_per_claim(run, tmp_path):
         assert child.data.params["seeds"] == "0,1,2" and child.data.params["criterion"]
         assert all(math.isfinite(v) for v in child.data.metrics.values())
         local = c.download_artifacts(child.info.run_id, "result.json", str(tmp_path / name))
-        res = json.loads(open(local).read())
+        res = json.loads(Path(local).read_text())
         assert res["claim"] == name and res["verdict"] == tags["attnflow.verdict"]
     # claims that computed figures have 3 seeds, finite means and CIs with lo <= mean <= hi, and a per-seed figure
     computed = [r for r in run["results"] if r["per_seed"]]
