@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--experiment", default="bench-reproduce")
+    ap.add_argument("--option", action="append", default=[], help="claim option claim.key=value (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="write every ClaimResult here")
     args = ap.parse_args()
     import torch
@@ -66,6 +67,10 @@ def main() -> None:
         if found:
             data[key] = str(found[0])
     options = {"sinks": {"control_model": str(data_dir / "models" / "stories260k")}}
+    for item in args.option:  # claim.key=value; numbers as numbers
+        key, value = item.split("=", 1)
+        claim, name = key.split(".", 1)
+        options.setdefault(claim, {})[name] = int(value) if value.lstrip("-").isdigit() else value
     claims = [c for c in args.claims.split(",") if c]
     options = {k: v for k, v in options.items() if not claims or k in claims}
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -95,3 +95,31 @@ def test_collect_rejects_a_claim_defined_twice():
     assert {"sinks", "retrieval_heads", "head_importance", "path_patching"} <= set(collect(("tasks.claims_core",)))
     with pytest.raises(ValueError, match="defined twice"):
         collect(("tasks.claims_core", "tasks.claims_core"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--claims", "sinks,bogus"], "unknown claim(s) bogus; claims: sinks"),
+    (["--seeds", "0,1"], "at least 3 distinct seeds"),
+    (["--seeds", "0,x,2"], "--seeds '0,x,2': give comma-separated integers"),
+    (["--data", "corpus=/no/such/file.txt"], "data 'corpus': /no/such/file.txt does not exist"),
+    (["--option", "sinks=1"], "give claim.key=value"),
+    (["--option", "sinks.bogus=1"], "options of claim sinks: got an unexpected keyword argument 'bogus'"),
+    (["--claims", "path_patching", "--control-model", "x"], "options for 'sinks', which is not among the claims"),
+])
+def test_cli_rejects_bad_input_before_any_flow_runs(args, message):
+    from typer.testing import CliRunner
+
+    from attnflow.cli import app
+
+    out = CliRunner().invoke(app, ["reproduce", "--model", "demo", *args])
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+
+
+def test_cli_lists_the_claims_with_their_criteria():
+    from typer.testing import CliRunner
+
+    from attnflow.cli import app
+
+    out = CliRunner().invoke(app, ["reproduce", "--list"])
+    assert out.exit_code == 0 and "sinks (arXiv:2410.10781)" in out.output and "criterion: Sink_1" in out.output
