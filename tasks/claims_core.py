@@ -99,9 +99,10 @@ def n_name_movers(n_total: int, k: int = 5) -> int:
 
 def run_path_patching(model: str, *, seeds: list[int], data: dict[str, str], dtype: str = "float32",
                       progress: bool = False, n_prompts: int = 16, k: int = 5, n_random: int = 3,
-                      batch_size: int = 16) -> dict[str, Any]:
-    """Select the top-k heads by direct effect on the IOI logit difference on one prompt set, then patch them (and k
-    random heads) together with their corrupted-run outputs on a disjoint prompt set, per seed."""
+                      batch_size: int = 16, select_per_seed: bool = False) -> dict[str, Any]:
+    """Select the top-k heads by direct effect on the IOI logit difference on one prompt set (seed first seed + 1000;
+    per seed with ``select_per_seed``: seed + 1000), then per seed patch them (and k random heads) together with
+    their corrupted-run outputs on the seed's prompt set (another RNG stream)."""
     started = time.perf_counter()
     check_seeds(seeds)
     loaded = loaded_model(model, dtype)
@@ -109,11 +110,16 @@ def run_path_patching(model: str, *, seeds: list[int], data: dict[str, str], dty
     k = min(n_name_movers(n_layers * n_heads, k), n_layers * n_heads // 2)
     all_heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     per_seed, solved, n_eval, chosen = [], 0, 0, {}
-    for seed in seeds:
+
+    def select(seed: int) -> list[tuple[int, int]]:
         rec = analysis(loaded, model, "path_patching", {"n_prompts": n_prompts, "seed": seed + 1000,
                                                         "batch_size": batch_size}, progress)
         effect = np.asarray(rec["result"]["arrays"]["effect"]["data"], dtype=float).reshape(n_layers, n_heads)
-        movers = top_heads(np.nan_to_num(effect, nan=-np.inf), k)
+        return top_heads(np.nan_to_num(effect, nan=-np.inf), k)
+
+    shared = None if select_per_seed else select(seeds[0])
+    for seed in seeds:
+        movers = shared or select(seed)
         rng = random.Random(f"path_patching-{seed}")
         others = [h for h in all_heads if h not in movers]
         draws = [sorted(rng.sample(others, k)) for _ in range(n_random)]
