@@ -155,7 +155,7 @@ def _searched(method: str, model: str, val_spec: str, sizes: Sizes, dtype: str) 
     found = head_search(model=model, method=patch, task=val_spec, layers=_middle(model, sizes.search_layers),
                         objective=objective, gammas=[1.5, 2.0, 4.0], batch_size=sizes.batch_size,
                         experiment="reproduce-head-search", dtype=dtype)
-    heads = ";".join(f"{lay}:{h}" for lay, h in found["heads"])
+    heads = ",".join(f"{lay}:{h}" for lay, h in found["heads"])
     info = {"heads": heads or "none", "gamma": found.get("gamma"), "search_run": found["run_id"],
             "search_baseline": found["selection"]["baseline"]}
     if not heads or (patch == "zerotuning" and not found.get("gamma")):
