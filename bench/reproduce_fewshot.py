@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--options", default="{}", help="JSON options for the classification claims (sizes)")
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("ATTNFLOW_SHARED", REPO / ".." / "shared")))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--incremental", action="store_true",
+                    help="run each classification claim on the first 1, 2, ... datasets (cached evaluations make "
+                         "the re-runs cheap), printing and saving each, so a stopped run still leaves results")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     import torch
@@ -81,12 +84,16 @@ def main() -> None:
     data = convert(args.shared, settings().cache_dir / "claims-shared-data", args.max_words)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
-    for name in args.claims.split(","):
-        opts = {} if name == "pasta" else {**json.loads(args.options), "datasets": args.datasets.split(",")}
+    keys = args.datasets.split(",")
+    runs = [(name, keys[:i]) for name in args.claims.split(",")
+            for i in (range(1, len(keys) + 1) if args.incremental and name != "pasta" else [len(keys)])]
+    for name, use in runs:
+        opts = {} if name == "pasta" else {**json.loads(args.options), "datasets": use}
         r = CLAIMS[name].run(args.model, seeds=seeds, data=data, dtype=args.dtype, progress=False, **opts)
+        r["datasets"] = use if name != "pasta" else []
         results.append(r)
         ci = r["ci"].get("gain")
-        print(f"| {name} | {r['figures'].get('baseline_acc', r['figures'].get('baseline_compliance', float('nan'))):.3f}"
+        print(f"| {name} ({','.join(r['datasets'])}) | {r['figures'].get('baseline_acc', r['figures'].get('baseline_compliance', float('nan'))):.3f}"
               f" | {r['figures'].get('method_acc', r['figures'].get('method_compliance', float('nan'))):.3f}"
               f" | {r['figures'].get('gain', float('nan')):+.3f} | {f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else '-'}"
               f" | {r['verdict']} | {r['wall_s']:.0f}s |\n  {r['reason']}", flush=True)

@@ -7,8 +7,8 @@ per_seed, n_seeds, model, wall_s. ``needs_data`` names the keys of ``data`` (use
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ class Sizes:
             raise ParamError("claim option search_layers is empty (a head set or 'middle')")
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "Sizes":
+    def from_options(cls, options: dict[str, Any]) -> Sizes:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - names - {"datasets"})
         if unknown:

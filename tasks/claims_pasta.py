@@ -16,7 +16,8 @@ import math
 import random
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -65,18 +66,18 @@ INSTRUCTIONS: dict[str, Callable[[str], bool]] = {
 
 #: distracting passages, each with a question about it
 PASSAGES: tuple[tuple[str, str], ...] = (
-    ("The harbour town wakes early. Fishing boats leave before dawn and come back at noon with their catch, which "
-     "is sold on the quay. In winter, storms keep the boats in port for days.", "When do the boats come back?"),
-    ("A library in the old mill lends tools as well as books. People borrow drills, ladders and sewing machines "
-     "for a week at a time, and volunteers repair what comes back broken.", "What can people borrow besides books?"),
-    ("The mountain railway climbs two thousand metres in forty minutes. Its carriages are pushed, not pulled, by "
-     "a small engine, and the line closes when snow covers the upper station.", "When does the line close?"),
-    ("Bees in the city garden make a dark honey from lime trees. The beekeeper opens the hives twice a month and "
-     "records the weight of each frame in a notebook.", "What do the bees make honey from?"),
-    ("The night market opens at six on Fridays. Stalls sell noodles, grilled fish and fruit, and a band plays on "
-     "the steps of the town hall until midnight.", "Where does the band play?"),
-    ("An old clock tower stands in the square. Its bell rings every hour, and once a year a mechanic climbs the "
-     "stairs to oil the gears and set the hands.", "How often does the bell ring?"),
+    (("The harbour town wakes early. Fishing boats leave before dawn and come back at noon with their catch, which "
+     "is sold on the quay. In winter, storms keep the boats in port for days."), "When do the boats come back?"),
+    (("A library in the old mill lends tools as well as books. People borrow drills, ladders and sewing machines "
+     "for a week at a time, and volunteers repair what comes back broken."), "What can people borrow besides books?"),
+    (("The mountain railway climbs two thousand metres in forty minutes. Its carriages are pushed, not pulled, by "
+     "a small engine, and the line closes when snow covers the upper station."), "When does the line close?"),
+    (("Bees in the city garden make a dark honey from lime trees. The beekeeper opens the hives twice a month and "
+     "records the weight of each frame in a notebook."), "What do the bees make honey from?"),
+    (("The night market opens at six on Fridays. Stalls sell noodles, grilled fish and fruit, and a band plays on "
+     "the steps of the town hall until midnight."), "Where does the band play?"),
+    (("An old clock tower stands in the square. Its bell rings every hour, and once a year a mechanic climbs the "
+     "stairs to oil the gears and set the hands."), "How often does the bell ring?"),
 )
 
 
@@ -178,9 +179,9 @@ def run(model: str, *, seeds: list[int], data: dict[str, str] | None = None, dty
         row = {"seed": seed, "baseline_compliance": stats.mean(ok_off), "method_compliance": stats.mean(ok_on),
                "ppl_off": ppl_off, "ppl_pasta": ppl_on}
         row["gain"] = row["method_compliance"] - row["baseline_compliance"]
-        for ins in INSTRUCTIONS:
+        for ins, check in INSTRUCTIONS.items():
             idx = [i for i, it in enumerate(items) if it["instruction"] == ins]
-            row[f"{INSTRUCTIONS[ins].__name__}/gain"] = stats.mean([ok_on[i] - ok_off[i] for i in idx])
+            row[f"{check.__name__}/gain"] = stats.mean([ok_on[i] - ok_off[i] for i in idx])
         per_seed.append(row)
         examples += [{"seed": seed, "instruction": it["instruction"], "off": a, "pasta": b}
                      for it, a, b in zip(items, off, on)]
