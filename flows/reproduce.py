@@ -17,7 +17,7 @@ from tasks.claims_report import collect, log_claim, log_summary, plan_claims, ru
 from tasks.tracking import finish_run, start_run
 
 #: modules whose ``CLAIMS`` the flow runs; adding a module of claims is one line here
-CLAIM_MODULES: tuple[str, ...] = ("tasks.claims_core",)
+CLAIM_MODULES: tuple[str, ...] = ("tasks.claims_core", "tasks.claims_fewshot")
 
 
 def available_claims() -> dict[str, Any]:
