@@ -64,6 +64,10 @@ def plan_request(model: str, components: list[str], benchmarks: list[str], seeds
         for bench in (b for b in bench_objs if "train" not in b.splits):
             raise specs.SpecError(f"{comp.component_name} is fitted on a benchmark's train split, and "
                                   f"{bench.component_name} has none (splits: {', '.join(bench.splits)})")
+    for comp in (c for c in comps if c.needs_inputs):
+        for bench in (b for b in bench_objs if not b.prompt_texts):
+            raise specs.SpecError(f"{comp.component_name} reads the prompt texts, and {bench.component_name} scores "
+                                  "token windows without prompts: leave one of them out of this request")
     check_model(model, trust_remote_code=trust_remote_code)
     for comp in comps:
         from components import modeling

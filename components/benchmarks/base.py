@@ -44,6 +44,8 @@ class Benchmark(Component):
     #: parameters that only shape training text (e.g. more supervised answers per sequence), never what is scored;
     #: the train-lm flow drops them when it evaluates a mixture task
     training_only_params: ClassVar[tuple[str, ...]] = ()
+    #: the scoring code attaches each prompt's text (patches that read prompt texts, e.g. PASTA's spans, can run)
+    prompt_texts: ClassVar[bool] = True
 
     def build(self, split: str) -> list[dict[str, Any]]:
         """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""

@@ -42,6 +42,8 @@ from registry import register
 class Perplexity(Benchmark):
     """Perplexity of non-overlapping token windows over a text source."""
 
+    prompt_texts: ClassVar[bool] = False  # token windows, no prompt texts: text-reading patches cannot run
+
     source: str = "builtin:stories"
     text_field: str = "text"
     max_length: int = 256

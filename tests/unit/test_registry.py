@@ -110,3 +110,11 @@ def test_quickstart_presets_are_valid(name):
             parse(preset[key]).create(family)
     with pytest.raises(SpecError, match="unknown preset"):
         load_preset("nope")
+
+
+def test_text_reading_patch_with_window_benchmark_is_refused_before_the_model_loads():
+    from tasks.plan import plan_request
+
+    with pytest.raises(SpecError, match="pasta reads the prompt texts.*perplexity"):
+        plan_request.fn("no/such-model-is-ever-loaded", ["baseline", "pasta(spans=-40:)"],
+                        ["kv_retrieval", "perplexity"], [0])
