@@ -11,7 +11,7 @@
 Method: ``torch.set_num_threads(--threads)`` (default 1), CPU time (``time.process_time``), so the ratios hold on
 a machine shared with other jobs; every variant runs ``--rounds`` times interleaved and the minimum is kept.
 
-    python bench/analysis_speed.py --model /work/models/smollm2-135m            # default needle grid
+    python bench/analysis_speed.py --model smollm2-135m            # default needle grid
     python bench/analysis_speed.py --model demo --lengths 20,40 --depths 0,1    # quick check
 """
 

@@ -4,7 +4,7 @@ Converts SST-2, AG News and TREC from ../shared/data/tasks into the JSONL files 
 the claims read, texts cut to their first ``--max-words`` words (for time), then runs each claim and prints one
 table row per claim; ``--json`` keeps every figure. Criteria and sizes: docs/reproduce-fewshot.md.
 
-    ATTNFLOW_HOME=... python bench/reproduce_fewshot.py --model /work/models/smollm2-135m --seeds 0,1,2
+    ATTNFLOW_HOME=... python bench/reproduce_fewshot.py --model smollm2-135m --seeds 0,1,2
     python bench/reproduce_fewshot.py --model demo --claims pasta --seeds 0,1
 """
 
@@ -61,7 +61,7 @@ def convert(shared: Path, out: Path, max_words: int) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/work/models/smollm2-135m")
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--claims", default="act,zerotuning_supervised,zerotuning_unsupervised,soft_injection,pasta")
     ap.add_argument("--datasets", default="sst2,agnews,trec")

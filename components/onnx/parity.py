@@ -95,12 +95,29 @@ def _ratio(err: float, floor: float) -> float:
     return err / floor if floor > 0 else (0.0 if err == 0 else float("inf"))
 
 
+def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of ``model``. A model with an attnflow attention kernel is rebuilt and its kernel installed
+    afresh: its hooks close over the original's per-layer state, which a deep copy would share."""
+    kernel = getattr(model, "_attnflow_kernel", None)
+    if kernel is None:
+        return copy.deepcopy(model).double()
+    from transformers import AutoModelForCausalLM
+
+    from components.kernels.base import QK_NORM_KEY, install
+
+    twin = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), attn_implementation="sdpa",
+                                            dtype=torch.float64)
+    install(twin, kernel, bool(getattr(model.config, QK_NORM_KEY, False)))
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin.double().eval()
+
+
 class _Reference:
     """The patched model in float32 (as users run it) and a float64 copy of it (the floor)."""
 
     def __init__(self, model: torch.nn.Module, patches: Sequence[Any]):
         self.model, self.patches = model, patches
-        self.model64 = copy.deepcopy(model).double()
+        self.model64 = _float64_copy(model)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[tuple, tuple]:
         out = []
