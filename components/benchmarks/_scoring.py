@@ -32,7 +32,7 @@ def fit_rows(batch_size: int, width: int, vocab: int) -> int:
 
 
 def _vocab(model: torch.nn.Module, tokenizer: Any) -> int:
-    return int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
 
 
 def _progress(total: int, desc: str, enabled: bool):
