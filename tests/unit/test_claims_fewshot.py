@@ -109,7 +109,8 @@ def _write(path, n, labels=("neg", "pos")):
 def test_prepare_splits_are_disjoint_and_sized(tmp_path):
     sizes = Sizes(n_test=8, n_val=6, n_train=10, shots=2)
     out = prepare_splits(_write(tmp_path / "d.jsonl", 40), sizes, root=tmp_path / "cache")
-    parts = {k: [json.loads(line)["text"] for line in Path(out[k]).read_text().splitlines()] for k in ("test", "val", "train")}
+    parts = {k: [json.loads(line)["text"] for line in Path(out[k]).read_text().splitlines()]
+             for k in ("test", "val", "train")}
     assert [len(parts[k]) for k in ("test", "val", "train")] == [8, 6, 10]
     assert not set(parts["test"]) & set(parts["val"]) and not set(parts["train"]) & (set(parts["test"]) |
                                                                                      set(parts["val"]))
