@@ -26,7 +26,7 @@ from tasks.demo import ensure_registered, find_demo
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, to_markdown
+from tasks.report import comparison_table, primary_columns, to_markdown
 from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
 
 DEMO_PRESET = "quickstart-demo"
@@ -105,7 +105,8 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
     finish_run(parent)
     print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
     _print_mlflow_hint(experiment)
-    return {"table": table, "run_id": parent, "experiment": experiment, "model": model}
+    return {"table": primary_columns(table), "full_table": table, "run_id": parent, "experiment": experiment,
+            "model": model}
 
 
 def _label(s: Spec) -> str:

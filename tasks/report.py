@@ -266,3 +266,23 @@ def report_html(experiment: str, tables: list[dict[str, Any]], figures: dict[str
              "img{max-width:100%}")
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
            + "".join(parts) + "</body></html>"
+
+
+def primary_columns(table: dict[str, Any]) -> dict[str, Any]:
+    """The table narrowed to each benchmark's primary metric (accuracy, ppl, ...), columns named by the benchmark:
+    a summary that fits a terminal (every metric stays in the full table and in MLflow)."""
+    import registry
+
+    keep: dict[str, str] = {}
+    for col in table["columns"]:
+        task, _, metric = col.rpartition("/")
+        name = task.split("(")[0]
+        try:
+            primary = registry.get(name).cls.primary_metric
+        except LookupError:
+            continue
+        if metric == primary:
+            keep[col] = task
+    return {**table, "columns": list(keep.values()),
+            "cells": {r: {keep[c]: v for c, v in cells.items() if c in keep} for r, cells in table["cells"].items()},
+            "higher_is_better": {keep[c]: v for c, v in table["higher_is_better"].items() if c in keep}}
