@@ -52,7 +52,7 @@ def score(loaded: LoadedModel, heads: list | None, benchmark: str, *, mode: str,
 
 def run_retrieval_heads(model: str, *, seeds: list[int], data: dict[str, str], dtype: str = "float32",
                         progress: bool = False, lengths: str = "60;120", detect_depths: str = "0;0.5;1",
-                        depths: str = "0;0.25;0.5;0.75;1", max_new_tokens: int = 16,
+                        depths: str = "0;0.25;0.5;0.75;1", n_per_cell: int = 1, max_new_tokens: int = 16,
                         batch_size: int = 16) -> dict[str, Any]:
     """Detect retrieval heads once (first seed), then per seed: needle and passkey accuracy unmasked, with the K
     retrieval heads masked, and with K random non-retrieval heads masked (uniform attention, the paper's mask)."""
@@ -61,7 +61,7 @@ def run_retrieval_heads(model: str, *, seeds: list[int], data: dict[str, str], d
     loaded = loaded_model(model, dtype)
     n_layers, n_heads = model_shape(loaded.model.config)
     haystack = data.get("haystack", "builtin:stories")
-    grid = f"lengths={lengths}, n_per_cell=1, haystack={haystack}"
+    grid = f"lengths={lengths}, n_per_cell={n_per_cell}, haystack={haystack}"
     rec = analysis(loaded, model, "retrieval_score",
                    {"lengths": lengths.replace(";", ","), "depths": detect_depths.replace(";", ","),
                     "n_per_cell": 1, "max_new_tokens": max_new_tokens, "haystack": haystack, "seed": seeds[0]},
@@ -81,7 +81,8 @@ def run_retrieval_heads(model: str, *, seeds: list[int], data: dict[str, str], d
         row: dict[str, Any] = {"seed": seed}
         for task in ("needle", "passkey"):
             spec = (f"needle({grid}, depths={depths}, max_new_tokens={max_new_tokens}, seed={seed})"
-                    if task == "needle" else f"passkey(lengths={lengths}, depths={depths}, n_per_cell=1, seed={seed})")
+                    if task == "needle"
+                    else f"passkey(lengths={lengths}, depths={depths}, n_per_cell={n_per_cell}, seed={seed})")
             base, top, rnd = (score(loaded, h, spec, mode="uniform", batch_size=batch_size, progress=progress)
                               for h in (None, retrieval, draw))
             row.update({f"{task}_base": base, f"{task}_top": top, f"{task}_random": rnd,
