@@ -119,6 +119,16 @@ def choice_logprobs(
     return scores
 
 
+def leading_bos(tokenizer: Any) -> list[int]:
+    """``[bos_token_id]`` when the tokenizer puts BOS before every text it encodes, else ``[]``."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    with_special = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return [bos] if with_special[:1] == [bos] and bare[:1] != [bos] else []
+
+
 @torch.no_grad()
 def token_nll(
     model: torch.nn.Module,
@@ -133,9 +143,11 @@ def token_nll(
 ) -> tuple[float, int, list[float]]:
     """Concatenate texts (EOS-separated) and score non-overlapping windows of ``max_length`` tokens.
 
-    Returns (total NLL in nats, number of predicted tokens, per-window mean NLL).
+    Each window is preceded by the BOS token when the tokenizer adds one to every text (then all of the window's
+    tokens are scored). Returns (total NLL in nats, number of predicted tokens, per-window mean NLL).
     """
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prefix = leading_bos(tokenizer)  # [] or [bos]: the context every text gets from the tokenizer
     stream: list[int] = []
     for t in texts:
         stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"] + sep)
@@ -151,6 +163,7 @@ def token_nll(
     total, count, per_window = 0.0, 0, []
     bar = _progress(len(windows), "perplexity", progress)
     for chunk in batches(windows, fit_rows(batch_size, max_length, _vocab(model, tokenizer))):
+        chunk = [prefix + w for w in chunk]
         width = max(len(w) for w in chunk)
         ids = torch.tensor([w + [0] * (width - len(w)) for w in chunk], device=device)  # (B, T)
         mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in chunk], device=device)

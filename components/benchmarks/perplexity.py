@@ -1,8 +1,12 @@
 """Perplexity: exp(mean next-token negative log-likelihood) on a text source.
 
 Texts are concatenated (EOS-separated) and cut into non-overlapping windows of ``max_length`` tokens; each window
-is scored independently, so a window's first token has no context (the usual non-overlapping protocol, as in the
-transformers perplexity guide with stride = max_length).
+is scored independently (the non-overlapping protocol of the transformers perplexity guide, stride = max_length).
+Models whose tokenizer starts every text with a BOS token (Gemma, Llama-2/3) see each window after that BOS token,
+as they see any text, and every token of the window is scored; for tokenizers that add nothing (GPT-2, SmolLM2) a
+window's first token has no context and is not scored. This is lm-evaluation-harness's rolling-window convention
+(a prefix token before each window). Version 1.0.0 gave BOS models no BOS: Gemma-3-270m scored 98 instead of 25 on
+1,024 State-of-the-Union tokens.
 
 Sources: a .txt (paragraphs), .jsonl/.json/.csv/.parquet file with a text field, a hub dataset
 (``hf:wikitext:wikitext-2-raw-v1:test``) or ``builtin:stories`` (template-generated stories, offline).
@@ -36,7 +40,7 @@ from components.benchmarks.base import Benchmark, EvalResult
 from registry import register
 
 
-@register("perplexity", version="1.0.0", family="benchmark", paper=None,
+@register("perplexity", version="1.1.0", family="benchmark", paper=None,
           summary="Token-level perplexity on a text file, hub dataset or the built-in stories.")
 @dataclass(frozen=True)
 class Perplexity(Benchmark):

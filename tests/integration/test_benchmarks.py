@@ -80,7 +80,7 @@ def test_perplexity_of_a_perfect_predictor_is_near_one(tiny_llama_dir):
             return type("O", (), {"logits": logits})()
 
     b = registry.get("perplexity").create({"max_tokens": str(len(ids))})  # the EOS separator is cut off
-    res = b.evaluate(Oracle(), tok, [{"text": text}])
+    res = b.evaluate(Oracle(), _NoBosTokenizer(tok), [{"text": text}])
     n_windows = math.ceil(len(ids) / 256)  # each window's first token has no context
     assert res.metrics["ppl"] < 1.01 and res.metrics["n_tokens"] == len(ids) - n_windows
 
@@ -90,3 +90,44 @@ def test_builtin_stories_are_deterministic():
     rows = b.build("eval")
     assert rows == b.build("eval") and len(rows) == 200
     assert all(re.search(r"[A-Za-z]", r["text"]) for r in rows)
+
+
+class _NoBosTokenizer:
+    """The tiny tokenizer (which puts BOS before every text) made to add nothing, as GPT-2's and SmolLM2's."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __len__(self):
+        return len(self._tok)
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        return self._tok(text, add_special_tokens=False, **kw)
+
+
+def test_perplexity_windows_start_with_bos_when_the_tokenizer_adds_it(tiny_llama_dir):
+    """A BOS-adding tokenizer: each window is read after BOS and all its tokens are scored (reference: the
+    windows scored one by one with an explicit BOS); a tokenizer that adds nothing gets no prefix."""
+    import torch
+
+    from components.benchmarks._scoring import leading_bos
+    from components.modeling import load_model
+
+    model, tok = load_model(str(tiny_llama_dir))
+    assert leading_bos(tok) == [tok.bos_token_id] and leading_bos(_NoBosTokenizer(tok)) == []
+    text = "the cat sat on the mat and looked at the dog " * 30
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    b = registry.get("perplexity").create({"max_tokens": str(len(ids)), "max_length": "64"})
+    res = b.evaluate(model, tok, [{"text": text}], batch_size=3)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(ids), 64):
+            w = torch.tensor([[tok.bos_token_id] + ids[i:i + 64]])  # (1, 1 + T)
+            logits = model(input_ids=w).logits[0, :-1].double()  # (T, V)
+            total += float(torch.nn.functional.cross_entropy(logits, w[0, 1:].long(), reduction="sum"))
+            count += w.shape[1] - 1
+    assert res.metrics["n_tokens"] == count == len(ids)
+    assert abs(res.metrics["nll"] - total / count) < 1e-5
