@@ -67,6 +67,7 @@ def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str
         "seconds": seconds,
         "model": loaded.name,
         "model_fingerprint": loaded.fingerprint,
+        "data_fingerprint": (content_key(data_path) or "")[:16],
     }
 
 
