@@ -17,6 +17,7 @@ of exactly the components whose import closure contains that file. Modules that 
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 from pathlib import Path
 
@@ -25,9 +26,10 @@ _LOCK = threading.Lock()
 _MEMO: dict[tuple[str, int, int], tuple[str, tuple[str, ...]]] = {}  # (path, mtime_ns, size) -> (dump, imports)
 
 
-def project_packages(root: Path = ROOT) -> set[str]:
+@functools.lru_cache(maxsize=8)
+def project_packages(root: Path = ROOT) -> frozenset[str]:
     """Top-level packages of the project (folders with an ``__init__.py``; tests excluded)."""
-    return {p.parent.name for p in root.glob("*/__init__.py") if p.parent.name != "tests"}
+    return frozenset(p.parent.name for p in root.glob("*/__init__.py") if p.parent.name != "tests")
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
