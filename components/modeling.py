@@ -165,9 +165,15 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
+#: files that decide what a model computes: weights (every byte), the config and the tokenizer
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+
+
 def model_fingerprint(ref: ModelRef | str) -> str:
-    """Identify the exact weights: hash of config + weight-file names, sizes and safetensors headers (local), or the
-    hub id and its resolved revision when known."""
+    """Identify the exact weights: sha256 over config.json and the full content of every weight and tokenizer file
+    (file digests are memoised by path, size, mtime and inode; see infra/hashing.py). A hub id is identified by its
+    resolved commit in the local Hugging Face cache plus the digests of the cached files."""
     mref = resolve(ref) if isinstance(ref, str) else ref
     if mref.kind in ("gguf", "catalogue"):  # the weights are those of the converted directory
         from components import model_sources
@@ -176,16 +182,37 @@ def model_fingerprint(ref: ModelRef | str) -> str:
     h = hashlib.sha256(mref.kind.encode())
     if mref.kind == "hub":
         h.update(mref.location.encode())
+        snapshot = _hub_snapshot(mref.location)
+        if snapshot is None:  # not in the local cache: nothing to hash (the load that follows downloads it)
+            print(f"warning: {mref.location} is not in the local Hugging Face cache; its fingerprint is the hub id "
+                  "only (revision and weights unknown)")
+            return h.hexdigest()[:16]
+        h.update(f"revision={snapshot.name}".encode())  # snapshots/<commit hash>
+        _hash_files(h, snapshot)
         return h.hexdigest()[:16]
     root = Path(mref.location)
     h.update((root / "config.json").read_bytes())
-    for f in sorted(root.iterdir()):
-        if f.suffix in (".safetensors", ".bin", ".pt") or f.name == "tokenizer.json":
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            with f.open("rb") as fh:  # safetensors header (names, shapes, offsets) + first MiB of data
-                h.update(fh.read(1 << 20))
+    _hash_files(h, root)
     return h.hexdigest()[:16]
+
+
+def _hash_files(h: Any, root: Path) -> None:
+    from infra.hashing import file_digest
+
+    for f in sorted(root.iterdir()):
+        if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name in _TOKENIZER_FILES or f.name == "config.json"):
+            h.update(f"{f.name}:{file_digest(f)}".encode())
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub repository (its name is the resolved commit hash), without network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or no huggingface_hub): unknown
+        return None
+    return path if path.is_dir() else None
 
 
 def describe(model: torch.nn.Module) -> dict[str, Any]:

@@ -217,29 +217,35 @@ def get(ref: str, family: str | None = None) -> ComponentInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fingerprints: exactly what ran = the source code of the component (and its in-project base classes) + its params
+# Fingerprints: exactly what ran = the code the component runs (its module and everything it imports inside the
+# project, found by parsing imports; see registry/sources.py) + its params
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _source_modules(cls: type) -> list[str]:
-    mods: list[str] = []
+    """The in-project modules that define ``cls``'s behaviour: the modules of its class hierarchy and their
+    transitive in-project imports, plus any ``fingerprint_modules`` a class declares (only needed for modules it
+    loads dynamically, which parsing imports cannot see)."""
+    from registry import sources
+
+    roots: list[str] = []
+    packages = sources.project_packages()
     for klass in cls.__mro__:
-        mod = klass.__module__
-        if mod.split(".")[0] == "components" and mod not in mods:
-            mods.append(mod)
-        for extra in getattr(klass, "fingerprint_modules", ()):
-            if extra not in mods:
-                mods.append(extra)
-    return sorted(mods)
+        if klass.__module__.split(".")[0] in packages:
+            roots.append(klass.__module__)
+        roots += list(getattr(klass, "fingerprint_modules", ()))
+    return sources.closure(roots)
 
 
 def code_fingerprint(cls: type) -> str:
-    """sha256 over the source of every project module that defines the component's behaviour."""
+    """sha256 over the normalised source (syntax tree without comments and docstrings) of every project module the
+    component's code imports, directly or not."""
+    from registry import sources
+
     h = hashlib.sha256()
     for mod in _source_modules(cls):
-        module = importlib.import_module(mod)
         h.update(mod.encode())
-        h.update(Path(inspect.getfile(module)).read_bytes())
+        h.update(sources.normalized_source(mod).encode())
     return h.hexdigest()[:16]
 
 

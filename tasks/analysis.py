@@ -22,7 +22,7 @@ from components import modeling
 from components.analyzers.base import AnalysisResult
 from infra.settings import settings
 from registry.specs import Spec, parse
-from tasks import plots, tracking
+from tasks import integrity, plots, tracking
 from tasks.evaluate import component_record, spec_text
 from tasks.io import read_rows, write_rows
 from tasks.models import LoadedModel, check_model
@@ -45,39 +45,34 @@ def plan_analysis(model: str, analyzer: str, params: dict[str, Any] | None = Non
     return spec_text(comp)
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, retries=2, retry_delay_seconds=[1, 5], result_serializer="json",
+@task(cache_policy=INPUTS + TASK_SOURCE, retries=2, retry_delay_seconds=[1, 5], result_serializer=integrity.CHECKED,
       task_run_name="prepare {analyzer}")
 def prepare_analysis_data(analyzer: str, data_key: str) -> str:
     """Build an analyzer's rows and write them to Parquet; returns the file path."""
     comp = parse(analyzer).create("analyzer")
     path = settings().data_dir / f"{comp.component_name}-{comp.fingerprint()}-{data_key or 'gen'}.parquet"
-    if not path.exists():
-        write_rows(comp.build(), path)
+    integrity.build_once(path, lambda p: write_rows(comp.build(), p))
     return str(path)
 
 
 def analysis_data(analyzer: str) -> str:
-    """Prepared Parquet path for an analyzer spec (re-prepared if a cached path vanished from disk)."""
-    args = (analyzer, parse(analyzer).create("analyzer").data_fingerprint())
-    path = prepare_analysis_data(*args)
-    if not Path(path).exists():
-        path = prepare_analysis_data.with_options(refresh_cache=True)(*args)
-    return path
+    """Prepared Parquet path for an analyzer spec (re-prepared if the file vanished or fails its checksum)."""
+    return integrity.prepared(prepare_analysis_data, (analyzer, parse(analyzer).create("analyzer").data_fingerprint()))
 
 
 def _analysis_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Same weights + same analyzer code/params + same data -> same result."""
+    """Same weights + same analyzer code/params + same data content -> same result."""
     comp = parse(parameters["analyzer"]).create("analyzer")
-    key = [parameters["loaded"].fingerprint, comp.fingerprint(), parameters["data_path"]]
-    return "analysis-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+    key = [parameters["loaded"].fingerprint, comp.fingerprint(), integrity.content_key(parameters["data_path"])]
+    return "analysis2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
-@task(cache_key_fn=_analysis_cache_key, result_serializer="json", task_run_name="analyze {analyzer}")
+@task(cache_key_fn=_analysis_cache_key, result_serializer=integrity.CHECKED, task_run_name="analyze {analyzer}")
 def run_analysis(loaded: LoadedModel, analyzer: str, data_path: str, progress: bool = True) -> dict[str, Any]:
     """Run an analyzer on the model and its prepared rows; plain JSON result (arrays as nested data)."""
     comp = parse(analyzer).create("analyzer")
     start = time.perf_counter()
-    result = comp.analyze(loaded.model, loaded.tokenizer, read_rows(data_path), progress=progress)
+    result = comp.analyze(loaded.model, loaded.tokenizer, read_rows(integrity.check(data_path)), progress=progress)
     seconds = time.perf_counter() - start
     print(f"{comp.label()} on {loaded.name} ({seconds:.1f}s): "
           + ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:8]))

@@ -27,7 +27,7 @@ import registry
 from components.lm import claims
 from components.lm.dynamics import check_point, run_point
 from infra.settings import settings
-from tasks import plots, tracking
+from tasks import integrity, plots, tracking
 
 CODE_MODULES = ("components.lm.dynamics", "components.lm.probes", "components.lm.synthetic", "components.lm.trainer",
                 "components.lm.model", "components.lm.preset", "components.kernels.base")
@@ -76,8 +76,8 @@ def point_key(point: dict[str, Any], code: str) -> str:
     return hashlib.sha256(json.dumps([body, code], sort_keys=True).encode()).hexdigest()[:16]
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, retries=1, retry_delay_seconds=2,
-      task_run_name="train {point[label]}")
+@task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_serializer=integrity.CHECKED_PICKLE, retries=1,
+      retry_delay_seconds=2, task_run_name="train {point[label]}")
 def train_point(point: dict[str, Any], code: str) -> dict[str, Any]:
     """Train one sweep point (resumable; cached by the point and the code version)."""
     result = run_point(point, settings().cache_dir / "dynamics" / point_key(point, code))

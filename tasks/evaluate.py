@@ -13,22 +13,24 @@ from prefect.context import TaskRunContext
 import registry
 from registry.specs import Spec, parse
 from tasks.data import load_data
+from tasks.integrity import CHECKED, content_key
 from tasks.models import LoadedModel
 
 
 def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Same model weights + same component code/params + same benchmark code/params/data -> same result."""
+    """Same model weights + same component code/params + same benchmark code/params/data content -> same result
+    (the data files are keyed by their content, not their path)."""
     loaded: LoadedModel = parameters["loaded"]
     comp = parse(parameters["component"]).create("patch")
     bench = parse(parameters["benchmark"]).create("benchmark")
-    key = [loaded.fingerprint, comp.fingerprint(), bench.fingerprint(), parameters["data_path"],
+    key = [loaded.fingerprint, comp.fingerprint(), bench.fingerprint(), content_key(parameters["data_path"]),
            parameters.get("batch_size"), registry.code_fingerprint(type(bench))]
     if parameters.get("train_path"):  # components fitted on the train split (needs_fit)
-        key.append(parameters["train_path"])
-    return "eval-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+        key.append(content_key(parameters["train_path"]))
+    return "eval2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
-@task(cache_key_fn=_eval_cache_key, result_serializer="json", retries=0,
+@task(cache_key_fn=_eval_cache_key, result_serializer=CHECKED, retries=0,
       task_run_name="evaluate {component} on {benchmark}")
 def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str,
              batch_size: int = 16, progress: bool = True, train_path: str | None = None) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str
         "seconds": seconds,
         "model": loaded.name,
         "model_fingerprint": loaded.fingerprint,
+        "data_fingerprint": (content_key(data_path) or "")[:16],
     }
 
 

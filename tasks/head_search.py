@@ -34,7 +34,7 @@ from components.benchmarks import _scoring
 from components.heads import HeadSet
 from components.patches.base import model_shape
 from registry import specs
-from tasks import plots
+from tasks import integrity, plots
 from tasks.data import load_data
 from tasks.evaluate import spec_text
 from tasks.models import LoadedModel, check_model
@@ -121,12 +121,12 @@ def model_pool(loaded: LoadedModel, workers: int = 1) -> ModelPool:
 
 def _score_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     bench = specs.parse(parameters["benchmark"]).create("benchmark")
-    key = [parameters["pool"].fingerprint, parameters["component"], bench.fingerprint(), parameters["data_path"],
-           parameters["objective"], parameters.get("batch_size")]
-    return "head-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+    key = [parameters["pool"].fingerprint, parameters["component"], bench.fingerprint(),
+           integrity.content_key(parameters["data_path"]), parameters["objective"], parameters.get("batch_size")]
+    return "head2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
-@task(cache_key_fn=_score_key, result_serializer="json", retries=1, task_run_name="score {component}")
+@task(cache_key_fn=_score_key, result_serializer=integrity.CHECKED, retries=1, task_run_name="score {component}")
 def score_candidate(pool: ModelPool, component: str, benchmark: str, data_path: str, objective: str,
                     batch_size: int = 16) -> dict[str, Any]:
     """The objective on the calibration rows with one patch applied."""

@@ -16,6 +16,7 @@ from components.base import ParamError
 from components.studies._datasets import ClassificationData
 from components.studies._utils import mean_ci
 from infra.settings import settings
+from tasks import integrity
 from tasks import study_plots as sp
 from tasks.io import atomic_path
 from tasks.studies import submit_point, verdict_markdown
@@ -34,27 +35,27 @@ def check_dataset(source: str, label_column: str, n_train: int, n_val: int, feat
     return {"spec": asdict(spec), "fingerprint": spec.fingerprint()}
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, result_serializer="json", retries=1, retry_delay_seconds=[2],
+@task(cache_policy=INPUTS + TASK_SOURCE, result_serializer=integrity.CHECKED, retries=1, retry_delay_seconds=[2],
       task_run_name="prepare dataset {request[fingerprint]}")
 def prepare_dataset(request: dict[str, Any]) -> dict[str, Any]:
     """Load (or generate) the examples once and store them as ``data/homeostasis-<fingerprint>.npz``."""
     spec = ClassificationData(**request["spec"])
     path = settings().data_dir / f"homeostasis-{request['fingerprint']}.npz"
     data = spec.load()
-    if not path.exists():
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **data)
+    integrity.build_once(path, lambda p: _save_npz(p, data))
     return {"path": str(path), "fingerprint": request["fingerprint"], "source": spec.source,
             "n_train": int(len(data["y"])), "n_val": int(len(data["y_val"])), "features": int(data["x"].shape[1]),
             "classes": int(max(data["y"].max(), data["y_val"].max()) + 1)}
 
 
+def _save_npz(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **data)
+
+
 def dataset_file(request: dict[str, Any]) -> dict[str, Any]:
-    """The prepared dataset (prepared again if its cached file vanished from disk)."""
-    data = prepare_dataset(request)
-    if not Path(data["path"]).exists():
-        data = prepare_dataset.with_options(refresh_cache=True)(request)
-    return data
+    """The prepared dataset (prepared again if its file vanished or fails its checksum)."""
+    return integrity.prepared(prepare_dataset, (request,), path_of=lambda d: d["path"])
 
 
 @task(**REPORT, task_run_name="check methods")

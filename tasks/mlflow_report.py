@@ -18,7 +18,7 @@ from prefect import task
 import registry
 from infra.settings import settings
 from tasks import plots
-from tasks.report import report_html, report_markdown, seedless
+from tasks.report import flag_disagreements, report_html, report_markdown, seedless
 from tasks.tracking import RETRY, _flow_tags, client, experiment_id, metric_key
 def _not_user_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry condition: retry transient failures, not a missing experiment or run id."""
@@ -31,13 +31,18 @@ def _not_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+#: tags that together say "the same computation": weights, component (code + params), task (code + params), data
+IDENTITY = ("attnflow.model_fingerprint", "attnflow.fingerprint", "attnflow.task_fingerprint",
+            "attnflow.data_fingerprint", "attnflow.fit.fingerprint")
 EVALUATION_FILTER = "tags.`attnflow.component` LIKE '%'"
 
 
 @task(**RETRY, retry_condition_fn=_not_user_error, task_run_name="collect runs of {experiment}")
 def evaluation_runs(experiment: str, run_ids: list[str] | None = None, model: str | None = None) -> list[dict]:
     """The finished evaluation runs of ``experiment`` (or of the given runs: a comparison's parent run stands for its
-    children) as plain records; a repeated (model, component version + code, task, seed) keeps its latest run."""
+    children) as plain records; a repeated (model, component version + code, task, seed) keeps its latest run.
+    Runs of one fingerprint (same weights, component, task and data) whose metrics differ are flagged: each record
+    lists them under ``disagreements``."""
     c = client()
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -59,15 +64,22 @@ def evaluation_runs(experiment: str, run_ids: list[str] | None = None, model: st
                 runs += _search(c, exp.experiment_id, f"{EVALUATION_FILTER} and tags.mlflow.parentRunId = '{rid}'")
     else:
         runs = _search(c, exp.experiment_id, EVALUATION_FILTER)
+    finished = [(run, _record(run)) for run in runs]
+    finished = [(run, rec) for run, rec in finished
+                if run.info.status == "FINISHED" and not (model and rec["model"] != model)]
+    flag_disagreements([rec for _, rec in finished])
     latest: dict[tuple, dict] = {}
-    for run in runs:
-        rec = _record(run)
-        if run.info.status != "FINISHED" or (model and rec["model"] != model):
-            continue
+    for run, rec in finished:
         key = (rec["model"], rec["component"], rec["version"], rec["code_fingerprint"], rec["task"], rec["seed"])
         if key not in latest or rec["start_time"] > latest[key]["start_time"]:
             latest[key] = rec
-    return sorted(latest.values(), key=lambda r: (r["start_time"], r["run_id"]))
+    kept, same = [], {}  # one computation counts once, however many runs logged it (never averaged with itself)
+    for rec in sorted(latest.values(), key=lambda r: (r["start_time"], r["run_id"])):
+        if rec["identity"]:
+            same[rec["identity"]] = rec
+        else:
+            kept.append(rec)
+    return sorted(kept + list(same.values()), key=lambda r: (r["start_time"], r["run_id"]))
 
 
 def _search(c: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
@@ -100,6 +112,7 @@ def _record(run: Any) -> dict[str, Any]:
         "code_fingerprint": tags.get("attnflow.code_fingerprint", ""), "model": tags.get("attnflow.model", ""),
         "task": seedless(bench_label), "seed": tags.get("attnflow.seed", run.data.params.get("task.seed", "-")),
         "metrics": metrics, "higher_is_better": {k: directions.get(k, True) for k in metrics},
+        "identity": "|".join(tags.get(k, "") for k in IDENTITY) if all(tags.get(k) for k in IDENTITY[:3]) else "",
     }
 
 

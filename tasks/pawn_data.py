@@ -27,6 +27,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from components import data as data_sources
 from infra.settings import settings
+from tasks import integrity
 from tasks.io import atomic_path
 
 SPLITS = ("train", "valid", "test")
@@ -199,7 +200,7 @@ def read_prepared(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, retries=1, retry_delay_seconds=2, result_serializer="json",
+@task(cache_policy=INPUTS + TASK_SOURCE, retries=1, retry_delay_seconds=2, result_serializer=integrity.CHECKED,
       task_run_name="prepare detection data")
 def prepare_detection_data(sources: list[str], source_fingerprints: list[str], fields: dict[str, str],
                            valid_frac: float = 0.15, test_frac: float = 0.15, split: str = "auto",
@@ -215,6 +216,7 @@ def prepare_detection_data(sources: list[str], source_fingerprints: list[str], f
     table = pa.Table.from_pylist([{k: r[k] for k in SCHEMA.names} for r in rows], schema=SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+    integrity.seal(path)
     summary = summarize(rows)
     print(f"prepared {summary['n_rows']} texts -> {path}: " + ", ".join(
         f"{s} {c['human']} human / {c['machine']} machine" for s, c in summary["splits"].items()))
@@ -246,13 +248,11 @@ DEFAULT_FIELDS = PrepOptions().fields()
 
 
 def prepare(sources: list[str], options: PrepOptions, split: str = "auto", out: str | None = None) -> dict[str, Any]:
-    """Run the (cached) prep task for ``sources`` with ``options`` (re-run if the cached file vanished)."""
+    """Run the (cached) prep task for ``sources`` with ``options`` (re-run if the file vanished or fails its
+    checksum)."""
     args = (sources, source_fingerprints(sources), options.fields(), options.valid_frac, options.test_frac, split,
             options.limit_per_source, options.invert_labels, options.drop_empty, options.strip_shared_prefix, out)
-    info = prepare_detection_data(*args)
-    if not Path(info["path"]).is_file():
-        info = prepare_detection_data.with_options(refresh_cache=True)(*args)
-    return info
+    return integrity.prepared(prepare_detection_data, args, path_of=lambda info: info["path"])
 
 
 def source_fingerprints(sources: list[str]) -> list[str]:

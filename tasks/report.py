@@ -136,6 +136,30 @@ def seedless(task_label: str) -> str:
     return out.replace("()", "")
 
 
+def flag_disagreements(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs that share one fingerprint (``identity``: weights, component, task, data) must agree; each record whose
+    metrics differ from another run of its fingerprint gets ``disagreements``: [{run_id, metrics}] of the others.
+    Returns the records flagged."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("identity"):
+            groups[r["identity"]].append(r)
+    flagged = []
+    for group in groups.values():
+        for r in group:
+            others = [{"run_id": o["run_id"], "metrics": o["metrics"]} for o in group
+                      if o is not r and not _same_metrics(o["metrics"], r["metrics"])]
+            if others:
+                r["disagreements"] = others
+                flagged.append(r)
+    return flagged
+
+
+def _same_metrics(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12)
+                                        or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
 @task(task_run_name="report tables")
 def report_tables(records: list[dict[str, Any]], baseline: str = "baseline") -> list[dict[str, Any]]:
     """One table per model: rows = component (split by version, and by code fingerprint when the code changed
@@ -153,7 +177,7 @@ def report_tables(records: list[dict[str, Any]], baseline: str = "baseline") -> 
         for label, ids in identities.items():
             for v, _ in ids:
                 versions_of[label].add(v)
-        results, values, names = [], defaultdict(dict), {}
+        results, values, names, disagreements = [], defaultdict(dict), {}, []
         for r in sorted(recs, key=lambda r: (r["start_time"], r["run_id"])):
             row = r["component"]
             if len(identities[row]) > 1:
@@ -161,6 +185,10 @@ def report_tables(records: list[dict[str, Any]], baseline: str = "baseline") -> 
                 if len(identities[r["component"]]) > len(versions_of[r["component"]]):
                     row += f"+{r['code_fingerprint'][:6]}"
             names[row] = r["name"]
+            for other in r.get("disagreements", ()):
+                disagreements.append({"component": row, "task": r["task"], "seed": r["seed"], "run_id": r["run_id"],
+                                      "metrics": r["metrics"], "other_run_id": other["run_id"],
+                                      "other_metrics": other["metrics"]})
             results.append({"component": {"label": row, "version": r["version"]}, "benchmark": {"name": r["task"]},
                             "metrics": r["metrics"], "higher_is_better": r["higher_is_better"]})
             for metric, value in r["metrics"].items():
@@ -169,6 +197,7 @@ def report_tables(records: list[dict[str, Any]], baseline: str = "baseline") -> 
         table["rows"].sort(key=lambda row: (names[row] != baseline, row))  # baseline first, then by label/version
         table["model"] = model
         table["runs"] = len(recs)
+        table["disagreements"] = disagreements
         table["seeds"] = sorted({r["seed"] for r in recs}, key=str)
         base = next((row for row in table["rows"] if names.get(row) == baseline), None)
         table["baseline"] = base
@@ -221,6 +250,7 @@ def report_markdown(experiment: str, tables: list[dict[str, Any]], figures: dict
             cells = [_cell_text(t["cells"][row][c]) if c in t["cells"][row] else "-" for c in cols]
             lines.append(f"| {row} | {t['versions'].get(row, '')} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _disagreement_lines(t)
         if t["baseline"] is None:
             lines += ["No baseline row in these runs: deltas omitted.", ""]
         elif t["deltas"]:
@@ -234,6 +264,21 @@ def report_markdown(experiment: str, tables: list[dict[str, Any]], figures: dict
     for name in figures or {}:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
+
+
+def _disagreement_lines(t: dict[str, Any]) -> list[str]:
+    """A warning per run whose metrics differ from another run of the same fingerprint (should be identical)."""
+    if not t.get("disagreements"):
+        return []
+    lines = ["**Warning: runs with one fingerprint (same weights, component, task and data) report different "
+             "metrics; a stored result was corrupted or the computation is not deterministic. Check these before "
+             "trusting the table:**", ""]
+    for d in t["disagreements"]:
+        diff = ", ".join(f"{k} {_fmt(v)} vs {_fmt(d['other_metrics'].get(k, math.nan))}"
+                         for k, v in d["metrics"].items() if d["other_metrics"].get(k) != v)
+        lines.append(f"- ⚠ {d['component']} on {d['task']} (seed {d['seed']}): run `{d['run_id']}` vs "
+                     f"`{d['other_run_id']}`: {diff}")
+    return lines + [""]
 
 
 def report_html(experiment: str, tables: list[dict[str, Any]], figures: dict[str, bytes]) -> str:
@@ -250,6 +295,10 @@ def report_html(experiment: str, tables: list[dict[str, Any]], figures: dict[str
                       for c in cols)
             + "</tr>" for r in t["rows"])
         parts.append(f"<table><tr><th>component</th><th>version</th>{head}</tr>{rows}</table>")
+        warn = _disagreement_lines(t)
+        if warn:
+            parts.append("<p><strong>" + html.escape(warn[0].strip("*")) + "</strong></p><ul>"
+                         + "".join(f"<li>{html.escape(w[2:])}</li>" for w in warn[2:-1]) + "</ul>")
         if t["deltas"]:
             rows = "".join(
                 f"<tr><td>{html.escape(r)}</td><td>{html.escape(t['versions'].get(r, ''))}</td>"

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 import registry
 from components.base import ParamError
-from tasks import _pool
+from tasks import _pool, integrity
 from tasks.tracking import RETRY, client, experiment_id, metric_key, start_run
 
 worker_pool = _pool.worker_pool
@@ -40,7 +40,7 @@ def plan_sweep(study: str, base: dict[str, Any], axes: dict[str, list[Any]]) -> 
     return configs
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, result_serializer="json", retries=0,
+@task(cache_policy=INPUTS + TASK_SOURCE, result_serializer=integrity.CHECKED, retries=0,
       task_run_name="{label}: {action}")
 def study_point(study: str, params: dict[str, Any], action: str, inputs: dict[str, Any], label: str,
                 code: str) -> Any:

@@ -154,6 +154,8 @@ def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str |
         "attnflow.task": bench["name"], "attnflow.task_version": bench["version"],
         "attnflow.task_fingerprint": bench["fingerprint"],
     }
+    if result.get("data_fingerprint"):  # sha256 of the prepared rows the metrics were computed on
+        tags["attnflow.data_fingerprint"] = result["data_fingerprint"]
     if seed is not None:
         tags["attnflow.seed"] = str(seed)
     for k, v in (result.get("fit") or {}).items():  # fitted components: fingerprint and summary of the state

@@ -74,11 +74,6 @@ class AnalysisResult:
 class Analyzer(Component):
     """Base class of analyzers (family ``analyzer``)."""
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = (
-        "components.attention.math",
-        "components.attention.session",
-        "components.attention.types",
-    )
     #: the array most people want to see first (the flows log it as the run's main figure)
     primary_array: ClassVar[str] = ""
 

@@ -111,8 +111,6 @@ class HeadImportance(Analyzer):
     mask_mode: Literal["zero", "uniform"] = "zero"
     batch_size: int = 16
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = Analyzer.fingerprint_modules + (
-        "components.patches.head_mask", "components.analyzers._probe")
     primary_array: ClassVar[str] = "taylor"
     example: ClassVar[dict[str, str]] = {"task": "kv_retrieval(n_examples=4)", "measures": "logprob_drop,taylor"}
 

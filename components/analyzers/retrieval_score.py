@@ -137,8 +137,6 @@ class RetrievalScore(NeedleGrid, Analyzer):
     seed: int = 0
     batch_size: int = 8
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = Analyzer.fingerprint_modules + (
-        "components.benchmarks._needle", "components.benchmarks.needle")
     primary_array: ClassVar[str] = "retrieval_score"
     example: ClassVar[dict[str, str]] = {"lengths": "20", "depths": "0,1", "n_per_cell": "1", "max_new_tokens": "4"}
 

@@ -100,7 +100,6 @@ class Needle(NeedleGrid, Benchmark):
     max_new_tokens: int = 16
     seed: int = 0
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.benchmarks._needle",)
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "recall": True}
     primary_metric: ClassVar[str] = "accuracy"
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"depth_x_length": ("heatmap", "length", "depth", "recall")}

@@ -115,7 +115,8 @@ class Detector(Component):
     needs_hidden: ClassVar[bool] = False
     #: aux statistics it reads (the feature extractor must have written them)
     needs_aux: ClassVar[tuple[str, ...]] = ()
-    #: the feature extractor defines what every detector sees, so its source is part of their fingerprint
+    #: code fingerprints follow imports (registry/sources.py); the feature extractor is not imported by detectors
+    #: but defines what every detector sees (the tasks run it), so its source is declared part of their fingerprint
     fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.detectors._features",)
 
     def fit(self, train: FeatureSet, valid: FeatureSet | None = None, *, progress: bool = False) -> DetectorState:

@@ -104,7 +104,6 @@ class QKNorm(nn.Module):
 class AttentionKernel(Component):
     """Base class of attention kernels (family ``kernel``)."""
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.kernels.base",)
     onnx_exportable: ClassVar[bool] = True
     needs_input: ClassVar[bool] = False  # keeps the attention input x for the call (routers, gates)
     transforms: ClassVar[tuple[str, ...]] = ()  # which of "q", "k", "v" ``transform`` edits (before RoPE)

@@ -84,8 +84,6 @@ class ACT(AttentionPatch):
     edits_probabilities: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = True
     onnx_exportable: ClassVar[bool] = False  # data-dependent sink sets and state across decode steps
-    fingerprint_modules: ClassVar[tuple[str, ...]] = AttentionPatch.fingerprint_modules + (
-        "components.patches._attn_stats",)
     example: ClassVar[dict[str, str]] = {"beta": "0.4", "tau": "0.05", "heads": "0:1,1:*"}
 
     def __post_init__(self) -> None:

@@ -35,11 +35,6 @@ from components.heads import HeadSet
 class AttentionPatch(Component):
     """Base class of attention patches (family ``patch``)."""
 
-    fingerprint_modules: ClassVar[tuple[str, ...]] = (
-        "components.attention.math",
-        "components.attention.session",
-        "components.attention.types",
-    )
     onnx_exportable: ClassVar[bool] = True
     edits_probabilities: ClassVar[bool] = False
     has_fast_path: ClassVar[bool] = True

@@ -109,8 +109,6 @@ class Pasta(AttentionPatch):
     sparse_max: int = 128
 
     needs_inputs: ClassVar[bool] = True
-    fingerprint_modules: ClassVar[tuple[str, ...]] = AttentionPatch.fingerprint_modules + (
-        "components.patches._inputs",)
     example: ClassVar[dict[str, str]] = {"alpha": "0.5", "spans": "-12:", "heads": "0:*,1:1"}
 
     def __post_init__(self) -> None:

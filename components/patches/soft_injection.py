@@ -101,8 +101,6 @@ class SoftInjection(AttentionPatch):
     _fit_info: dict | None = field(default=None, repr=False, compare=False)
 
     needs_fit: ClassVar[bool] = True
-    fingerprint_modules: ClassVar[tuple[str, ...]] = AttentionPatch.fingerprint_modules + (
-        "components.patches._inputs",)
     example: ClassVar[dict[str, str]] = {"n_shots": "2", "n_prompts": "4", "steps": "2", "valid_every": "1"}
 
     def __post_init__(self) -> None:

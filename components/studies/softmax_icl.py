@@ -97,7 +97,6 @@ class SoftmaxICL(Study):
 
     actions: ClassVar[tuple[str, ...]] = ("train", "evaluate")
     example: ClassVar[dict[str, str]] = {"heads": "2", "context": "10", "steps": "20", "batch": "32"}
-    fingerprint_modules: ClassVar[tuple[str, ...]] = ("components.studies._icl_checks",)  # patterns, baselines
 
     def __post_init__(self) -> None:
         check_range("softmax_icl.d", self.d, 1, 64)

@@ -101,3 +101,24 @@ def test_report_names_a_missing_experiment():
     assert state.is_failed()
     with pytest.raises(ValueError, match="no MLflow experiment named 'no-such-experiment'"):
         state.result()
+
+
+def test_report_flags_runs_of_one_fingerprint_with_different_metrics():
+    """A cached result flipped from 1.0 to 0.0 and logged again: the report flags it instead of averaging it."""
+    exp = "report-disagree"
+    for acc in (1.0, 0.0):  # the same computation (one fingerprint) logged twice with different metrics
+        parent = start_run.fn(exp, "compare tiny", {"attnflow.kind": "compare"}, {})
+        for name in ("baseline", "zerotuning"):
+            for r in _result(name, name, "1.0.0", name[0], 0, acc if name == "zerotuning" else 0.5):
+                log_evaluation.fn(r, exp, parent, {}, seed=0)
+        for r in _result("zerotuning", "zerotuning", "1.0.0", "z", 1, acc)[:1]:  # and once under another seed tag
+            r["benchmark"] = {**r["benchmark"], "label": r["benchmark"]["label"].replace("seed=1", "seed=0"),
+                              "fingerprint": f"{r['benchmark']['name']}-0"}
+            log_evaluation.fn(r, exp, parent, {}, seed=1)
+    out = report(experiment=exp, log=False)
+    (table,) = out["tables"]
+    flagged = {(d["component"], d["task"]) for d in table["disagreements"]}
+    assert flagged == {("zerotuning", "kv_retrieval")}, table["disagreements"]
+    assert "Warning: runs with one fingerprint" in out["markdown"] and "accuracy 0 vs 1" in out["markdown"]
+    cell = table["cells"]["zerotuning"]["kv_retrieval/accuracy"]
+    assert cell["n"] == 1  # one computation counts once: not averaged with its disagreeing duplicate
