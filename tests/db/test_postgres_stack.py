@@ -124,7 +124,11 @@ def test_compare_survives_database_kill_and_rerun_uses_cache(postgres, pg_stack,
 
     # 3. The re-run takes what was persisted from the cache, computes at most the rest, and completes.
     second = _compare(home, tiny_llama_dir)
-    out2, _ = second.communicate(timeout=600)
+    try:
+        out2, _ = second.communicate(timeout=600)
+    finally:
+        if second.poll() is None:
+            second.kill()
     assert second.returncode == 0, out2[-3000:]
     assert _evaluated(out2) <= len(COMPONENTS) - len(persisted), out2[-3000:]
     for name, mtime in persisted.items():
