@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart test test-unit test-integration test-flows test-e2e test-real bench clean-home help
+.PHONY: install quickstart test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
 
 help:
 	@echo "make quickstart   install, pull SmolLM2-135M-Instruct on first use, run the quickstart tour on it"
@@ -40,6 +40,10 @@ test-integration: install
 
 test-flows: install
 	$(PYTEST) tests/flows
+
+# the stack on a PostgreSQL server the test starts (Debian's postgresql package; skipped without it)
+test-db: install
+	$(PY) -m pytest -q -n 0 tests/db
 
 test-e2e: install
 	$(PY) -m pytest -q tests/e2e

@@ -5,6 +5,7 @@
     prefect-server   ``prefect server start`` (its database in ATTNFLOW_HOME/prefect), UI + API on one port
     mlflow-server    ``mlflow server --workers 1``: the SQLite store ATTNFLOW_HOME/mlflow.db (the same one
                      attnflow uses without a server) and artifacts under ATTNFLOW_HOME/mlartifacts
+    (``--database postgresql://...``: both servers keep their data in PostgreSQL instead, see infra/database.py)
     worker           ``prefect worker start`` on the process work pool ``attnflow-local``; the flows it runs
                      log to the stack's MLflow server and keep their caches and results under ATTNFLOW_HOME
 
@@ -57,6 +58,7 @@ class StackConfig:
     worker_poll_seconds: float = 2.0  # how often the worker asks for scheduled runs (Prefect's default is 10 s)
     timeout: float = 600.0  # per health check; a first start on a busy 2-core machine can take minutes
     extra_env: dict[str, str] = field(default_factory=dict)  # added to the worker's environment (and its flows)
+    database: str | None = field(default=None, repr=False)  # postgresql://... (infra/database.py); None: SQLite
 
     @property
     def stack_dir(self) -> Path:
@@ -253,12 +255,19 @@ def _commands(cfg: StackConfig) -> dict[str, tuple[list[str], dict[str, str]]]:
                   "ATTNFLOW_PROJECT_DIR": str(cfg.project_dir), "PYTHONPATH": pythonpath,
                   "PREFECT_WORKER_QUERY_SECONDS": str(cfg.worker_poll_seconds), **cfg.extra_env}
     artifacts = (cfg.home / "mlartifacts").as_uri()
+    backend = ["--backend-store-uri", f"sqlite:///{cfg.home / 'mlflow.db'}"]
+    if cfg.database:  # URLs with credentials go through the environment, never the command line or stack.json
+        from infra.database import parse
+
+        db = parse(cfg.database)
+        server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = db.prefect_url
+        mlflow_env["MLFLOW_BACKEND_STORE_URI"] = db.mlflow_url
+        backend = []
     return {
         "prefect-server": ([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)],
                            server_env),
         "mlflow-server": ([_bin("mlflow"), "server", "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1",
-                           "--backend-store-uri", f"sqlite:///{cfg.home / 'mlflow.db'}",
-                           "--default-artifact-root", artifacts], mlflow_env),
+                           *backend, "--default-artifact-root", artifacts], mlflow_env),
         "worker": ([_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process",
                     "--name", f"attnflow-worker-{cfg.prefect_port}"], worker_env),
     }
@@ -319,9 +328,19 @@ def _deploy(cfg: StackConfig) -> list[str]:
 
 def up(cfg: StackConfig, deploy: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Start what is not running, wait for health, deploy prefect.yaml; returns the recorded state."""
+    from infra.database import DatabaseError, parse, prepare
+
+    try:
+        shown = parse(cfg.database).shown if cfg.database else "sqlite"
+    except DatabaseError as e:
+        raise StackError(str(e)) from None
     cfg.stack_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(cfg.home)
     services: dict[str, Any] = {k: v for k, v in state.get("services", {}).items() if _alive(v)}
+    running_db = state.get("database") or "sqlite"
+    if any(s in services for s in ("prefect-server", "mlflow-server")) and running_db != shown:
+        raise StackError(f"the stack already runs on database {running_db} (asked: {shown}); run `attnflow down` "
+                         "first to change databases")
     for name, port in (("prefect-server", cfg.prefect_port), ("mlflow-server", cfg.mlflow_port)):
         if name in services and services[name]["port"] != port:
             raise StackError(f"the stack already runs with {name} on port {services[name]['port']} (asked: {port}); "
@@ -337,7 +356,13 @@ def up(cfg: StackConfig, deploy: bool = True, echo: Callable[[str], None] = prin
     if not missing and (not deploy or state.get("deployed") == yaml_hash):
         echo("attnflow stack already up (nothing to do)")
         return state
-    state = {"home": str(cfg.home), "project_dir": str(cfg.project_dir), "services": services,
+    if cfg.database and any(s in missing for s in ("prefect-server", "mlflow-server")):
+        try:  # before anything starts: the server answers, NAME_prefect / NAME_mlflow exist (created if missing)
+            db = prepare(cfg.database)
+        except DatabaseError as e:
+            raise StackError(str(e)) from None
+        echo(f"database {shown}: Prefect in {db.prefect_db}, MLflow in {db.mlflow_db}")
+    state = {"home": str(cfg.home), "project_dir": str(cfg.project_dir), "services": services, "database": shown,
              "prefect_url": cfg.prefect_url, "mlflow_url": cfg.mlflow_url,
              "deployed": state.get("deployed") if "prefect-server" in services else None}
     started: list[str] = []

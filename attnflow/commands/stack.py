@@ -12,6 +12,11 @@ def register(app: typer.Typer) -> None:
         mlflow_port: int = typer.Option(5000, envvar="ATTNFLOW_MLFLOW_PORT", help="MLflow tracking server port."),
         deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Deploy prefect.yaml once the server is up."),
         timeout: float = typer.Option(600, help="Seconds to wait for each service to become healthy."),
+        database: str = typer.Option("", envvar="ATTNFLOW_DATABASE", show_default=False,
+                                     help="postgresql://USER[:PASSWORD]@HOST[:PORT][/NAME]: Prefect and MLflow keep "
+                                          "their data in databases NAME_prefect and NAME_mlflow on that server "
+                                          "(created when missing; NAME defaults to attnflow). Default: SQLite "
+                                          "under ATTNFLOW_HOME. See docs/deploy.md."),
     ) -> None:
         """Start Prefect server + process worker + MLflow server on 127.0.0.1 and deploy prefect.yaml."""
         from attnflow.cli import fail
@@ -24,7 +29,8 @@ def register(app: typer.Typer) -> None:
                 fail(f"{name}={port} is not a TCP port (1-65535)")
         if prefect_port == mlflow_port:
             fail(f"--prefect-port and --mlflow-port are both {prefect_port}; they must differ")
-        cfg = StackConfig(home=settings().home, prefect_port=prefect_port, mlflow_port=mlflow_port, timeout=timeout)
+        cfg = StackConfig(home=settings().home, prefect_port=prefect_port, mlflow_port=mlflow_port, timeout=timeout,
+                          database=database.strip() or None)
         try:
             state = start(cfg, deploy=deploy, echo=typer.echo)
         except StackError as e:
@@ -44,7 +50,8 @@ def register(app: typer.Typer) -> None:
         from infra.stack import status as read
 
         rows = read(settings().home)
-        typer.echo(f"attnflow stack in {settings().home}")
+        database = load_state(settings().home).get("database") or "sqlite"
+        typer.echo(f"attnflow stack in {settings().home} (database: {database})")
         for r in rows:
             typer.echo(f"  {r.name:15s} {r.state:9s} pid {str(r.pid or '-'):8s} {r.url or '-'}")
             if r.log:
