@@ -147,3 +147,31 @@ def test_bad_preset_file_through_the_cli_names_file_and_line(monkeypatch, capsys
 def test_seeds_errors_name_the_option(monkeypatch, capsys, argv, message):
     code, out = _main(monkeypatch, capsys, *argv)
     assert code == 2 and message in out, out
+
+
+def test_failed_task_logs_lose_their_traceback_on_the_console_unless_debug(monkeypatch):
+    import logging
+
+    import prefect  # noqa: F401  (sets up Prefect's logging: its console handler on the root logger)
+
+    import attnflow.cli as cli
+
+    try:
+        raise ValueError("bad row")
+    except ValueError:
+        exc_info = sys.exc_info()
+
+    def record():
+        return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed", None, exc_info)
+
+    monkeypatch.setitem(cli.DEBUG, "on", False)
+    quiet = record()
+    assert cli._NoTraceback().filter(quiet) and quiet.exc_info is None and quiet.getMessage() == "Task run failed"
+    monkeypatch.setitem(cli.DEBUG, "on", True)
+    loud = record()
+    assert cli._NoTraceback().filter(loud) and loud.exc_info is exc_info
+    console = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    assert console
+    with cli._quiet_tracebacks():
+        assert all(any(isinstance(f, cli._NoTraceback) for f in h.filters) for h in console)
+    assert not any(isinstance(f, cli._NoTraceback) for h in console for f in h.filters)
