@@ -15,9 +15,10 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
     ValueError, TypeError, LookupError, AttributeError, NotImplementedError, ImportError, AssertionError,
     FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
 )
-#: libraries whose errors mean "the hub is unreachable, offline or refused": they retry on their own already
-#: (huggingface_hub backs off 5 times on network errors) and HF_HUB_OFFLINE never changes during a run
-_HUB_MODULES = ("huggingface_hub", "httpx2", "safetensors")
+#: libraries whose errors a task retry would only repeat: the Hugging Face hub unreachable, offline or refusing
+#: (huggingface_hub has retried network errors and 5xx answers itself, 5 times with backoff; HF_HUB_OFFLINE does not
+#: change during a run) and unreadable safetensors files
+_NO_RETRY_MODULES = ("huggingface_hub", "httpx2", "safetensors")
 
 
 def is_deterministic(exc: BaseException) -> bool:
@@ -26,7 +27,7 @@ def is_deterministic(exc: BaseException) -> bool:
 
     if isinstance(exc, (*DETERMINISTIC, NonFiniteLogitsError)):
         return True
-    return any(c.__module__.split(".")[0] in _HUB_MODULES for c in type(exc).__mro__)
+    return any(c.__module__.split(".")[0] in _NO_RETRY_MODULES for c in type(exc).__mro__)
 
 
 def transient(_task: Any, _task_run: Any, state: Any) -> bool:
