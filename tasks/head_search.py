@@ -38,8 +38,8 @@ from tasks import plots
 from tasks.data import load_data
 from tasks.evaluate import spec_text
 from tasks.models import LoadedModel, check_model
-from tasks.tracking import RETRY, client
 from tasks.retry import transient
+from tasks.tracking import RETRY, client
 
 #: method -> (component, parameters of the single-head trial, what a good head does to the objective)
 METHODS: dict[str, tuple[str, dict[str, str], str]] = {

@@ -18,8 +18,8 @@ from components.studies._utils import mean_ci
 from infra.settings import settings
 from tasks import study_plots as sp
 from tasks.io import atomic_path
-from tasks.studies import submit_point, verdict_markdown
 from tasks.retry import transient
+from tasks.studies import submit_point, verdict_markdown
 
 STUDY = "homeostasis"
 METHOD_ORDER = ("lrc", "lrr", "lrh", "lrc_matched")
