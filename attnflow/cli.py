@@ -5,10 +5,12 @@ Feature modules may add commands by defining ``register(app)`` in ``attnflow/com
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import pkgutil
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -20,6 +22,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+#: set by ``--debug`` (or ATTNFLOW_DEBUG=1): tracebacks are shown; otherwise an error is its message alone
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", envvar="ATTNFLOW_DEBUG",
+                                     help="Show full tracebacks (attnflow's and failed Prefect task runs').")) -> None:
+    """Attention research methods as versioned components: Prefect flows, MLflow tracking, ONNX export."""
+    DEBUG["on"] = debug
+
+
+class _NoTraceback(logging.Filter):
+    """Console log filter: a failed task's log line keeps its message; the traceback is left to ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not DEBUG["on"]:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_tracebacks() -> Iterator[None]:
+    """While a flow runs from the CLI, Prefect's console handler prints messages without tracebacks (the API and
+    the Prefect UI still get them)."""
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    quiet = _NoTraceback()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -43,9 +78,52 @@ def guarded(fn: Callable[[], Any]) -> Any:
         fail(str(e))
 
 
+def option_name(param: str) -> str:
+    """The command-line option that sets flow parameter ``param`` in the running command (``batch_size`` ->
+    ``--batch-size``), read from the command's own Typer options; ``--param <name>`` for ``attnflow run``."""
+    from typer.main import get_current_context  # Typer's own (vendored) click context
+
+    ctx = get_current_context(silent=True)
+    for p in (ctx.command.params if ctx else []):
+        if p.name == param and getattr(p, "opts", None):
+            return max(p.opts, key=len)
+    if ctx and any(p.name == "param" for p in ctx.command.params) and ctx.command.name == "run":
+        return f"--param {param}"
+    return f"parameter {param!r}"
+
+
+def check_params(flow_fn: Any, params: dict[str, Any]) -> None:
+    """Validate a flow call's arguments against the flow's own parameter types (``flows/params.py``: the types the
+    Prefect UI form and deployments use) in this process, before any Prefect server starts; a bad value fails
+    here, naming its option."""
+    import logging
+
+    from prefect.exceptions import ParameterBindError, ParameterTypeError
+
+    flows_logger = logging.getLogger("prefect.flows")  # validate_parameters logs the raw pydantic errors there
+    disabled, flows_logger.disabled = flows_logger.disabled, True
+    try:
+        flow_fn.validate_parameters(params)
+    except ParameterTypeError as e:
+        problems = []
+        for line in str(e).splitlines()[1:]:  # " - batch_size: Input should be greater than or equal to 1"
+            loc, _, msg = line.strip().removeprefix("- ").partition(": ")
+            name = loc.split(".")[0]
+            shown = f" {params[name]!r}" if name in params else ""
+            problems.append(f"{option_name(name)}{shown}: {msg[:1].lower()}{msg[1:]}")
+        fail("; ".join(problems) or str(e))
+    except ParameterBindError as e:
+        fail(str(e))
+    finally:
+        flows_logger.disabled = disabled
+
+
 def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
-    """Run a Prefect flow, print where its results went, exit non-zero if it failed."""
-    state = flow_fn(**params, return_state=True)
+    """Check the parameters (no server yet), run a Prefect flow, print where its results went, exit non-zero if it
+    failed."""
+    check_params(flow_fn, params)
+    with _quiet_tracebacks():
+        state = flow_fn(**params, return_state=True)
     if not state.is_completed():
         try:
             state.result()
@@ -77,6 +155,14 @@ def print_table(table: dict[str, Any]) -> None:
     if not console.is_terminal:  # piped or logged: no terminal width to respect, print the table whole
         console = Console(width=max(console.width, 240))
     console.print(t)
+
+
+def parse_ints(text: str, option: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else is an error naming the option."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
 def split_list(values: list[str]) -> list[str]:
@@ -159,7 +245,7 @@ def evaluate(
     def prepare():
         params, tparams = parse_kv(param), parse_kv(task_param, "--task-param")
         comp, bench = parse(component), parse(task)
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = parse_ints(seeds)
         plan_request.fn(model, [Spec(comp.name, comp.version, {**comp.params, **params}).text()],
                         [Spec(bench.name, bench.version, {**bench.params, **tparams}).text()], seed_list,
                         trust_remote_code=trust_remote_code)
@@ -189,14 +275,15 @@ def compare(
 ) -> None:
     """Compare components on tasks for one model (runs the `compare` flow)."""
     from flows.compare import DEFAULT_COMPONENTS, DEFAULT_TASKS
+    from flows.params import ComparisonPreset
     from registry.specs import load_preset
     from tasks.plan import plan_request
 
     def prepare():
-        cfg = load_preset(preset) if preset else {}
+        cfg = load_preset(preset, ComparisonPreset) if preset else {}
         comps = split_list(components) or cfg.get("components") or DEFAULT_COMPONENTS
         tks = split_list(tasks) or cfg.get("tasks") or DEFAULT_TASKS
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else cfg.get("seeds", [0])
+        seed_list = parse_ints(seeds) if seeds else cfg.get("seeds") or [0]
         plan_request.fn(model, comps, tks, seed_list, trust_remote_code=trust_remote_code)
         return comps, tks, seed_list
 
@@ -240,7 +327,17 @@ _load_command_modules()
 
 
 def main() -> None:
-    app()
+    """The ``attnflow`` entry point: an error is one line (its message first; exit 2 for bad input, 1 otherwise);
+    ``--debug`` shows the traceback."""
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - Typer has handled its own errors (usage, typer.Exit) already
+        if DEBUG["on"]:
+            raise
+        bad_input = isinstance(e, _user_errors())
+        typer.secho(f"error: {e}" if bad_input else f"error: {type(e).__name__}: {e}", fg=typer.colors.RED, err=True)
+        typer.secho("(run with --debug for the traceback)", err=True)
+        sys.exit(2 if bad_input else 1)
 
 
 if __name__ == "__main__":

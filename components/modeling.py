@@ -33,6 +33,10 @@ class UnsupportedArchitectureError(TypeError):
     """A model class whose attention attnflow cannot patch."""
 
 
+class ModelFileError(ValueError):
+    """A weight file that cannot be read (truncated or corrupt): a retry reads the same bytes."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved model reference: ``kind`` is ``local`` (a directory), ``hub`` (a hub id), ``gguf`` (a local .gguf
@@ -101,12 +105,38 @@ def load_config(ref: ModelRef | str, *, trust_remote_code: bool = False) -> Any:
         from components import model_sources
 
         return model_sources.load_config(mref)
+    if mref.kind == "hub":
+        check_hub_reachable(mref.location)
     try:
         return AutoConfig.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelNotFoundError(
             f"{mref.ref!r} is not a local model directory and could not be loaded from the Hugging Face hub "
             f"(offline, or no such repository): {str(e).splitlines()[0]}"
+        ) from None
+
+
+def check_hub_reachable(repo_id: str) -> None:
+    """Fail at once when a hub model is not in the local cache and the hub does not answer.
+
+    huggingface_hub retries a network error 5 times with backoff (~25 s, "Retrying in 8s [Retry 5/5]") before it
+    gives up on a file that is not cached, and offers no setting to turn that off; one HEAD request without retries
+    (its ``retry_on_errors=False`` path) tells the same thing in one try. With HF_HUB_OFFLINE set, or the config
+    cached, nothing is requested here (transformers then reads the cache, or fails at once)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), retry_on_errors=False)
+    except HfHubHTTPError:
+        return  # the hub answered (no such repository, gated, ...): transformers reports it without retrying
+    except Exception as e:  # noqa: BLE001 - a network error: DNS, refused connection, timeout
+        raise ModelNotFoundError(
+            f"{repo_id!r} is not a local model directory, not in the Hugging Face cache, and the hub "
+            f"({constants.ENDPOINT}) did not answer: {type(e).__name__}: {e}. Check the network, or pass a local "
+            "directory (HF_HUB_OFFLINE=1 reads only the cache)"
         ) from None
 
 
@@ -151,18 +181,38 @@ def load_model(
     config = load_config(mref, trust_remote_code=trust_remote_code)
     if check:
         check_supported(config)
-    if getattr(config, "attnflow_kernel", None) and mref.kind == "local":  # trained with an attention kernel
-        from components.kernels.base import load_kernel_model
+    from safetensors import SafetensorError
 
-        model = load_kernel_model(mref.location, dtype=_DTYPES[dtype])
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
-        )
+    try:
+        if getattr(config, "attnflow_kernel", None) and mref.kind == "local":  # trained with an attention kernel
+            from components.kernels.base import load_kernel_model
+
+            model = load_kernel_model(mref.location, dtype=_DTYPES[dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
+            )
+    except SafetensorError as e:  # safetensors' message names no file
+        raise ModelFileError(f"model {mref.ref!r}: cannot read {_unreadable_weights(mref)}: {e} (the file is "
+                             "truncated or corrupt: download, convert or save it again)") from None
     tokenizer = AutoTokenizer.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model.to(device).eval(), tokenizer
+
+
+def _unreadable_weights(mref: ModelRef) -> str:
+    """The first ``.safetensors`` file of a local model that safetensors cannot open (else the model directory)."""
+    from safetensors import SafetensorError, safe_open
+
+    root = Path(mref.location)
+    for f in sorted(root.glob("*.safetensors")) if root.is_dir() else []:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(f)
+    return f"the weights in {mref.location}"
 
 
 #: files that decide what a model computes: weights (every byte), the config and the tokenizer

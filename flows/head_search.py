@@ -12,6 +12,7 @@ from typing import Any, Literal
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import BatchSize, Dtype
 from registry.specs import parse
 from tasks.data import benchmark_data
 from tasks.head_search import (gamma_grid, log_head_search, model_pool, pick_gamma, plan_search, score_candidate,
@@ -33,9 +34,9 @@ def head_search(
     min_gain: float = 0.0,
     top_k: int = 0,
     workers: int = 1,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     experiment: str = "head-search",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Search the heads a patch should act on; the head set is logged to MLflow as heads.json.

@@ -16,6 +16,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.compare import compare
+from flows.params import ComparisonPreset
 from flows.train_lm import train_lm
 from infra.settings import settings
 from registry.specs import Spec, load_preset, parse, parse_list
@@ -38,7 +39,7 @@ def preset_for(model: str | None, preset: str | None) -> dict[str, Any]:
     """The preset to run: the one named, else ``quickstart-demo`` for the demo model, else ``quickstart``; the
     model given overrides the preset's."""
     name = preset or (DEMO_PRESET if model == "demo" else "quickstart")
-    cfg = load_preset(name)
+    cfg = load_preset(name, ComparisonPreset)
     if model:
         cfg["model"] = model
     if not cfg.get("model"):

@@ -13,6 +13,7 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import Dtype
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
 from tasks.tracking import finish_run, start_run
 
@@ -31,7 +32,7 @@ def reproduce(
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     data: dict[str, str] = {},  # noqa: B006
     options: dict[str, dict[str, Any]] = {},  # noqa: B006
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     experiment: str = "reproduce",
     progress: bool = True,
 ) -> dict[str, Any]:

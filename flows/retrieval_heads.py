@@ -13,6 +13,7 @@ from typing import Any, Literal
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import BatchSize, Dtype
 from registry.specs import parse
 from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
                             log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
@@ -36,9 +37,9 @@ def retrieval_heads(
     tasks: list[str] = DEFAULT_TASKS,
     mask_mode: Literal["uniform", "zero"] = "uniform",
     mask_phase: Literal["all", "prefill", "decode"] = "all",
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     experiment: str = "retrieval-heads",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:

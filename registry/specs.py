@@ -114,9 +114,13 @@ def validate(specs: list[Spec], family: str) -> list[Any]:
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
-def load_preset(name_or_path: str) -> dict[str, Any]:
+def load_preset(name_or_path: str, schema: Any = None) -> dict[str, Any]:
     """A YAML preset by name (``registry/presets/<name>.yaml``) or path. ``include: <name>`` merges a base preset
-    (looked up beside the including file first): mappings merge key by key, other values are replaced."""
+    (looked up beside the including file first): mappings merge key by key, other values are replaced.
+
+    ``schema`` (a pydantic model such as ``flows.params.ComparisonPreset``) checks the merged preset: an unknown key
+    or a value of the wrong type is an error naming the file and listing the valid keys. A YAML syntax error names
+    the file and line."""
     import yaml
 
     path = Path(name_or_path)
@@ -126,13 +130,37 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         where = (PRESET_DIR / name_or_path).parent
         names = sorted(p.stem for p in where.glob("*.yaml")) if where.is_dir() else []
         raise SpecError(f"unknown preset {name_or_path!r}; presets: {', '.join(names) or '(none)'}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"preset {where}: YAML syntax error: {problem}") from None
     if not isinstance(data, dict):
         raise SpecError(f"preset {str(path)!r} must be a mapping")
     base = data.pop("include", None)
-    if not base:
-        return data
-    sibling = path.parent / f"{base}.yaml"
-    parent = load_preset(str(sibling) if sibling.is_file() else base)
-    return {**parent, **{k: ({**parent[k], **v} if isinstance(v, dict) and isinstance(parent.get(k), dict) else v)
-                         for k, v in data.items()}}
+    if base:
+        sibling = path.parent / f"{base}.yaml"
+        parent = load_preset(str(sibling) if sibling.is_file() else base)
+        data = {**parent, **{k: ({**parent[k], **v} if isinstance(v, dict) and isinstance(parent.get(k), dict) else v)
+                             for k, v in data.items()}}
+    if schema is not None:
+        check_preset(data, schema, str(path))
+    return data
+
+
+def check_preset(data: dict[str, Any], schema: Any, where: str) -> None:
+    """Check a preset's keys and values against a pydantic model; raise SpecError naming the file."""
+    import pydantic
+
+    valid = sorted([*schema.model_fields, "include"])
+    unknown = sorted(set(data) - set(schema.model_fields))
+    if unknown:
+        raise SpecError(f"preset {where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    try:
+        schema.model_validate(data)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+                             for err in e.errors())
+        raise SpecError(f"preset {where}: {problems}") from None

@@ -27,6 +27,7 @@ from tasks.evaluate import component_record, spec_text
 from tasks.io import read_rows, write_rows
 from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs
+from tasks.retry import transient
 
 #: names of the axes of logged arrays, by number of dimensions
 AXES = {1: ("index",), 2: ("layer", "head"), 3: ("layer", "head", "position")}
@@ -46,7 +47,7 @@ def plan_analysis(model: str, analyzer: str, params: dict[str, Any] | None = Non
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, retries=2, retry_delay_seconds=[1, 5], result_serializer=integrity.CHECKED,
-      task_run_name="prepare {analyzer}")
+      retry_condition_fn=transient, task_run_name="prepare {analyzer}")
 def prepare_analysis_data(analyzer: str, data_key: str) -> str:
     """Build an analyzer's rows and write them to Parquet; returns the file path."""
     comp = parse(analyzer).create("analyzer")

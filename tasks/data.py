@@ -12,10 +12,11 @@ import registry
 from infra.settings import settings
 from tasks import integrity
 from tasks.io import read_rows, write_rows
+from tasks.retry import transient
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, retries=2, retry_delay_seconds=[1, 5], result_serializer=integrity.CHECKED,
-      task_run_name="prepare {benchmark}:{split}")
+      retry_condition_fn=transient, task_run_name="prepare {benchmark}:{split}")
 def prepare_data(benchmark: str, params: dict[str, Any], split: str, data_key: str) -> str:
     """Build one split of a benchmark and write it to Parquet; returns the file path."""
     bench = registry.get(benchmark, family="benchmark").create(params)

@@ -12,6 +12,7 @@ from components import modeling
 from tasks import tracking
 from tasks.lm import register_lm
 from tasks.model_registry import find_version
+from tasks.retry import transient
 
 DEMO_NAME = "attnflow.demo-lm"
 
@@ -25,7 +26,8 @@ def find_demo() -> str | None:
         return None
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="register demo model")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="register demo model")
 def ensure_registered(model_dir: str) -> str:
     """Register the demo directory as ``attnflow.demo-lm`` (alias champion) unless these weights already are."""
     fp = modeling.model_fingerprint(model_dir)

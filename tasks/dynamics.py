@@ -28,6 +28,7 @@ from components.lm import claims
 from components.lm.dynamics import check_point, run_point
 from infra.settings import settings
 from tasks import integrity, plots, tracking
+from tasks.retry import transient
 
 CODE_MODULES = ("components.lm.dynamics", "components.lm.probes", "components.lm.synthetic", "components.lm.trainer",
                 "components.lm.model", "components.lm.preset", "components.kernels.base")
@@ -77,7 +78,7 @@ def point_key(point: dict[str, Any], code: str) -> str:
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_serializer=integrity.CHECKED_PICKLE, retries=1,
-      retry_delay_seconds=2, task_run_name="train {point[label]}")
+      retry_delay_seconds=2, retry_condition_fn=transient, task_run_name="train {point[label]}")
 def train_point(point: dict[str, Any], code: str) -> dict[str, Any]:
     """Train one sweep point (resumable; cached by the point and the code version)."""
     result = run_point(point, settings().cache_dir / "dynamics" / point_key(point, code))
@@ -123,7 +124,8 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="log {name}")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="log {name}")
 def log_study(name: str, experiment: str, params: dict[str, Any], results: list[dict[str, Any]],
               checks: list[dict[str, Any]], verdict: str, table: list[dict[str, Any]], figures: dict[str, Any],
               notes: str = "") -> str:

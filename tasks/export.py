@@ -36,6 +36,7 @@ from tasks.evaluate import component_record, spec_text
 from tasks.io import write_json
 from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs
+from tasks.retry import transient
 
 MANIFEST = "manifest.json"
 
@@ -317,7 +318,8 @@ def export_figure(manifest: dict[str, Any]) -> Any:
     return fig
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="log export")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="log export")
 def log_export(plan: ExportPlan, manifest: dict[str, Any], out_dir: str, experiment: str,
                register: bool = True) -> dict[str, Any]:
     """One MLflow run with the export directory as artifacts; registered as ``attnflow.onnx.<model>.<component>``

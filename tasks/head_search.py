@@ -38,6 +38,7 @@ from tasks import integrity, plots
 from tasks.data import load_data
 from tasks.evaluate import spec_text
 from tasks.models import LoadedModel, check_model
+from tasks.retry import transient
 from tasks.tracking import RETRY, client
 
 #: method -> (component, parameters of the single-head trial, what a good head does to the objective)
@@ -126,7 +127,8 @@ def _score_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return "head2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
-@task(cache_key_fn=_score_key, result_serializer=integrity.CHECKED, retries=1, task_run_name="score {component}")
+@task(cache_key_fn=_score_key, result_serializer=integrity.CHECKED, retries=1, retry_condition_fn=transient,
+      task_run_name="score {component}")
 def score_candidate(pool: ModelPool, component: str, benchmark: str, data_path: str, objective: str,
                     batch_size: int = 16) -> dict[str, Any]:
     """The objective on the calibration rows with one patch applied."""

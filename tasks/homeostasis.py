@@ -19,6 +19,7 @@ from infra.settings import settings
 from tasks import integrity
 from tasks import study_plots as sp
 from tasks.io import atomic_path
+from tasks.retry import transient
 from tasks.studies import submit_point, verdict_markdown
 
 STUDY = "homeostasis"
@@ -36,7 +37,7 @@ def check_dataset(source: str, label_column: str, n_train: int, n_val: int, feat
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, result_serializer=integrity.CHECKED, retries=1, retry_delay_seconds=[2],
-      task_run_name="prepare dataset {request[fingerprint]}")
+      retry_condition_fn=transient, task_run_name="prepare dataset {request[fingerprint]}")
 def prepare_dataset(request: dict[str, Any]) -> dict[str, Any]:
     """Load (or generate) the examples once and store them as ``data/homeostasis-<fingerprint>.npz``."""
     spec = ClassificationData(**request["spec"])

@@ -28,6 +28,7 @@ from infra.settings import settings
 from registry.specs import load_preset, parse
 from tasks import plots, tracking
 from tasks.io import write_json
+from tasks.retry import transient
 
 
 @dataclass
@@ -268,7 +269,8 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
     return "\n".join(lines) + "\n"
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="register {name}")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="register {name}")
 def register_lm(run_id: str | None, model_dir: str, name: str, alias: str, tags: dict[str, str],
                    experiment: str = "models") -> str:
     """Log a model directory as run artifacts and register it as ``name`` with ``alias`` (e.g. champion)."""
@@ -290,7 +292,8 @@ def register_lm(run_id: str | None, model_dir: str, name: str, alias: str, tags:
     return str(mv.version)
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="log metrics")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="log metrics")
 def log_final(run_id: str, metrics: dict[str, float], info: dict[str, Any]) -> None:
     c = tracking.client()
     ms = [Metric(tracking.metric_key(f"final/{k}"), float(v), 0, info["steps"]) for k, v in metrics.items()]

@@ -20,24 +20,13 @@ from infra.settings import settings
 from tasks import plots
 from tasks.report import flag_disagreements, report_html, report_markdown, seedless
 from tasks.tracking import RETRY, _flow_tags, client, experiment_id, metric_key
-def _not_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry transient failures, not a missing experiment or run id."""
-    try:
-        state.result()
-    except (ValueError, LookupError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
-
-
 #: tags that together say "the same computation": weights, component (code + params), task (code + params), data
 IDENTITY = ("attnflow.model_fingerprint", "attnflow.fingerprint", "attnflow.task_fingerprint",
             "attnflow.data_fingerprint", "attnflow.fit.fingerprint")
 EVALUATION_FILTER = "tags.`attnflow.component` LIKE '%'"
 
 
-@task(**RETRY, retry_condition_fn=_not_user_error, task_run_name="collect runs of {experiment}")
+@task(**RETRY, task_run_name="collect runs of {experiment}")
 def evaluation_runs(experiment: str, run_ids: list[str] | None = None, model: str | None = None) -> list[dict]:
     """The finished evaluation runs of ``experiment`` (or of the given runs: a comparison's parent run stands for its
     children) as plain records; a repeated (model, component version + code, task, seed) keeps its latest run.

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import modeling
 from tasks import tracking
+from tasks.retry import transient
 
 PULLED_ALIAS = "pulled"
 _CARD_FILES = ("model_card.json", "README.md", "config.json", "LICENSE")
@@ -30,7 +31,8 @@ def registered_name(model: str) -> str:
     return f"attnflow.{model}"
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE, task_run_name="register {model_dir}")
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE,
+      task_run_name="register {model_dir}")
 def register_pulled(model_dir: str, alias: str = PULLED_ALIAS) -> str:
     """Register a pulled catalogue model as ``attnflow.<name>`` (alias ``pulled``) unless these weights already are.
 

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import modeling, numerics
+from tasks.retry import transient
 
 
 @dataclass
@@ -64,19 +65,8 @@ def check_model(model: str, trust_remote_code: bool = False) -> modeling.ModelRe
     return ref
 
 
-def _retry_unless_non_finite(_task, _task_run, state) -> bool:
-    """Retry a failed load (a transient I/O error), but not a model that overflows its dtype: that is deterministic."""
-    try:
-        state.result()
-    except numerics.NonFiniteLogitsError:
-        return False
-    except Exception:  # noqa: BLE001 - any other failure keeps the retry
-        return True
-    return True
-
-
 @task(cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=_retry_unless_non_finite, task_run_name="load {model}")
+      retry_condition_fn=transient, task_run_name="load {model}")
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM + tokenizer (hub id, local directory, 'demo', a .gguf file or a catalogue name; a catalogue
     model not pulled yet is pulled and registered in MLflow first)."""

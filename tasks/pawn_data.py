@@ -29,6 +29,7 @@ from components import data as data_sources
 from infra.settings import settings
 from tasks import integrity
 from tasks.io import atomic_path
+from tasks.retry import transient
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid", "val": "valid",
@@ -201,7 +202,7 @@ def read_prepared(path: str | Path) -> list[dict[str, Any]]:
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, retries=1, retry_delay_seconds=2, result_serializer=integrity.CHECKED,
-      task_run_name="prepare detection data")
+      retry_condition_fn=transient, task_run_name="prepare detection data")
 def prepare_detection_data(sources: list[str], source_fingerprints: list[str], fields: dict[str, str],
                            valid_frac: float = 0.15, test_frac: float = 0.15, split: str = "auto",
                            limit_per_source: int = 0, invert_labels: bool = False, drop_empty: bool = False,

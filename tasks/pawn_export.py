@@ -35,6 +35,7 @@ from tasks.lm import register_lm
 from tasks.models import LoadedModel
 from tasks.pawn_data import read_prepared
 from tasks.pawn_train import detector, features, load_state
+from tasks.retry import transient
 
 KIND = "attnflow-pawn-detector"
 PARITY_TOL = {"logit": 1e-3, "metrics": 1e-4}
@@ -203,7 +204,8 @@ def export_detector(evaluation: dict[str, Any], loaded: LoadedModel, cache_dir: 
     return str(dst)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5], task_run_name="register {name}")
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=transient,
+      task_run_name="register {name}")
 def register_detector(model_dir: str, run_id: str, name: str, alias: str = "champion") -> str:
     """Log the detector directory on ``run_id`` and register it as ``name`` (alias ``alias``)."""
     meta = read_meta(model_dir)

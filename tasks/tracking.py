@@ -29,8 +29,9 @@ from registry import publish as publisher
 from tasks import plots
 from tasks.io import write_rows
 from tasks.report import to_csv_rows, to_markdown
+from tasks.retry import transient
 
-RETRY = dict(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+RETRY = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient, cache_policy=NO_CACHE)
 
 
 class TrackingUnavailable(RuntimeError):

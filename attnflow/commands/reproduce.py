@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         list_claims: bool = typer.Option(False, "--list", help="List the claims and their criteria, then exit."),
     ) -> None:
         """Check the papers' headline claims on a model; one MLflow run per claim (runs `reproduce`)."""
-        from attnflow.cli import guarded, run_flow, split_list
+        from attnflow.cli import guarded, parse_ints, run_flow, split_list
         from flows.reproduce import available_claims
         from registry.specs import parse_kv
         from tasks.claims_report import plan_claims
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             for c in available.values():
                 typer.echo(f"{c.name} ({c.paper}): {c.statement}\n  criterion: {c.criterion}")
             return
-        seed_list = guarded(lambda: _ints(seeds))
+        seed_list = guarded(lambda: parse_ints(seeds))
         data_map = guarded(lambda: parse_kv(data, "--data"))
         options = guarded(lambda: _options(parse_kv(option, "--option"), control_model))
         names = split_list(claims)
@@ -45,13 +45,6 @@ def register(app: typer.Typer) -> None:
         out = run_flow(flow, model=model, claims=names, seeds=seed_list, data=data_map, options=options, dtype=dtype,
                        experiment=experiment)
         typer.echo(out["table"])
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
 def _options(items: dict[str, str], control_model: str | None) -> dict[str, dict]:

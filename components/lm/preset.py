@@ -151,7 +151,8 @@ class LMPreset:
             data.setdefault(section, {})[attr] = value
         unknown = set(data) - {"model", "train", "mixture"}
         if unknown:
-            raise ParamError(f"preset {name}: unknown section(s) {', '.join(sorted(unknown))}")
+            raise ParamError(f"preset {name}: unknown section(s) {', '.join(sorted(unknown))}; "
+                             "valid: include, mixture, model, train")
         model = _build(ModelSpec, data.get("model", {}), "model")
         train = _build(TrainSpec, data.get("train", {}), "train")
         items = tuple(_build(MixtureItem, item, "mixture") for item in data.get("mixture") or [])

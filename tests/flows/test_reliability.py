@@ -56,3 +56,26 @@ def test_mlflow_down_after_evaluation_then_relogged_from_cache(tiny_llama_dir, m
                               filter_string=f"tags.mlflow.parentRunId = '{again.result()['run_id']}'")
     assert len(runs) == 2 and all("kv_retrieval/accuracy" in r.data.metrics for r in runs)
     assert again.result()["table"]["cells"]  # the same evaluations, now logged
+
+
+def test_missing_data_file_fails_once_not_retried(tmp_path):
+    """A deterministic error (here perplexity(source=...) naming a missing file) is not retried: one task run, the
+    message intact (prepare_data has retries=2 for transient I/O errors)."""
+    from prefect import flow
+
+    import registry
+    from components.data import DataSourceError
+    from tasks.data import prepare_data
+
+    bench = registry.get("perplexity", family="benchmark").create({"source": str(tmp_path / "missing.txt")})
+
+    @flow(name="missing-data-test")
+    def prepare_missing():
+        return prepare_data(bench.ref, bench.params(), "eval", "missing")
+
+    state = prepare_missing(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataSourceError, match="missing.txt' does not exist"):
+        state.result()
+    counts = _run_counts(state.state_details.flow_run_id)
+    assert list(counts.values()) == [1], counts
