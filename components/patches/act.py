@@ -83,7 +83,9 @@ class ACT(AttentionPatch):
 
     edits_probabilities: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = True
-    onnx_exportable: ClassVar[bool] = False  # data-dependent sink sets and state across decode steps
+    onnx_exportable: ClassVar[bool] = False
+    onnx_reason: ClassVar[str] = ("its sink sets are data-dependent (thresholded column sums) and decoding keeps "
+                                  "running statistics across steps, which an exported graph has no state for")
     fingerprint_modules: ClassVar[tuple[str, ...]] = AttentionPatch.fingerprint_modules + (
         "components.patches._attn_stats",)
     example: ClassVar[dict[str, str]] = {"beta": "0.4", "tau": "0.05", "heads": "0:1,1:*"}
