@@ -32,9 +32,11 @@ from tests.integration.test_pasta import outside_flags, pasta_reference
 from tests.integration.test_soft_injection import fitted, si_reference
 from tests.integration.test_zerotuning import zt_reference
 
-# Ragged: the rows have 3, 1 and 2 bracketed spans of different lengths, and different lengths (left padding).
-TEXTS = ["once upon a time [a dog ran far] and [abc]:012 xyz:345 [the end].", "the cat [sat] on a mat",
-         "abc:012 [xyz:345 and a very long span of words] then [a]"]
+# Ragged: rows of 51, 30 and 31 tokens (left padding) with 8, 26 and 23 tokens outside their bracketed spans. PASTA
+# biases the outside set, so the longest row's sparse index is padded with -1 while its key 0 is biased: the case
+# where KeyBias.dense() used to overwrite key 0 (issue 17 item 5).
+TEXTS = ["abc [xyz:345 and a very long span of words that goes on and on] end",
+         "the cat sat on a mat and [a dog] ran far away", "once upon [a time] there [was] a dog"]
 PATCHES = {info.name for info in registry.latest("patch")}
 FORMS = [None, "channels", "bias", "materialize"]
 DECODE = torch.tensor([[5, 17], [40, 3], [9, 250]])  # two decode steps per row (fixed tokens)
@@ -67,15 +69,18 @@ def _single(name):
             hm = _create("head_mask", heads="0:2,1:1", mode="zero")
             return [(hm, "out", zero_reference(hm))]
         if name == "zerotuning":
-            zt = _create("zerotuning", gamma=3, heads="0:1,1:*")
+            zt = _create("zerotuning", gamma=2, heads="0:1,1:*")  # |log gamma| <= log 2: the lse correction
             return [(zt, "probs", zt_reference(zt, 4))]
-        if name == "pasta_sparse":
-            pa = _pasta()
+        if name == "pasta_sparse":  # ragged sparse index, corrected from the lse (|log alpha| <= log 2)
+            pa = _pasta(alpha=0.6)
+            return [(pa, "probs", _pasta_ref(pa, pad))]
+        if name == "pasta_ranges":  # keys overlapping pasta_sparse's: one key, two sparse biases
+            pa = _pasta(alpha=1.5, spans="2:9,-6:", span_start="", span_end="", heads="0:*,1:*")
             return [(pa, "probs", _pasta_ref(pa, pad))]
         if name == "pasta_dense":
             pa = _pasta(sparse_max=0, alpha=4, heads="0:0-2,1:*")
             return [(pa, "probs", _pasta_ref(pa, pad))]
-        if name == "pasta_strong":
+        if name == "pasta_strong":  # sparse, but |log alpha| > log 2: the channel form (item 6)
             pa = _pasta(alpha=0.01, spans="2:9,-6:", span_start="", span_end="")
             return [(pa, "probs", _pasta_ref(pa, pad))]
         if name == "act":
@@ -92,10 +97,11 @@ def _single(name):
     return build
 
 
-SINGLE = ["baseline", "head_mask_uniform", "head_mask_zero", "zerotuning", "pasta_sparse", "pasta_dense",
-          "pasta_strong", "act", "head_pattern_override", "soft_injection"]
+SINGLE = ["baseline", "head_mask_uniform", "head_mask_zero", "zerotuning", "pasta_sparse", "pasta_ranges",
+          "pasta_dense", "pasta_strong", "act", "head_pattern_override", "soft_injection"]
 PAIRS = [("head_mask_uniform", "zerotuning"), ("zerotuning", "pasta_sparse"), ("pasta_dense", "zerotuning"),
-         ("pasta_sparse", "pasta_strong"), ("pasta_sparse", "act"), ("act", "head_pattern_override"),
+         ("pasta_sparse", "pasta_ranges"), ("pasta_sparse", "pasta_strong"), ("pasta_sparse", "act"),
+         ("act", "head_pattern_override"),
          ("head_mask_zero", "soft_injection")]
 CASES = {n: _single(n) for n in SINGLE} | {
     f"{a}+{b}": (lambda a, b: lambda model, pad: _single(a)(model, pad) + _single(b)(model, pad))(a, b)
