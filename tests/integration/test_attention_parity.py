@@ -50,10 +50,10 @@ def _pasta(**params):
     return _create("pasta", **{"alpha": 0.2, "span_start": "[", "span_end": "]", "heads": "0:*,1:2", **params})
 
 
-def _pasta_ref(pasta, pad):
+def _pasta_ref(pasta, pad, texts=TEXTS):
     spans = [char_spans(t, parse_ranges(pasta.spans), unescape(pasta.span_start), unescape(pasta.span_end))
-             for t in TEXTS]
-    return pasta_reference(pasta, [outside_flags(t, s) for t, s in zip(TEXTS, spans)], pad)
+             for t in texts]
+    return pasta_reference(pasta, [outside_flags(t, s) for t, s in zip(texts, spans)], pad)
 
 
 # name -> builder(model, pad) -> [(patch, kind, reference edit)], kind in "probs" (edit_probs) / "out" (edit_out).
@@ -69,19 +69,19 @@ def _single(name):
             hm = _create("head_mask", heads="0:2,1:1", mode="zero")
             return [(hm, "out", zero_reference(hm))]
         if name == "zerotuning":
-            zt = _create("zerotuning", gamma=2, heads="0:1,1:*")  # |log gamma| <= log 2: the lse correction
+            zt = _create("zerotuning", gamma=3, heads="0:1,1:*")  # log gamma >= -log 2: the lse correction
             return [(zt, "probs", zt_reference(zt, 4))]
-        if name == "pasta_sparse":  # ragged sparse index, corrected from the lse (|log alpha| <= log 2)
-            pa = _pasta(alpha=0.6)
+        if name == "pasta_sparse":  # ragged sparse index (the outside set), +log 4: corrected from the lse
+            pa = _pasta(alpha=4)
             return [(pa, "probs", _pasta_ref(pa, pad))]
-        if name == "pasta_ranges":  # keys overlapping pasta_sparse's: one key, two sparse biases
-            pa = _pasta(alpha=1.5, spans="2:9,-6:", span_start="", span_end="", heads="0:*,1:*")
+        if name == "pasta_ranges":  # -log 0.3 on the spans (the smaller set), keys overlapping pasta_sparse's
+            pa = _pasta(alpha=0.3, spans="2:9,-6:", span_start="", span_end="", heads="0:*,1:*")
             return [(pa, "probs", _pasta_ref(pa, pad))]
         if name == "pasta_dense":
             pa = _pasta(sparse_max=0, alpha=4, heads="0:0-2,1:*")
             return [(pa, "probs", _pasta_ref(pa, pad))]
-        if name == "pasta_strong":  # sparse, but |log alpha| > log 2: the channel form (item 6)
-            pa = _pasta(alpha=0.01, spans="2:9,-6:", span_start="", span_end="")
+        if name == "pasta_strong":  # sparse, but -log 100 < -log 2 on the spans: the channel form (item 6)
+            pa = _pasta(alpha=100, spans="2:9,-6:", span_start="", span_end="")
             return [(pa, "probs", _pasta_ref(pa, pad))]
         if name == "act":
             act = _create("act", beta=0.4, tau=0.08, heads="0:1,1:*")
@@ -122,10 +122,10 @@ def _chain(edits):
     return edit if edits else None
 
 
-def _batch():
+def _batch(texts=TEXTS):
     tok = tokenizer()
     tok.padding_side = "left"
-    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    enc = tok(texts, padding=True, return_tensors="pt")
     pad = [int((m == 0).sum()) for m in enc["attention_mask"]]
     return tok, enc, pad
 
