@@ -7,6 +7,8 @@ Conventions: q (B, H, T, D); k, v (B, Hkv, S, D) (not repeated for GQA); outputs
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +91,22 @@ def bias_mask(biases: list[KeyBias], call: CallInfo, dtype: torch.dtype) -> torc
     return torch.where(visible, bias, torch.finfo(dtype).min)  # (B, H, T, S)
 
 
+# Smallest bias corrected from the kernel's log-sum-exp. The correction o' = (o + sum_j w_j v_j) / (1 + sum_j w_j),
+# w_j = p_j (e^b - 1), rebuilds p_j from the float32 lse. For b > 0 its rounding error stays bounded (about the
+# relative error of p times |v|, whatever the weight). For b < 0 the division by 1 + sum w >= 1 - sum_j p_j
+# amplifies the float32 rounding of o and p by up to 1 / (1 - sum p) when the biased keys hold most of the
+# attention. Measured at weight -0.99 (b = -log 100), layer-0 attention output vs float64 over the float32 floor
+# |stock SDPA - float64|: SmolLM2-135M 37-43x, tiny random Llamas 14-52x; weight +99: 0.8-1.1x on both. Float64
+# arithmetic in the correction does not help (the kernel's o and lse are float32). So biases below -log 2
+# (1 + sum w >= 1/2) take the extra-channel form, where the kernel adds the bias to the logits itself: 0.8-1.3x.
+LSE_MIN_BIAS = -math.log(2.0)
+
+
+def lse_correctable(bias: KeyBias) -> bool:
+    """Is a sparse bias corrected after the kernel at float32's noise floor? (No bias below ``LSE_MIN_BIAS``.)"""
+    return bias.index is not None and float(bias.coef.min()) >= LSE_MIN_BIAS * (1 + 1e-6)
+
+
 def correct_sparse_biases(
     out: torch.Tensor,
     lse: torch.Tensor,
@@ -123,9 +141,22 @@ def correct_sparse_biases(
     vis = call.visible(index)  # (B, 1, T, K)
     lse_f = lse.float()[..., None]  # (B, H, T, 1)
     p = torch.where(vis & torch.isfinite(lse_f), torch.exp(s - lse_f), 0.0)  # (B, H, T, K)
-    w = p * torch.expm1(coef.float())[:, :, None, :]  # (B, H, T, K)
+    w = p * torch.expm1(_merged_coef(index, coef).float())[:, :, None, :]  # (B, H, T, K)
     num = out.float() + torch.matmul(w, v_sel.float())  # (B, H, T, Dv)
     return (num / (1.0 + w.sum(-1, keepdim=True))).to(out.dtype)
+
+
+def _merged_coef(index: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """(B, H, K) total bias of each entry's key, on the first entry of that key only (0 on repeats and padding).
+
+    A key named by several sparse biases (two patches on one layer) gets e^{b1 + b2}, not e^{b1} + e^{b2} - 1:
+    the correction weight is p (e^{sum b} - 1), counted once."""
+    valid = index >= 0  # (B, K)
+    same = (index[:, :, None] == index[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, K, K)
+    total = torch.einsum("bkl,bhl->bhk", same.to(coef.dtype), coef)  # (B, H, K)
+    earlier = torch.ones(index.shape[1], index.shape[1], dtype=torch.bool, device=index.device).tril(-1)
+    first = valid & ~(same & earlier).any(-1)  # (B, K)
+    return torch.where(first[:, None, :], total, 0.0)
 
 
 def causal_mask(call: CallInfo, device: torch.device) -> torch.Tensor:

@@ -8,7 +8,8 @@ Nested scopes compose: inner patches run after outer ones.
 Routing per attention call, fastest first:
 
 1. fast path: fused SDPA with ``is_causal`` kept; query scales; dense key biases as extra channels; sparse key
-   biases corrected exactly from the kernel's log-sum-exp; probability edits that implement ``post_attention``
+   biases >= -log 2 corrected exactly from the kernel's log-sum-exp (more negative ones as extra channels, which stay
+   at float32's noise floor, see ``math.LSE_MIN_BIAS``); probability edits that implement ``post_attention``
    (e.g. ACT, computing its statistics only for its heads); head-output edits.
 2. materialised path (the fallback): when attention weights are requested (``output_attentions=True``), for
    ``softcap`` models, when a patch edits probabilities without a fast form, when two probability editors share a
@@ -225,7 +226,8 @@ def attnflow_attention(
 def _fast(query, key, value, call: CallInfo, biases: list[KeyBias], prob_editors, force: Force) -> torch.Tensor:
     """Fused SDPA plus exact corrections."""
     use_lse = am.lse_available(query) and force not in ("channels", "bias")
-    sparse = [b for b in biases if b.index is not None] if use_lse else []
+    # sparse biases below -log 2 take the channel form: see am.LSE_MIN_BIAS (precision)
+    sparse = [b for b in biases if am.lse_correctable(b)] if use_lse else []
     dense = [b for b in biases if b not in sparse]
     d = value.shape[-1]
     q, k, v, mask, is_causal = query, key, value, call.mask, call.is_causal

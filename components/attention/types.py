@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from components.attention.session import PatchSession
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: field equality would compare tensors (ambiguous truth value)
 class KeyBias:
     """An additive logit bias that factorises as ``bias[b, h, j] = coef[(b,) h] * feature[b, j]``.
 

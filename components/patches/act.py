@@ -83,7 +83,9 @@ class ACT(AttentionPatch):
 
     edits_probabilities: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = True
-    onnx_exportable: ClassVar[bool] = False  # data-dependent sink sets and state across decode steps
+    onnx_exportable: ClassVar[bool] = False
+    onnx_reason: ClassVar[str] = ("its sink sets are data-dependent (thresholded column sums) and decoding keeps "
+                                  "running statistics across steps, which an exported graph has no state for")
     example: ClassVar[dict[str, str]] = {"beta": "0.4", "tau": "0.05", "heads": "0:1,1:*"}
 
     def __post_init__(self) -> None:

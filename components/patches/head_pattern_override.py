@@ -71,6 +71,9 @@ class HeadPatternOverride(AttentionPatch):
     phase: Literal["all", "prefill", "decode"] = "all"
 
     onnx_exportable: ClassVar[bool] = False
+    onnx_reason: ClassVar[str] = ("it writes one query row per batch row at data-dependent indices (and target=inputs "
+                                  "reads per-batch session inputs the graph has no input for); its export is not "
+                                  "validated")
     edits_probabilities: ClassVar[bool] = True
     has_fast_path: ClassVar[bool] = True
     example: ClassVar[dict[str, str]] = {"heads": "0:1,1:0", "positions": "0,-2"}

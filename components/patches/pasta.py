@@ -15,8 +15,19 @@ as BOS never do). The prompt texts come from the scoring code (``session.set_inp
 
 Fast path: a key bias on the fused kernel. Since adding a constant to every visible logit changes nothing, the
 bias is applied to whichever set is smaller: +log(alpha) on O, or -log(alpha) on the other real keys (spans and
-generated tokens). Up to ``sparse_max`` keys it is a sparse bias corrected from the kernel's log-sum-exp (the
-kernel keeps ``is_causal``); above that, one extra head-dim channel (dense form).
+generated tokens). Up to ``sparse_max`` keys it is a sparse bias; above that, one extra head-dim channel (dense
+form). How a sparse bias is applied depends on its sign (``LSE_MIN_BIAS`` in ``components/attention/math.py``):
+
+- bias >= -log 2 (+log(alpha) with alpha >= 1/2 on O, or -log(alpha) with alpha <= 2 on the other keys): corrected
+  after the fused kernel from its float32 log-sum-exp, exact in real arithmetic:
+  o' = (o + sum_j w_j v_j) / (1 + sum_j w_j), w_j = p_j (e^bias - 1); the kernel keeps ``is_causal``. Positive
+  weights, even 99 (alpha = 0.01 on the spans), stay at the float32 noise floor.
+- bias < -log 2 (weights down to -0.99 at alpha = 0.01 or 100): the same extra channel as the dense form, so the
+  kernel adds the bias to the logits itself. The correction would divide by 1 + sum w, ~0.01 when the biased keys
+  hold most of the attention, amplifying float32 rounding: measured (layer-0 attention output vs float64, over the
+  float32 floor |stock SDPA - float64|) 37-43x on SmolLM2-135M and 14-52x on tiny random models, and no better in
+  float64 arithmetic (the kernel's lse is float32); the channel form measures 0.8-1.3x
+  (``tests/integration/test_bias_precision.py`` holds it under 3x).
 
 Based on Zhang et al., "Tell Your Model Where to Attend: Post-hoc Attention Steering for LLMs" (PASTA, arXiv
 2311.02262) and Wang et al., "Instruction Tuning and Loss of Context-Awareness" (arXiv 2411.02688). Reference code:

@@ -8,7 +8,9 @@ which is exactly adding log(gamma) to the logit of key 0. gamma > 1 flattens att
 gamma < 1 sharpens it. It runs on every forward (prefill and decoding).
 
 Fast path: a sparse key bias (one key per row) corrected after the fused SDPA kernel from its log-sum-exp
-(O(T*D) extra; the kernel keeps ``is_causal``); in exported graphs an extra head-dim channel carries the bias.
+(O(T*D) extra; the kernel keeps ``is_causal``) for gamma >= 1/2; for smaller gamma, and in exported graphs, an extra
+head-dim channel carries the bias (dividing by 1 - (1 - gamma) a_0 would amplify float32 rounding when the first
+token holds most of the attention, see ``LSE_MIN_BIAS`` in ``components/attention/math.py``).
 No attention matrix is materialised.
 
 Based on Han et al., "ZeroTuning: Unlocking the Initial Token's Power to Enhance Large Language Models Without

@@ -53,6 +53,38 @@ def test_export_refuses_a_component_that_must_be_fitted(tiny_llama_dir):
     assert "Starting temporary server" not in out.output and "torch.export" not in out.output
 
 
+# Every registered patch that cannot be exported, the parameters it needs, and the reason its refusal gives.
+REFUSED = {
+    "act": ([], "its sink sets are data-dependent"),
+    "head_pattern_override": (["--param", "heads=0:1"], "it writes one query row per batch row"),
+    "pasta": (["--param", "spans=-12:"], "it reads per-batch inputs (session.set_inputs"),
+    "soft_injection": ([], "it must be fitted on a benchmark's train split (needs_fit)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_every_non_exportable_component_is_refused_before_the_model_loads(name):
+    """Refused by the validate step, before the model path is even checked (it does not exist here)."""
+    params, reason = REFUSED[name]
+    out = runner.invoke(app, ["export-onnx", "--model", "./missing/model", "--component", name, *params])
+    assert out.exit_code == 2, out.output
+    text = re.sub(r"\s+", " ", out.output)
+    assert f"{name}@{registry.get(name).version} cannot be exported to ONNX: {reason}" in text
+    assert "missing" not in text and "Starting temporary server" not in out.output and "torch.export" not in text
+
+
+def test_refusals_cover_every_non_exportable_patch():
+    from components.onnx.export import NotExportableError, check_exportable
+
+    refused = set()
+    for info in registry.latest("patch"):
+        try:
+            check_exportable([info.cls.__new__(info.cls)])
+        except NotExportableError:
+            refused.add(info.name)
+    assert refused == set(REFUSED)
+
+
 def test_export_unsupported_model_and_missing_paths(tmp_path):
     from transformers import MambaConfig
 
