@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from prefect import Task, flow, task
+from prefect.settings import get_current_settings
 
 import tasks
 from infra.hashing import hash_file
-from infra.settings import settings
 from registry.specs import parse
 from tasks import integrity
 from tasks.data import benchmark_data, load_data
@@ -90,7 +90,7 @@ def test_a_corrupted_cached_result_is_recomputed_not_used(capsys):
     CALLS.clear()
     assert _scored_flow(key) == {"accuracy": 1.0} and len(CALLS) == 1
     assert _scored_flow(key) == {"accuracy": 1.0} and len(CALLS) == 1  # cached
-    stored = Path(settings().results_dir) / key
+    stored = Path(get_current_settings().results.local_storage_path) / key  # where Prefect stores results now
     raw = stored.read_bytes()
     offset = raw.index(b"1.0", raw.index(b"accuracy"))
     _flip_bit(stored, offset)  # accuracy 1.0 -> 0.0 in the stored payload
