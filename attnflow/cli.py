@@ -21,7 +21,6 @@ app = typer.Typer(
 )
 
 
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported as one line, exit code 2."""
     from components.attention.session import UnsupportedModelError
@@ -45,6 +44,9 @@ def guarded(fn: Callable[[], Any]) -> Any:
 
 def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
     """Run a Prefect flow, print where its results went, exit non-zero if it failed."""
+    from infra.ephemeral import guard_temporary_server
+
+    guard_temporary_server()  # a temporary Prefect server stops with this process, even after kill -9
     state = flow_fn(**params, return_state=True)
     if not state.is_completed():
         try:
@@ -240,6 +242,9 @@ _load_command_modules()
 
 
 def main() -> None:
+    from infra.ephemeral import exit_on_signals
+
+    exit_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: MLflow runs end KILLED, the temporary server stops
     app()
 
 
