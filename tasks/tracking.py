@@ -21,7 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
