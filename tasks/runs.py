@@ -78,7 +78,7 @@ def ended(run_id: str, finish: bool = True) -> Iterator[str]:
         try:  # a flow's finish is a retried task (MLflow may be briefly away), elsewhere a plain call
             (tracking.finish_run if _in_prefect_run() else tracking.finish_run.fn)(run_id, status=status)
         except BaseException as e:
-            end(run_id, "FAILED" if status == "FINISHED" else status, f"could not be ended: {_reason(e)}")
+            end(run_id, status_for(e) if status == "FINISHED" else status, f"could not be ended: {_reason(e)}")
             raise
 
 
