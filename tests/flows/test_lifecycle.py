@@ -105,10 +105,12 @@ def test_cached_rerun_tags_the_runs_it_logs_again(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory) -> dict[str, str]:
-    """The CLI's environment: this session's home (MLflow store), a Prefect home of its own (its temporary server),
-    no PREFECT_API_URL."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    env.update(ATTNFLOW_HOME=str(settings().home), PREFECT_HOME=str(tmp_path_factory.mktemp("cli-prefect")),
+    """The CLI's environment: the MLflow store this test reads (``mlflow.set_tracking_uri`` exports
+    MLFLOW_TRACKING_URI, so an earlier test may have moved it off the session home), a Prefect home of its own (its
+    temporary server), no PREFECT_API_URL."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(ATTNFLOW_HOME=str(settings().home), MLFLOW_TRACKING_URI=settings().tracking_uri,
+               PREFECT_HOME=str(tmp_path_factory.mktemp("cli-prefect")),
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p))
     return env
 
