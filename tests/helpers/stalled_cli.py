@@ -1,5 +1,5 @@
 """``python tests/helpers/stalled_cli.py compare ...``: the attnflow CLI with the compare flow stalled right
-after its parent MLflow run started (the evaluations sleep for an hour), so a test can signal it mid-flow."""
+after its parent MLflow run started (the evaluations sleep for 15 minutes), so a test can signal it mid-flow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import flows.compare as compare_module  # noqa: E402
 
 def stall(task, calls):
     print("stalled inside the parent run", flush=True)
-    time.sleep(3600)
+    time.sleep(900)  # bounded: a CLI left behind by a killed test run ends on its own
 
 
 compare_module.map_calls = stall
