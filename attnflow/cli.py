@@ -56,7 +56,6 @@ def _quiet_tracebacks() -> Iterator[None]:
         for h in handlers:
             h.removeFilter(quiet)
 
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported as one line, exit code 2."""
     from components.attention.session import UnsupportedModelError
@@ -122,6 +121,9 @@ def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
     """Check the parameters (no server yet), run a Prefect flow, print where its results went, exit non-zero if it
     failed."""
     check_params(flow_fn, params)
+    from infra.ephemeral import guard_temporary_server
+
+    guard_temporary_server()  # a temporary Prefect server stops with this process, even after kill -9
     with _quiet_tracebacks():
         state = flow_fn(**params, return_state=True)
     if not state.is_completed():
@@ -329,6 +331,9 @@ _load_command_modules()
 def main() -> None:
     """The ``attnflow`` entry point: an error is one line (its message first; exit 2 for bad input, 1 otherwise);
     ``--debug`` shows the traceback."""
+    from infra.ephemeral import exit_on_signals
+
+    exit_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: MLflow runs end KILLED, the temporary server stops
     try:
         app()
     except Exception as e:  # noqa: BLE001 - Typer has handled its own errors (usage, typer.Exit) already

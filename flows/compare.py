@@ -18,8 +18,9 @@ from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import Plan, plan_request
 from tasks.report import comparison_table, to_markdown
+from tasks.runs import tracked_run
 from tasks.sweep import map_calls
-from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
+from tasks.tracking import log_comparison, log_evaluation, publish_components
 
 DEFAULT_COMPONENTS = ["baseline", "zerotuning(gamma=2)", "head_mask(heads=0:0;1:1)"]
 DEFAULT_TASKS = ["kv_retrieval", "perplexity"]
@@ -36,20 +37,19 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
     train = {b: benchmark_data(_bench(b), split="train") for b in plan.benchmarks} if fitted else {}
     # 3. Load the model once.
     loaded = load_model(plan.model, dtype=dtype, trust_remote_code=trust_remote_code)
-    parent = start_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
-                       params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks})
-    # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints); all at once
-    #    when the flow's task runner is a process runner (ATTNFLOW_TASK_RUNNER=dask).
-    results = map_calls(evaluate, [dict(loaded=loaded, component=c, benchmark=b, data_path=data[b],
-                                         batch_size=batch_size, progress=progress,
-                                         **({"train_path": train[b]} if c in fitted else {}))
-                                    for c in plan.components for b in plan.benchmarks])
-    # 5. Log one run per evaluation, then the comparison.
-    for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
-        log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
-    table = comparison_table(results, title=f"{experiment}: {loaded.name}")
-    log_comparison(parent, table, results)
-    finish_run(parent)
+    with tracked_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
+                     params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks}) as parent:
+        # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints); all at once
+        #    when the flow's task runner is a process runner (ATTNFLOW_TASK_RUNNER=dask).
+        results = map_calls(evaluate, [dict(loaded=loaded, component=c, benchmark=b, data_path=data[b],
+                                             batch_size=batch_size, progress=progress,
+                                             **({"train_path": train[b]} if c in fitted else {}))
+                                        for c in plan.components for b in plan.benchmarks])
+        # 5. Log one run per evaluation, then the comparison.
+        for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
+            log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
+        table = comparison_table(results, title=f"{experiment}: {loaded.name}")
+        log_comparison(parent, table, results)
     print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
     return {"table": table, "run_id": parent, "experiment": experiment}
 

@@ -18,7 +18,7 @@ from tasks.data import benchmark_data
 from tasks.head_search import (gamma_grid, log_head_search, model_pool, pick_gamma, plan_search, score_candidate,
                                select_heads)
 from tasks.models import load_model
-from tasks.tracking import finish_run, start_run
+from tasks.runs import tracked_run
 
 
 @flow(name="head-search", log_prints=True)
@@ -75,13 +75,12 @@ def head_search(
         runs = [score_candidate.submit(pool, s, plan.benchmark, data, objective, batch_size) for s in grid]
         selection = pick_gamma(plan, selection, grid, [f.result() for f in runs])
     # 6. MLflow: heads.json, the layer x head gain heatmap, summary metrics.
-    run_id = start_run(experiment, f"{method} heads on {parse(plan.benchmark).name}",
-                       tags={"attnflow.kind": "head-search", "attnflow.model": pool.loaded.name,
-                             "attnflow.component": method, "attnflow.task": parse(plan.benchmark).name},
-                       params={"model": model, "method": method, "task": plan.benchmark, "objective": objective,
-                               "layers": layers, "params": plan.params, "min_gain": min_gain, "top_k": top_k})
-    ref = log_head_search(run_id, selection)
-    finish_run(run_id)
+    with tracked_run(experiment, f"{method} heads on {parse(plan.benchmark).name}",
+                     tags={"attnflow.kind": "head-search", "attnflow.model": pool.loaded.name,
+                           "attnflow.component": method, "attnflow.task": parse(plan.benchmark).name},
+                     params={"model": model, "method": method, "task": plan.benchmark, "objective": objective,
+                             "layers": layers, "params": plan.params, "min_gain": min_gain, "top_k": top_k}) as run_id:
+        ref = log_head_search(run_id, selection)
     heads = ",".join(f"{lay}:{h}" for lay, h in selection["heads"]) or "none"
     print(f"{method}: {len(selection['heads'])} heads selected ({heads})"
           + (f", gamma={selection['gamma']}" if selection.get("gamma") else "") + f"\nuse: heads={ref}")

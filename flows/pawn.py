@@ -12,6 +12,7 @@ from typing import Any, Optional
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from tasks import runs
 from tasks.models import load_model
 from tasks.pawn_cache import build_feature_cache, check_compatible
 from tasks.pawn_data import PrepOptions, prepare
@@ -19,7 +20,7 @@ from tasks.pawn_export import export_detector, read_meta, register_detector, reg
 from tasks.pawn_plan import check_options, plan_pawn
 from tasks.pawn_report import log_detection
 from tasks.pawn_train import evaluate_detector, fit_detector, forget_features
-from tasks.tracking import finish_run, publish_components, start_run
+from tasks.tracking import publish_components
 
 DEFAULT_DETECTORS = ["pawn", "log_likelihood", "log_rank", "token_entropy", "gltr", "fast_detectgpt", "binoculars"]
 
@@ -87,15 +88,17 @@ def train_and_evaluate(*, train: list[str], test: list[str], model: str, detecto
     fits = [fit_detector(train_dir, spec, progress) for spec in plan.detectors]
     results = [evaluate_detector(f, train_dir, test_dir) for f in fits]
     # 5. MLflow: one run per detector and the comparison on a parent run.
-    parent = start_run(experiment, f"pawn {loaded.name}",
-                       tags={"attnflow.kind": "pawn", "attnflow.model": loaded.name,
-                             "attnflow.model_fingerprint": loaded.fingerprint,
-                             **{f"attnflow.cache_key.{k}": v["key"] for k, v in caches.items()}},
-                       params={"model": model, "train": train, "test": test, "detectors": plan.detectors,
-                               "max_length": max_length, "performer": performer, **prep.model_dump()})
-    logged = log_detection(results, experiment, parent, versions, {"name": loaded.name, "fingerprint": loaded.fingerprint},
-                           {k: {x: v[x] for x in v if x != "dir"} for k, v in caches.items()},
-                           f"{experiment}: {loaded.name}")
+    parent = runs.start(experiment, f"pawn {loaded.name}",
+                        tags={"attnflow.kind": "pawn", "attnflow.model": loaded.name,
+                              "attnflow.model_fingerprint": loaded.fingerprint,
+                              **{f"attnflow.cache_key.{k}": v["key"] for k, v in caches.items()}},
+                        params={"model": model, "train": train, "test": test, "detectors": plan.detectors,
+                                "max_length": max_length, "performer": performer, **prep.model_dump()})
+    with runs.ended(parent, finish=False):  # ended by the calling flow when all went well
+        logged = log_detection(results, experiment, parent, versions,
+                               {"name": loaded.name, "fingerprint": loaded.fingerprint},
+                               {k: {x: v[x] for x in v if x != "dir"} for k, v in caches.items()},
+                               f"{experiment}: {loaded.name}")
     return {"loaded": loaded, "results": results, "caches": caches, "run_id": parent, "table": logged["table"],
             "child_runs": logged["child_runs"]}
 
@@ -123,8 +126,8 @@ def pawn_train(train: list[str], test: list[str] = [], model: str = "demo",  # n
     out = train_and_evaluate(train=train, test=test, model=model, detectors=detectors, prep=prep,
                              max_length=max_length, batch_size=batch_size, performer=performer,
                              experiment=experiment, dtype=dtype, progress=progress)
-    finish_run(out["run_id"])
-    forget_features()
+    with runs.ended(out["run_id"]):
+        forget_features()
     return {k: v for k, v in out.items() if k != "loaded"}
 
 
@@ -156,15 +159,16 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
     out_ = train_and_evaluate(train=train, test=test, model=model, detectors=detectors, prep=prep,
                               max_length=max_length, batch_size=batch_size, performer=performer,
                               experiment=experiment, dtype=dtype, progress=progress)
-    heads = [r for r in out_["results"] if r["fit"]["component"]["name"] == "pawn"]
-    if not heads:
-        raise ValueError("no PAWN head among the detectors: nothing to export (use the pawn-train flow)")
-    best = max(heads, key=lambda r: r["valid"]["metrics"].get("auroc", float("-inf")))
-    # 6. ONNX: the head and the backbone + metric graph, parity-checked in ONNX Runtime.
-    model_dir = export_detector(best, out_["loaded"], out_["caches"]["train"]["dir"], out)
-    # 7. Registered model attnflow.pawn.<backbone>, alias champion.
-    version = register_detector(model_dir, out_["run_id"], registered_name(out_["loaded"].name)) if register_model else None
-    finish_run(out_["run_id"])
+    with runs.ended(out_["run_id"]):
+        heads = [r for r in out_["results"] if r["fit"]["component"]["name"] == "pawn"]
+        if not heads:
+            raise ValueError("no PAWN head among the detectors: nothing to export (use the pawn-train flow)")
+        best = max(heads, key=lambda r: r["valid"]["metrics"].get("auroc", float("-inf")))
+        # 6. ONNX: the head and the backbone + metric graph, parity-checked in ONNX Runtime.
+        model_dir = export_detector(best, out_["loaded"], out_["caches"]["train"]["dir"], out)
+        # 7. Registered model attnflow.pawn.<backbone>, alias champion.
+        name = registered_name(out_["loaded"].name)
+        version = register_detector(model_dir, out_["run_id"], name) if register_model else None
     forget_features()
     return {**{k: v for k, v in out_.items() if k != "loaded"}, "model_dir": model_dir,
             "registered": registered_name(out_["loaded"].name) if register_model else None, "registered_version": version,
@@ -203,12 +207,13 @@ def pawn_evaluate(detector: str, data: list[str], prep: PrepOptions = PrepOption
            "info": {}, "reused": True}
     result = evaluate_detector(fit, cache["dir"], cache["dir"], threshold=meta["threshold_logit"])
     # 3. MLflow.
-    parent = start_run(experiment, f"pawn-evaluate {loaded.name}",
-                       tags={"attnflow.kind": "pawn-evaluate", "attnflow.model": loaded.name, "attnflow.detector": detector},
-                       params={"detector": detector, "data": data})
-    versions = publish_components([meta["detector"]["name"] + "@" + meta["detector"]["version"]])
-    logged = log_detection([result], experiment, parent, versions, {"name": loaded.name, "fingerprint": loaded.fingerprint},
-                           {"test": {k: v for k, v in cache.items() if k != "dir"}}, f"{experiment}: {loaded.name}")
-    finish_run(parent)
+    with runs.tracked_run(experiment, f"pawn-evaluate {loaded.name}",
+                          tags={"attnflow.kind": "pawn-evaluate", "attnflow.model": loaded.name,
+                                "attnflow.detector": detector},
+                          params={"detector": detector, "data": data}) as parent:
+        versions = publish_components([meta["detector"]["name"] + "@" + meta["detector"]["version"]])
+        logged = log_detection([result], experiment, parent, versions,
+                               {"name": loaded.name, "fingerprint": loaded.fingerprint},
+                               {"test": {k: v for k, v in cache.items() if k != "dir"}}, f"{experiment}: {loaded.name}")
     forget_features()
     return {"table": logged["table"], "run_id": parent, "result": result}

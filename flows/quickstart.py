@@ -28,7 +28,8 @@ from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
 from tasks.report import comparison_table, primary_columns, to_markdown
-from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
+from tasks.runs import tracked_run
+from tasks.tracking import log_comparison, log_evaluation, publish_components
 
 DEMO_PRESET = "quickstart-demo"
 #: the analysis metrics the tour prints (every metric is in MLflow)
@@ -81,29 +82,28 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
     versions = publish_components([*(parse(s).ref for s in (sinks, detect) if s), "head_mask", *plan.refs])
     # 2. Load the model (a catalogue model is pulled and converted once, on first use).
     loaded = load_model(model, dtype=dtype)
-    parent = start_run(experiment, f"quickstart {loaded.name}",
-                       tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
-                       params={"model": model, "sinks": sinks, "retrieval": detect, "components": plan.components,
-                               "tasks": plan.benchmarks, "dtype": dtype})
-    # 3. Where attention goes: the sink profile, then the heads that copy from the context.
-    arms = [(c, _label(given)) for c, given in zip(plan.components, parse_list(cfg["components"]))]
-    for spec in (s for s in (sinks, detect) if s):
-        record = run_analysis(loaded, spec, analysis_data(spec), progress=progress)
-        log_analysis(record, experiment, versions, parent)
-        print(summary_text(record, metrics=HEADLINE))
-        if spec == detect:
-            arms += _mask_arms(record, seed, cfg.get("mask_mode", "uniform"))
-    # 4. Every arm on every task (cached), one MLflow run each, then the table.
-    data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
-    results = []
-    for comp, label in arms:
-        for b in plan.benchmarks:
-            r = evaluate(loaded, comp, b, data[b], batch_size=int(cfg.get("batch_size", 16)), progress=progress)
-            log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
-            results.append(relabel(r, label))
-    table = comparison_table(results, title=f"quickstart: {loaded.name}")
-    log_comparison(parent, table, results)
-    finish_run(parent)
+    with tracked_run(experiment, f"quickstart {loaded.name}",
+                     tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
+                     params={"model": model, "sinks": sinks, "retrieval": detect, "components": plan.components,
+                             "tasks": plan.benchmarks, "dtype": dtype}) as parent:
+        # 3. Where attention goes: the sink profile, then the heads that copy from the context.
+        arms = [(c, _label(given)) for c, given in zip(plan.components, parse_list(cfg["components"]))]
+        for spec in (s for s in (sinks, detect) if s):
+            record = run_analysis(loaded, spec, analysis_data(spec), progress=progress)
+            log_analysis(record, experiment, versions, parent)
+            print(summary_text(record, metrics=HEADLINE))
+            if spec == detect:
+                arms += _mask_arms(record, seed, cfg.get("mask_mode", "uniform"))
+        # 4. Every arm on every task (cached), one MLflow run each, then the table.
+        data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
+        results = []
+        for comp, label in arms:
+            for b in plan.benchmarks:
+                r = evaluate(loaded, comp, b, data[b], batch_size=int(cfg.get("batch_size", 16)), progress=progress)
+                log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
+                results.append(relabel(r, label))
+        table = comparison_table(results, title=f"quickstart: {loaded.name}")
+        log_comparison(parent, table, results)
     print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
     _print_mlflow_hint(experiment)
     return {"table": primary_columns(table), "full_table": table, "run_id": parent, "experiment": experiment,

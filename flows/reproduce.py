@@ -15,7 +15,7 @@ from prefect import flow
 
 from flows.params import Dtype
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
-from tasks.tracking import finish_run, start_run
+from tasks.runs import set_outcome, tracked_run
 
 #: modules whose ``CLAIMS`` the flow runs; adding a module of claims is one line here
 CLAIM_MODULES: tuple[str, ...] = ("tasks.claims_core", "tasks.claims_fewshot")
@@ -51,20 +51,21 @@ def reproduce(
     # 1. Validate everything before any compute.
     available = available_claims()
     names = plan_claims(available, model, claims, seeds, data, options)
-    parent = start_run(experiment, f"reproduce {model}", tags={"attnflow.kind": "reproduce", "attnflow.model": model},
-                       params={"model": model, "claims": ",".join(names), "seeds": ",".join(map(str, seeds)),
-                               "data": data, "dtype": dtype})
-    # 2. Each claim: run, then log as a nested run.
-    results = []
-    for name in names:
-        res = run_claim(available[name], name, model, seeds, data, dtype, progress, options.get(name, {}))
-        log_claim(res, experiment, parent, options.get(name, {}), seeds)
-        print(f"{name}: {res['verdict']} - {res['reason']}")
-        results.append(res)
-    # 3. The summary table and forest plot on the parent run.
-    text = log_summary(parent, results, model)
-    failed = [r["claim"] for r in results if r.get("error")]
-    finish_run(parent, status="FAILED" if failed else "FINISHED")
+    with tracked_run(experiment, f"reproduce {model}", tags={"attnflow.kind": "reproduce", "attnflow.model": model},
+                     params={"model": model, "claims": ",".join(names), "seeds": ",".join(map(str, seeds)),
+                             "data": data, "dtype": dtype}) as parent:
+        # 2. Each claim: run, then log as a nested run.
+        results = []
+        for name in names:
+            res = run_claim(available[name], name, model, seeds, data, dtype, progress, options.get(name, {}))
+            log_claim(res, experiment, parent, options.get(name, {}), seeds)
+            print(f"{name}: {res['verdict']} - {res['reason']}")
+            results.append(res)
+        # 3. The summary table and forest plot on the parent run.
+        text = log_summary(parent, results, model)
+        failed = [r["claim"] for r in results if r.get("error")]
+        if failed:
+            set_outcome(parent, "FAILED")
     print(f"\n{text}\n\nMLflow run: {parent} (experiment '{experiment}')")
     if failed:
         raise RuntimeError(f"claims {', '.join(failed)} failed (see their runs); the others are logged")

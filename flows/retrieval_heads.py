@@ -22,7 +22,8 @@ from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
 from tasks.report import comparison_table, to_markdown
-from tasks.tracking import finish_run, log_comparison, log_evaluation, publish_components, start_run
+from tasks.runs import tracked_run
+from tasks.tracking import log_comparison, log_evaluation, publish_components
 
 DEFAULT_TASKS = ["needle", "passkey", "kv_retrieval"]
 
@@ -68,36 +69,34 @@ def retrieval_heads(
     # 2. Detect: retrieval scores on needle tests (cached), logged as a child run.
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     record = run_analysis(loaded, spec, analysis_data(spec), progress=progress)
-    parent = start_run(experiment, f"retrieval-heads {loaded.name}",
-                       tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
-                       params={"model": model, "detector": spec, "top_k": top_k, "n_random": n_random, "seed": seed,
-                               "tasks": plan.benchmarks, "mask_mode": mask_mode, "mask_phase": mask_phase})
-    log_analysis(record, experiment, versions, parent)
-    print(summary_text(record))
-    # 3. The head sets: top-K by score, and K random non-retrieval heads per draw.
-    sets = choose_head_sets(record, top_k, n_random, seed)
-    if not sets["k"]:
-        print("no retrieval heads found (no head scored above the threshold): nothing to mask; "
-              "pass top_k > 0 to mask the best-scoring heads anyway")
-        finish_run(parent)
-        return {"run_id": parent, "experiment": experiment, "sets": sets, "table": None, "verdict": None}
-    top_label, random_label = f"mask top-{sets['k']} retrieval heads", f"mask {sets['k']} random heads"
-    arms = [("baseline", "baseline"), (head_mask_spec(sets["top"], mask_mode, mask_phase), top_label)]
-    arms += [(head_mask_spec(d, mask_mode, mask_phase), random_label) for d in sets["random"]]
-    # 4. Evaluate every arm on every task (cached), one MLflow run each.
-    data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
-    results = []
-    for comp, label in arms:
-        for b in plan.benchmarks:
-            r = evaluate(loaded, comp, b, data[b], batch_size=batch_size, progress=progress)
-            log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
-            results.append(relabel(r, label))
-    # 5. Side by side (random arms: mean ± std over draws) and the verdict against the paper's expectation.
-    table = comparison_table(results, title=f"retrieval heads: {loaded.name}")
-    log_comparison(parent, table, results)
-    verdict = retrieval_verdict(table, top_label, random_label)
-    log_verdict(parent, sets, verdict)
-    finish_run(parent)
+    with tracked_run(experiment, f"retrieval-heads {loaded.name}",
+                     tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
+                     params={"model": model, "detector": spec, "top_k": top_k, "n_random": n_random, "seed": seed,
+                             "tasks": plan.benchmarks, "mask_mode": mask_mode, "mask_phase": mask_phase}) as parent:
+        log_analysis(record, experiment, versions, parent)
+        print(summary_text(record))
+        # 3. The head sets: top-K by score, and K random non-retrieval heads per draw.
+        sets = choose_head_sets(record, top_k, n_random, seed)
+        if not sets["k"]:
+            print("no retrieval heads found (no head scored above the threshold): nothing to mask; "
+                  "pass top_k > 0 to mask the best-scoring heads anyway")
+            return {"run_id": parent, "experiment": experiment, "sets": sets, "table": None, "verdict": None}
+        top_label, random_label = f"mask top-{sets['k']} retrieval heads", f"mask {sets['k']} random heads"
+        arms = [("baseline", "baseline"), (head_mask_spec(sets["top"], mask_mode, mask_phase), top_label)]
+        arms += [(head_mask_spec(d, mask_mode, mask_phase), random_label) for d in sets["random"]]
+        # 4. Evaluate every arm on every task (cached), one MLflow run each.
+        data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
+        results = []
+        for comp, label in arms:
+            for b in plan.benchmarks:
+                r = evaluate(loaded, comp, b, data[b], batch_size=batch_size, progress=progress)
+                log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
+                results.append(relabel(r, label))
+        # 5. Side by side (random arms: mean ± std over draws) and the verdict against the paper's expectation.
+        table = comparison_table(results, title=f"retrieval heads: {loaded.name}")
+        log_comparison(parent, table, results)
+        verdict = retrieval_verdict(table, top_label, random_label)
+        log_verdict(parent, sets, verdict)
     print(f"\n{to_markdown(table)}\n\n{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
     return {"run_id": parent, "experiment": experiment, "sets": sets, "table": table, "verdict": verdict}
 

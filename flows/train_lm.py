@@ -17,7 +17,8 @@ from prefect import flow
 from infra.settings import settings
 from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, profile_attention, register_lm,
                       resolve_preset, save_model, suite_specs, train_model)
-from tasks.tracking import finish_run, metric_key
+from tasks.runs import ended
+from tasks.tracking import metric_key
 
 
 @flow(name="train-lm", log_prints=True)
@@ -62,23 +63,23 @@ def train_lm(
         spec = spec.continuing_from(str(stage_dir))
     # 2. A resumable run directory and its MLflow run.
     run = prepare_run(spec, experiment)
-    # 3. Tokenizer, then training (checkpoints every N steps; resumes after an interruption).
-    tokenizer = prepare_tokenizer(run)
-    model, info = train_model(run, tokenizer, progress=progress)
-    # 4. Evaluate the whole suite, save the model directory, log and register.
-    metrics, _ = evaluate_suite(model, tokenizer, suite_specs(spec))
-    profile = profile_attention(model, tokenizer, run.mlflow_run_id)
-    command = "attnflow train-lm " + " ".join(
-        [f"--preset {shlex.quote(preset)}"] + ([f"--out {shlex.quote(out)}"] if out else [])
-        + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else []))
-    model_dir = save_model(model, tokenizer, run, out, info, metrics, command, profile)
-    log_final(run.mlflow_run_id, metrics, info)
-    version = None
-    if register_model:
-        version = register_lm(run.mlflow_run_id, model_dir, f"attnflow.{spec.name}-lm", "champion",
-                                 {"attnflow.data_fingerprint": run.data_fingerprint, "attnflow.preset": spec.name,
-                                  **{metric_key(f"metric.{k}"): f"{v:.4f}" for k, v in metrics.items()}})
-    finish_run(run.mlflow_run_id)
+    with ended(run.mlflow_run_id):  # FINISHED, or FAILED / KILLED (a later run resumes it)
+        # 3. Tokenizer, then training (checkpoints every N steps; resumes after an interruption).
+        tokenizer = prepare_tokenizer(run)
+        model, info = train_model(run, tokenizer, progress=progress)
+        # 4. Evaluate the whole suite, save the model directory, log and register.
+        metrics, _ = evaluate_suite(model, tokenizer, suite_specs(spec))
+        profile = profile_attention(model, tokenizer, run.mlflow_run_id)
+        command = "attnflow train-lm " + " ".join(
+            [f"--preset {shlex.quote(preset)}"] + ([f"--out {shlex.quote(out)}"] if out else [])
+            + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else []))
+        model_dir = save_model(model, tokenizer, run, out, info, metrics, command, profile)
+        log_final(run.mlflow_run_id, metrics, info)
+        version = None
+        if register_model:
+            version = register_lm(run.mlflow_run_id, model_dir, f"attnflow.{spec.name}-lm", "champion",
+                                     {"attnflow.data_fingerprint": run.data_fingerprint, "attnflow.preset": spec.name,
+                                      **{metric_key(f"metric.{k}"): f"{v:.4f}" for k, v in metrics.items()}})
     return {"model_dir": model_dir, "metrics": metrics, "info": info, "mlflow_run_id": run.mlflow_run_id,
             "registered_version": version}
 

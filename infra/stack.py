@@ -202,9 +202,13 @@ def _port_user(port: int) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port: the probe binds and listens as the servers do (SO_REUSEADDR, set by
+    uvicorn and gunicorn), so a socket left in TIME_WAIT by a crashed server does not count as "in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
+            s.listen(1)
         except OSError:
             return False
     return True

@@ -62,13 +62,17 @@ def publish(info: ComponentInfo, client: MlflowClient, artifact_root: str | None
 
     run = client.create_run(_experiment_id(client, artifact_root), run_name=f"publish {info.ref}",
                             tags={"attnflow.component": info.name, "attnflow.component_version": info.version})
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "component"
-        root.mkdir()
-        for mod in _source_modules(info.cls):
-            src = Path(inspect.getfile(importlib.import_module(mod)))
-            (root / (mod.replace(".", "__") + ".py")).write_text(src.read_text())
-        client.log_artifacts(run.info.run_id, str(root), artifact_path="component")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "component"
+            root.mkdir()
+            for mod in _source_modules(info.cls):
+                src = Path(inspect.getfile(importlib.import_module(mod)))
+                (root / (mod.replace(".", "__") + ".py")).write_text(src.read_text())
+            client.log_artifacts(run.info.run_id, str(root), artifact_path="component")
+    except BaseException as e:  # never left RUNNING (tasks/runs.py): FAILED, or KILLED on a signal
+        client.set_terminated(run.info.run_id, status="FAILED" if isinstance(e, Exception) else "KILLED")
+        raise
     client.set_terminated(run.info.run_id)
     tags = {
         "attnflow.component": info.name,

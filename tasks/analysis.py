@@ -28,6 +28,7 @@ from tasks.io import read_rows, write_rows
 from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs
 from tasks.retry import transient
+from tasks.runs import ended
 
 #: names of the axes of logged arrays, by number of dimensions
 AXES = {1: ("index",), 2: ("layer", "head"), 3: ("layer", "head", "position")}
@@ -125,36 +126,40 @@ def log_analysis(record: dict[str, Any], experiment: str, versions: dict[str, st
             "attnflow.registry_version": versions.get(f"{comp['name']}@{comp['version']}", "")}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(tracking.experiment_id(experiment), run_name=f"{comp['label']} | {record['model']}", tags=tags)
+    exp = tracking.experiment_id(experiment)
+    key = tracking.result_key(record["model_fingerprint"], comp, "analysis", result.metrics, record["seconds"])
+    tags.update(tracking.cached_tags(c, exp, key))
+    run = c.create_run(exp, run_name=f"{comp['label']} | {record['model']}", tags=tags)
     rid = run.info.run_id
-    metrics = [Metric(tracking.metric_key(k), float(v), 0, 0) for k, v in result.metrics.items() if np.isfinite(v)]
-    metrics.append(Metric("analysis_seconds", float(record["seconds"]), 0, 0))
-    params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()] + [Param("model", record["model"])]
-    c.log_batch(rid, metrics=metrics, params=params)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for sub in ("arrays", "tables", "heads"):
-            (root / sub).mkdir()
-        for name, array in result.arrays.items():
-            np.save(root / "arrays" / f"{name}.npy", array, allow_pickle=False)
-            write_rows(_array_rows(array), root / "arrays" / f"{name}.parquet")
-        for name, rows in result.tables.items():
-            if rows:
-                write_rows(rows, root / "tables" / f"{name}.parquet")
-        for name, heads in result.heads.items():
-            (root / "heads" / f"{name}.json").write_text(json.dumps({"heads": [list(p) for p in heads]}))
-        c.log_artifacts(rid, str(root))
-    c.log_dict(rid, {"metrics": result.metrics, "heads": {k: [list(p) for p in v] for k, v in result.heads.items()}},
-               "summary.json")
-    for name, spec in result.figures.items():
-        title = f"{comp['label']}\n{record['model']}"
-        if spec[0] == "layer_head":
-            fig = layer_head_figure(result.arrays[spec[1]], title, spec[1])
-        else:
-            fig = plots.breakdown_figure(name, [spec[0], *spec[2:]], result.tables[spec[1]], title)
-        c.log_figure(rid, fig, f"figures/{name}.png")
-        plots.close(fig)
-    c.set_terminated(rid)
+    with ended(rid):
+        metrics = [Metric(tracking.metric_key(k), float(v), 0, 0)
+                   for k, v in result.metrics.items() if np.isfinite(v)]
+        metrics.append(Metric("analysis_seconds", float(record["seconds"]), 0, 0))
+        params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()] + [Param("model", record["model"])]
+        c.log_batch(rid, metrics=metrics, params=params)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for sub in ("arrays", "tables", "heads"):
+                (root / sub).mkdir()
+            for name, array in result.arrays.items():
+                np.save(root / "arrays" / f"{name}.npy", array, allow_pickle=False)
+                write_rows(_array_rows(array), root / "arrays" / f"{name}.parquet")
+            for name, rows in result.tables.items():
+                if rows:
+                    write_rows(rows, root / "tables" / f"{name}.parquet")
+            for name, heads in result.heads.items():
+                (root / "heads" / f"{name}.json").write_text(json.dumps({"heads": [list(p) for p in heads]}))
+            c.log_artifacts(rid, str(root))
+        heads = {k: [list(p) for p in v] for k, v in result.heads.items()}
+        c.log_dict(rid, {"metrics": result.metrics, "heads": heads}, "summary.json")
+        for name, spec in result.figures.items():
+            title = f"{comp['label']}\n{record['model']}"
+            if spec[0] == "layer_head":
+                fig = layer_head_figure(result.arrays[spec[1]], title, spec[1])
+            else:
+                fig = plots.breakdown_figure(name, [spec[0], *spec[2:]], result.tables[spec[1]], title)
+            c.log_figure(rid, fig, f"figures/{name}.png")
+            plots.close(fig)
     return rid
 
 

@@ -27,7 +27,7 @@ import registry
 from components.lm import claims
 from components.lm.dynamics import check_point, run_point
 from infra.settings import settings
-from tasks import integrity, plots, tracking
+from tasks import integrity, plots, runs, tracking
 from tasks.retry import transient
 
 CODE_MODULES = ("components.lm.dynamics", "components.lm.probes", "components.lm.synthetic", "components.lm.trainer",
@@ -132,25 +132,24 @@ def log_study(name: str, experiment: str, params: dict[str, Any], results: list[
     """Parent run (verdict, figures, table) + one child run per point (curves); returns the parent run id."""
     c = tracking.client()
     versions = tracking.publish_components.fn(kernel_names([r["point"] for r in results]))
-    parent = tracking.start_run.fn(experiment, name, tags={"attnflow.kind": name, "attnflow.verdict": verdict},
-                                   params={**params, "kernel_versions": json.dumps(versions)})
-    tags = [RunTag(tracking.metric_key(f"attnflow.claim.{i}"), f"{ck['verdict']}: {ck['claim']}"[:5000])
-            for i, ck in enumerate(checks)]
-    metrics = [Metric("verdict_held", float(verdict == claims.HELD), 0, 0)]
-    for i, ck in enumerate(checks):
-        metrics.append(Metric(f"claim_{i}_held", float(ck["verdict"] == claims.HELD), 0, 0))
-        metrics += [Metric(tracking.metric_key(f"claim_{i}/{k}"), float(v), 0, 0)
-                    for k, v in ck["numbers"].items() if _finite(v)]
-    c.log_batch(parent, metrics=metrics, tags=tags)
-    c.log_text(parent, verdict_markdown(name, checks, verdict, table, notes), "verdict.md")
-    c.log_dict(parent, {"checks": checks, "verdict": verdict, "table": table}, "verdict.json")
-    c.log_dict(parent, json.loads(json.dumps(results, default=str)), "results.json")
-    for fname, fig in figures.items():
-        c.log_figure(parent, fig, f"figures/{fname}.png")
-        plots.close(fig)
-    for r in results:
-        _log_point(c, experiment, parent, name, r)
-    tracking.finish_run.fn(parent)
+    with runs.tracked_run(experiment, name, tags={"attnflow.kind": name, "attnflow.verdict": verdict},
+                          params={**params, "kernel_versions": json.dumps(versions)}) as parent:
+        tags = [RunTag(tracking.metric_key(f"attnflow.claim.{i}"), f"{ck['verdict']}: {ck['claim']}"[:5000])
+                for i, ck in enumerate(checks)]
+        metrics = [Metric("verdict_held", float(verdict == claims.HELD), 0, 0)]
+        for i, ck in enumerate(checks):
+            metrics.append(Metric(f"claim_{i}_held", float(ck["verdict"] == claims.HELD), 0, 0))
+            metrics += [Metric(tracking.metric_key(f"claim_{i}/{k}"), float(v), 0, 0)
+                        for k, v in ck["numbers"].items() if _finite(v)]
+        c.log_batch(parent, metrics=metrics, tags=tags)
+        c.log_text(parent, verdict_markdown(name, checks, verdict, table, notes), "verdict.md")
+        c.log_dict(parent, {"checks": checks, "verdict": verdict, "table": table}, "verdict.json")
+        c.log_dict(parent, json.loads(json.dumps(results, default=str)), "results.json")
+        for fname, fig in figures.items():
+            c.log_figure(parent, fig, f"figures/{fname}.png")
+            plots.close(fig)
+        for r in results:
+            _log_point(c, experiment, parent, name, r)
     print(verdict_markdown(name, checks, verdict, []).strip())
     print(f"MLflow run: {parent} (experiment '{experiment}')")
     return parent
@@ -160,8 +159,13 @@ def _log_point(c: Any, experiment: str, parent: str, kind: str, r: dict[str, Any
     p = r["point"]
     run = c.create_run(tracking.experiment_id(experiment), run_name=r["label"],
                        tags={"mlflow.parentRunId": parent, "attnflow.kind": f"{kind}/point",
-                             "attnflow.kernel": str(p["model"].get("attention", "sdpa"))})
-    rid = run.info.run_id
+                             "attnflow.kernel": str(p["model"].get("attention", "sdpa")), **tracking.process_tags()})
+    with runs.ended(run.info.run_id) as rid:
+        _log_point_body(c, rid, r)
+
+
+def _log_point_body(c: Any, rid: str, r: dict[str, Any]) -> None:
+    p = r["point"]
     params = [Param(f"{section}.{k}", str(v)[:6000]) for section in ("model", "train", "data", "probe")
               for k, v in p.get(section, {}).items()]
     metrics = [Metric("train_loss", float(v), 0, int(s)) for s, v in r["train_loss"] if _finite(v)]
@@ -173,5 +177,4 @@ def _log_point(c: Any, experiment: str, parent: str, kind: str, r: dict[str, Any
         metrics.append(Metric("diverged_at", float(r["diverged_at"]), 0, 0))
     for i in range(0, len(metrics), 900):
         c.log_batch(rid, metrics=metrics[i:i + 900], params=params if i == 0 else [])
-    c.set_terminated(rid)
 

@@ -31,7 +31,7 @@ from components.onnx.speed import measure_speed
 from components.patches.baseline import Baseline
 from infra.settings import settings
 from registry import specs
-from tasks import plots, tracking
+from tasks import plots, runs, tracking
 from tasks.evaluate import component_record, spec_text
 from tasks.io import write_json
 from tasks.models import LoadedModel, check_model
@@ -129,7 +129,8 @@ def export_onnx(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool, reuse: bo
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    cached = settings().cache_dir / "onnx-graphs" / graphs_key(loaded, plan, kv_cache)
+    key = graphs_key(loaded, plan, kv_cache)
+    cached = settings().cache_dir / "onnx-graphs" / key
     reused = reuse and (cached / "graphs.json").is_file()
     if not reused:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def export_onnx(loaded: LoadedModel, plan: ExportPlan, kv_cache: bool, reuse: bo
     for g in graphs:
         how = "reused the cached export of" if reused else f"exported in {g['seconds']:.1f}s"
         print(f"{how} the {g['kind']} graph {g['file']} (opset {g['opset']})")
-    return {"work_dir": str(work), "graphs": graphs, "kv_cache": kv_cache, "reused": reused}
+    return {"work_dir": str(work), "graphs": graphs, "kv_cache": kv_cache, "reused": reused, "key": key}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="optimize {target}")
@@ -234,7 +235,7 @@ def write_manifest(plan: ExportPlan, loaded: LoadedModel, exported: dict[str, An
                   "model_type": loaded.info["model_type"]},
         "export": {"exporter": "torch.onnx.export(dynamo=True)", "attention_form": plan.form,
                    "kv_cache": exported["kv_cache"], "dtype": "float32",
-                   "example_batch": onnx_export.EXAMPLE_BATCH},
+                   "example_batch": onnx_export.EXAMPLE_BATCH, "graphs_key": exported.get("key")},
         "optimize": plan.optimize,
         "opset": graphs["prefill"]["opset"],
         "graphs": graphs,
@@ -337,26 +338,36 @@ def log_export(plan: ExportPlan, manifest: dict[str, Any], out_dir: str, experim
     params = {**comp["params"], "model": plan.model, "component_spec": plan.component, "optimize": plan.optimize,
               "attention_form": plan.form, "kv_cache": manifest["export"]["kv_cache"], "opset": manifest["opset"],
               "parity_multiple": plan.multiple, "parity_lengths": plan.parity_lengths}
-    run_id = tracking.start_run.fn(experiment, f"export {plan.model_name} + {comp['label']}", tags=tags, params=params)
     c = tracking.client()
-    c.log_batch(run_id, metrics=_metrics(manifest))
-    c.log_artifacts(run_id, out_dir, artifact_path="onnx")
-    c.log_dict(run_id, manifest, MANIFEST)
-    fig = export_figure(manifest)
-    c.log_figure(run_id, fig, "export.png")
-    plots.close(fig)
-    version = None
-    if passed and register:
-        version = _register(c, run_id, plan, manifest)
-    c.set_terminated(run_id, status="FINISHED" if passed else "FAILED")
+    with runs.tracked_run(experiment, f"export {plan.model_name} + {comp['label']}", tags=tags,
+                          params=params) as run_id:
+        c.log_batch(run_id, metrics=_metrics(manifest))
+        c.log_artifacts(run_id, out_dir, artifact_path="onnx")
+        c.log_dict(run_id, manifest, MANIFEST)
+        fig = export_figure(manifest)
+        c.log_figure(run_id, fig, "export.png")
+        plots.close(fig)
+        version = None
+        if passed and register:
+            version = _register(c, run_id, plan, manifest)
+        if not passed:
+            runs.set_outcome(run_id, "FAILED")
     return {"run_id": run_id, "experiment": experiment, "registered_name": plan.registered_name if version else None,
             "registered_version": version}
 
 
 def _register(c: Any, run_id: str, plan: ExportPlan, manifest: dict[str, Any]) -> str:
-    """A model version whose source is the run's ``onnx/`` directory, tagged with parity and speed figures."""
+    """A model version whose source is the run's ``onnx/`` directory, tagged with parity and speed figures; an
+    identical export (same graphs key and fusions) is not registered again: its existing version is returned."""
     name = plan.registered_name
     comp = manifest["component"]
+    key = export_key(manifest)
+    if key and (same := _version_with(c, name, key)) is not None:
+        c.set_tag(run_id, "attnflow.cached", "true")
+        c.set_tag(run_id, "attnflow.registered_version", same)
+        print(f"{name} version {same} holds this export already (same weights, component, options): "
+              "not registered again")
+        return same
     try:
         c.get_registered_model(name)
     except Exception:  # noqa: BLE001 - not registered yet
@@ -371,6 +382,8 @@ def _register(c: Any, run_id: str, plan: ExportPlan, manifest: dict[str, Any]) -
             "parity.max_abs_diff": f"{manifest['parity']['max_abs_diff']:.3e}",
             "parity.max_ratio": f"{manifest['parity']['max_ratio']:.3g}",
             "parity.multiple": f"{manifest['parity']['multiple']:g}"}
+    if key:
+        tags["attnflow.onnx.export_key"] = key
     if manifest["parity"].get("tokens"):
         tokens = manifest["parity"]["tokens"]
         tags.update({"parity.greedy_agreement": f"{tokens['greedy_agreement']:.3f}",
@@ -384,6 +397,23 @@ def _register(c: Any, run_id: str, plan: ExportPlan, manifest: dict[str, Any]) -
                                             f"{manifest['parity']['max_abs_diff']:.2e}")
     print(f"registered {name} version {mv.version}")
     return str(mv.version)
+
+
+def export_key(manifest: dict[str, Any]) -> str | None:
+    """Identity of an export: the graphs key (weights, component, exporter, options, versions) and the fusions."""
+    graphs_key = manifest["export"].get("graphs_key")
+    if not graphs_key:
+        return None
+    return hashlib.sha256(json.dumps([graphs_key, manifest["optimize"]]).encode()).hexdigest()[:24]
+
+
+def _version_with(c: Any, name: str, key: str) -> str | None:
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception:  # noqa: BLE001 - not registered yet
+        return None
+    same = [v for v in versions if v.tags.get("attnflow.onnx.export_key") == key]
+    return str(min(int(v.version) for v in same)) if same else None
 
 
 @task(cache_policy=NO_CACHE, task_run_name="check parity")

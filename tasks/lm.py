@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,7 +26,7 @@ from components.lm.profile import AttentionProfile, attention_profile
 from components.lm.tokenizer import train_tokenizer
 from infra.settings import settings
 from registry.specs import load_preset, parse
-from tasks import plots, tracking
+from tasks import plots, runs, tracking
 from tasks.io import write_json
 from tasks.retry import transient
 
@@ -77,6 +77,7 @@ def prepare_run(spec: LMPreset, experiment: str) -> LMRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "mlflow_run_id"
     c = tracking.client()
+    runs.settle()
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if run_id:
         try:
@@ -94,7 +95,8 @@ def prepare_run(spec: LMPreset, experiment: str) -> LMRun:
                     "mixture": json.dumps(spec.to_dict()["mixture"])},
         )
         id_file.write_text(run_id)
-    else:
+    else:  # resumed by this process: it owns the run now (an orphan check must not end it)
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tracking.process_tags().items()])
         c.update_run(run_id, status="RUNNING")
     print(f"run directory {run_dir} (MLflow run {run_id})")
     return LMRun(spec, key, run_dir, run_id, data_fp)
@@ -274,10 +276,11 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
 def register_lm(run_id: str | None, model_dir: str, name: str, alias: str, tags: dict[str, str],
                    experiment: str = "models") -> str:
     """Log a model directory as run artifacts and register it as ``name`` with ``alias`` (e.g. champion)."""
+    if run_id is None:  # a run of its own, ended here (FINISHED, or FAILED/KILLED if registering fails)
+        with runs.tracked_run(experiment, f"register {name}", tags={"attnflow.kind": "register"},
+                              params={"model_dir": model_dir}) as own:
+            return register_lm.fn(own, model_dir, name, alias, tags, experiment)
     c = tracking.client()
-    if run_id is None:
-        run_id = tracking.start_run.fn(experiment, f"register {name}", tags={"attnflow.kind": "register"},
-                                       params={"model_dir": model_dir})
     c.log_artifacts(run_id, model_dir, artifact_path="model")
     for k, v in tags.items():
         c.set_tag(run_id, k, v)

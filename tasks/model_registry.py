@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import modeling
-from tasks import tracking
+from tasks import runs, tracking
 from tasks.retry import transient
 
 PULLED_ALIAS = "pulled"
@@ -49,17 +49,16 @@ def register_pulled(model_dir: str, alias: str = PULLED_ALIAS) -> str:
             "attnflow.licence": card["licence"]["name"], "attnflow.dtype": card["dtype"],
             "attnflow.card_ppl": f"{card['perplexity']['ppl']:.4f}"}
     c = tracking.client()
-    run_id = tracking.start_run.fn("models", f"pull {card['name']}", tags={"attnflow.kind": "pull", **tags},
-                                   params={"model_dir": str(root)})
-    for f in _CARD_FILES:
-        if (root / f).is_file():
-            c.log_artifact(run_id, str(root / f), artifact_path="card")
-    tracking.finish_run.fn(run_id)
-    try:
-        c.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - first version
-        c.create_registered_model(name, description=f"{card['description']} ({card['quantization_note']})")
-    mv = c.create_model_version(name, source=str(root), run_id=run_id, tags=tags)
-    c.set_registered_model_alias(name, alias, mv.version)
+    with runs.tracked_run("models", f"pull {card['name']}", tags={"attnflow.kind": "pull", **tags},
+                          params={"model_dir": str(root)}) as run_id:
+        for f in _CARD_FILES:
+            if (root / f).is_file():
+                c.log_artifact(run_id, str(root / f), artifact_path="card")
+        try:
+            c.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - first version
+            c.create_registered_model(name, description=f"{card['description']} ({card['quantization_note']})")
+        mv = c.create_model_version(name, source=str(root), run_id=run_id, tags=tags)
+        c.set_registered_model_alias(name, alias, mv.version)
     print(f"registered {name} version {mv.version} (alias {alias})")
     return str(mv.version)

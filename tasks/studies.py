@@ -18,7 +18,8 @@ from prefect.runtime import flow_run
 import registry
 from components.base import ParamError
 from tasks import _pool, integrity
-from tasks.tracking import RETRY, client, experiment_id, metric_key, start_run
+from tasks.runs import ended, tracked_run
+from tasks.tracking import RETRY, client, experiment_id, metric_key, process_tags
 
 worker_pool = _pool.worker_pool
 
@@ -107,27 +108,26 @@ def log_study(experiment: str, run_name: str, study: str, report: dict[str, Any]
             "attnflow.registry_version": versions.get(info.ref, ""),
             "attnflow.verdict": f"{passed}/{len(checks)} passed",
             **{f"verdict.{ch['name']}": "pass" if ch["passed"] else "fail" for ch in checks}}
-    rid = start_run.fn(experiment, run_name, tags, dict(flow_run.parameters or {}))
-    values = {**{f"check/{ch['name']}": float(ch["passed"]) for ch in checks},
-              **{f"check_value/{ch['name']}": float(ch["value"]) for ch in checks}, **report["metrics"],
-              "checks_passed": float(passed), "checks_total": float(len(checks))}
-    metrics = [Metric(metric_key(k), float(v), 0, 0) for k, v in values.items() if _finite(v)]
-    for lo in range(0, len(metrics), 1000):
-        c.log_batch(rid, metrics=metrics[lo:lo + 1000])
-    c.log_text(rid, report["markdown"], "verdict.md")
-    c.log_dict(rid, checks, "verdict.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "results.json"
-        path.write_text(json.dumps(results, default=str))
-        c.log_artifact(rid, str(path))
-        for name, png in figures.items():
-            (Path(tmp) / "figures").mkdir(exist_ok=True)
-            (Path(tmp) / "figures" / f"{name}.png").write_bytes(png)
-        if figures:
-            c.log_artifacts(rid, str(Path(tmp) / "figures"), artifact_path="figures")
-    for point in report["points"]:
-        _log_point(c, experiment, rid, info, point)
-    c.set_terminated(rid)
+    with tracked_run(experiment, run_name, tags, dict(flow_run.parameters or {})) as rid:
+        values = {**{f"check/{ch['name']}": float(ch["passed"]) for ch in checks},
+                  **{f"check_value/{ch['name']}": float(ch["value"]) for ch in checks}, **report["metrics"],
+                  "checks_passed": float(passed), "checks_total": float(len(checks))}
+        metrics = [Metric(metric_key(k), float(v), 0, 0) for k, v in values.items() if _finite(v)]
+        for lo in range(0, len(metrics), 1000):
+            c.log_batch(rid, metrics=metrics[lo:lo + 1000])
+        c.log_text(rid, report["markdown"], "verdict.md")
+        c.log_dict(rid, checks, "verdict.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "results.json"
+            path.write_text(json.dumps(results, default=str))
+            c.log_artifact(rid, str(path))
+            for name, png in figures.items():
+                (Path(tmp) / "figures").mkdir(exist_ok=True)
+                (Path(tmp) / "figures" / f"{name}.png").write_bytes(png)
+            if figures:
+                c.log_artifacts(rid, str(Path(tmp) / "figures"), artifact_path="figures")
+        for point in report["points"]:
+            _log_point(c, experiment, rid, info, point)
     return rid
 
 
@@ -143,16 +143,20 @@ def publish_report(experiment: str, run_name: str, study: str, report: dict[str,
 def _log_point(c: Any, experiment: str, parent: str, info: registry.ComponentInfo, point: dict[str, Any]) -> None:
     tags = {"mlflow.parentRunId": parent, "attnflow.kind": "study-point", "attnflow.component": info.name,
             "attnflow.component_version": info.version,
-            "attnflow.fingerprint": info.create(point["params"]).fingerprint()}
+            "attnflow.fingerprint": info.create(point["params"]).fingerprint(), **process_tags()}
     run = c.create_run(experiment_id(experiment), run_name=point["label"], tags=tags)
+    with ended(run.info.run_id):
+        _log_point_body(c, run.info.run_id, point)
+
+
+def _log_point_body(c: Any, run_id: str, point: dict[str, Any]) -> None:
     metrics = [Metric(metric_key(k), float(v), 0, 0) for k, v in point.get("metrics", {}).items() if _finite(v)]
     for name, curve in point.get("curves", {}).items():
         metrics += [Metric(metric_key(name), float(v), 0, int(step)) for step, v in curve if _finite(v)]
     params = [Param(k, str(v)[:6000]) for k, v in point["params"].items()]
     for lo in range(0, max(len(metrics), 1), 1000):
-        c.log_batch(run.info.run_id, metrics=metrics[lo:lo + 1000], params=params if lo == 0 else [],
+        c.log_batch(run_id, metrics=metrics[lo:lo + 1000], params=params if lo == 0 else [],
                     tags=[RunTag("attnflow.label", point["label"])] if lo == 0 else [])
-    c.set_terminated(run.info.run_id)
 
 
 def _finite(v: Any) -> bool:

@@ -7,7 +7,10 @@ result store, so a failed log loses nothing and a re-run re-logs from the cache.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -18,7 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -97,8 +100,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def process_tags() -> dict[str, str]:
+    """The process that owns a run (host, PID and its start time): a RUNNING run whose process is gone is an
+    orphan, marked KILLED by ``tasks.runs.settle``."""
+    return _process_tags(os.getpid())  # keyed by PID: a forked worker process gets its own
+
+
+@lru_cache(maxsize=8)
+def _process_tags(pid: int) -> dict[str, str]:
+    import psutil
+
+    return {"attnflow.host": socket.gethostname(), "attnflow.pid": str(pid),
+            "attnflow.pid_started": f"{psutil.Process(pid).create_time():.2f}"}
+
+
 def _flow_tags() -> dict[str, str]:
-    tags = {"attnflow.git_commit": git_commit(), "mlflow.source.git.commit": git_commit().removesuffix("-dirty")}
+    tags = {"attnflow.git_commit": git_commit(), "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+            **process_tags()}
     run_id = flow_run.get_id()
     if run_id:
         tags["attnflow.prefect_flow_run_id"] = str(run_id)
@@ -163,8 +181,20 @@ def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str |
         tags[f"attnflow.fit.{k}"] = str(v)[:5000]
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(experiment_id(experiment), run_name=f"{comp['label']} | {bench['label']}", tags=tags)
+    exp = experiment_id(experiment)
+    key = result_key(result["model_fingerprint"], comp, bench["fingerprint"], result["metrics"], result["seconds"])
+    tags.update(cached_tags(c, exp, key))
+    run = c.create_run(exp, run_name=f"{comp['label']} | {bench['label']}", tags=tags)
     rid = run.info.run_id
+    from tasks.runs import ended
+
+    with ended(rid):
+        _log_evaluation_body(c, rid, result, comp, bench)
+    return rid
+
+
+def _log_evaluation_body(c: MlflowClient, rid: str, result: dict[str, Any], comp: dict[str, Any],
+                         bench: dict[str, Any]) -> None:
     params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()]
     params += [Param(f"task.{k}", str(v)[:6000]) for k, v in bench["params"].items()]
     params += [Param("model", result["model"])]
@@ -182,8 +212,26 @@ def log_evaluation(result: dict[str, Any], experiment: str, parent_run_id: str |
                 fig = plots.breakdown_figure(name, spec, rows, f"{comp['label']} | {bench['label']}")
                 c.log_figure(rid, fig, f"figures/{name}.png")
                 plots.close(fig)
-    c.set_terminated(rid)
-    return rid
+
+
+def result_key(model_fingerprint: str, comp: dict[str, Any], task_fingerprint: str, metrics: dict[str, Any],
+               seconds: float) -> str:
+    """Identity of one computed result: the same key means the same computation served again from Prefect's
+    cache (a fresh computation differs at least in its measured seconds)."""
+    parts = [model_fingerprint, comp["fingerprint"], comp["code_fingerprint"], task_fingerprint,
+             {k: float(v) for k, v in metrics.items()}, float(seconds)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cached_tags(c: MlflowClient, experiment_id: str, key: str) -> dict[str, str]:
+    """Tags of a run logging the result ``key``: ``attnflow.cached`` is "true" when a run of this experiment
+    already logged the same computation (a cached re-run), with ``attnflow.cached_from`` = that first run."""
+    tags = {"attnflow.result_key": key, "attnflow.cached": "false"}
+    first = c.search_runs([experiment_id], f"tags.`attnflow.result_key` = '{key}'", max_results=1,
+                          order_by=["attributes.start_time ASC"])
+    if first:
+        tags.update({"attnflow.cached": "true", "attnflow.cached_from": first[0].info.run_id})
+    return tags
 
 
 @task(**RETRY, task_run_name="log comparison")

@@ -124,3 +124,11 @@ def test_flow_run_process_killed_mid_flow_is_crashed_and_rerun_reuses_cache(e2e_
     children = [r for r in runs if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent[0]]
     assert len(children) == len(COMPONENTS), [r["info"]["run_name"] for r in children]
     assert all(r["data"].get("metrics") for r in children)
+    # 6. The killed run's parent MLflow run, left RUNNING by the SIGKILL, was marked KILLED when the second run
+    #    started (its process was gone); no run of the experiment is left RUNNING.
+    status = {r["info"]["run_id"]: r["info"]["status"] for r in runs}
+    killed = [rid for rid, t in tags.items() if t.get("attnflow.prefect_flow_run_id") == first
+              and "mlflow.parentRunId" not in t]
+    assert len(killed) == 1 and status[killed[0]] == "KILLED", (killed, status)
+    assert "orphaned: process" in tags[killed[0]]["attnflow.end_reason"]
+    assert "RUNNING" not in status.values(), status

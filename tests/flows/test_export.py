@@ -60,6 +60,19 @@ def test_export_writes_directory_manifest_and_registers(passed_run):
     assert mv.tags["attnflow.component_version"] == "1.0.0" and mv.source.endswith("/onnx")
 
 
+def test_identical_reexport_registers_no_new_version(passed_run):
+    result, out = passed_run
+    again = export(model=result["manifest"]["model"]["ref"], component=COMPONENT, optimize="ort-cpu", out=str(out),
+                   parity_lengths=[8, 24], speed_lengths=[32], speed_rounds=1, experiment="export-test")
+    assert again["registered_version"] == result["registered_version"]
+    client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
+    versions = client.search_model_versions(f"name='{result['registered_name']}'")
+    assert [str(v.version) for v in versions] == [result["registered_version"]]
+    run = client.get_run(again["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["attnflow.cached"] == "true"
+    assert run.data.tags["attnflow.registered_version"] == result["registered_version"]
+
+
 def test_failed_parity_fails_the_flow_keeps_artifacts_and_registers_nothing(passed_run, tiny_llama_dir,
                                                                              tmp_path_factory):
     result, _ = passed_run

@@ -56,6 +56,11 @@ def test_mlflow_down_after_evaluation_then_relogged_from_cache(tiny_llama_dir, m
                               filter_string=f"tags.mlflow.parentRunId = '{again.result()['run_id']}'")
     assert len(runs) == 2 and all("kv_retrieval/accuracy" in r.data.metrics for r in runs)
     assert again.result()["table"]["cells"]  # the same evaluations, now logged
+    # the failed flow's parent run could not be ended while MLflow was down: it is FAILED now, not RUNNING
+    [lost] = mlflow.search_runs(experiment_names=["reliability-test"], output_format="list",
+                                filter_string="tags.attnflow.prefect_flow_run_id = "
+                                              f"'{failed.state_details.flow_run_id}'")
+    assert lost.info.status == "FAILED" and "not reachable" in lost.data.tags["attnflow.end_reason"]
 
 
 def test_missing_data_file_fails_once_not_retried(tmp_path):
