@@ -80,9 +80,11 @@ def train_and_evaluate(*, train: list[str], test: list[str], model: str, detecto
     # 3. Feature caches: the backbone runs once per text (reused across runs and detectors).
     loaded = load_model(model, dtype=dtype)
     perf = load_model(performer, dtype=dtype) if performer else None
-    caches = {"train": build_feature_cache(loaded, train_info["path"], max_length, batch_size, 256, perf, None, progress)}
+    caches = {"train": build_feature_cache(loaded, train_info["path"], max_length, batch_size, 256, perf, None,
+                                           progress)}
     if test_info:
-        caches["test"] = build_feature_cache(loaded, test_info["path"], max_length, batch_size, 256, perf, None, progress)
+        caches["test"] = build_feature_cache(loaded, test_info["path"], max_length, batch_size, 256, perf, None,
+                                             progress)
     train_dir, test_dir = caches["train"]["dir"], caches.get("test", {}).get("dir")
     # 4. Fit every detector from the cache (stored states are reused), then evaluate it.
     fits = [fit_detector(train_dir, spec, progress) for spec in plan.detectors]
@@ -171,7 +173,8 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
         version = register_detector(model_dir, out_["run_id"], name) if register_model else None
     forget_features()
     return {**{k: v for k, v in out_.items() if k != "loaded"}, "model_dir": model_dir,
-            "registered": registered_name(out_["loaded"].name) if register_model else None, "registered_version": version,
+            "registered": registered_name(out_["loaded"].name) if register_model else None,
+            "registered_version": version,
             "exported": best["fit"]["component"]["label"]}
 
 

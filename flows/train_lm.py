@@ -50,7 +50,8 @@ def train_lm(
         experiment: MLflow experiment.
         progress: Show progress bars.
     """
-    extra = {**overrides, **({"train.steps": steps} if steps else {}), **({"train.seed": seed} if seed is not None else {})}
+    extra = {**overrides, **({"train.steps": steps} if steps else {}),
+             **({"train.seed": seed} if seed is not None else {})}
     # 1. Validate the preset before any work.
     spec = resolve_preset(preset, extra, corpus, corpus_weight, corpus_field)
     # 1b. A staged preset (train.init_from: preset:<name>) continues from its first stage, trained now if missing.

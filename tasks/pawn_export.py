@@ -119,7 +119,8 @@ def resolve_model(ref: str) -> Path:
         mv = c.get_model_version(name, version) if version else c.get_model_version_by_alias(name, alias)
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for an unknown name/alias
         raise FileNotFoundError(f"{ref!r} is neither a PAWN detector directory nor a registered model "
-                                f"(name[@alias|/version]) in {settings().tracking_uri}: {str(e).splitlines()[0]}") from None
+                                f"(name[@alias|/version]) in {settings().tracking_uri}: "
+                                f"{str(e).splitlines()[0]}") from None
     dst = settings().cache_dir / "pawn-models" / name / str(mv.version)
     if not (dst / "model" / "pawn.json").is_file():
         tmp = dst.with_name(dst.name + ".partial")

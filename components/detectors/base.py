@@ -90,7 +90,8 @@ class FeatureSet:
         bad = [i for i in range(len(self)) if not (np.isfinite(self.metrics[i]).all() and np.isfinite(self.aux[i]).all()
                                                     and (self.hidden is None or np.isfinite(self.hidden[i]).all()))]
         if bad:
-            shown = ", ".join(repr(self.ids[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            shown = ", ".join(repr(self.ids[i]) for i in bad[:5]) + more
             raise FeatureError(f"non-finite (NaN/inf) features for {len(bad)} text(s): {shown}; the backbone "
                                "overflowed or has broken weights (try dtype float32)")
 

@@ -64,7 +64,8 @@ def test_report_splits_versions_and_gives_cis(parents):
     assert set(table["columns"]) == {"kv_retrieval/accuracy", "perplexity/ppl", "perplexity/nll"}
 
     # an independent computation of the paired 95% t-interval of the delta
-    base, new = ACC[("baseline", "baseline", "1.0.0", "b0")], ACC[("zerotuning(gamma=2.0)", "zerotuning", "1.1.0", "z1")]
+    base = ACC[("baseline", "baseline", "1.0.0", "b0")]
+    new = ACC[("zerotuning(gamma=2.0)", "zerotuning", "1.1.0", "z1")]
     diffs = [a - b for a, b in zip(new, base)]
     half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
     d = table["deltas"]["zerotuning(gamma=2.0) @1.1.0"]["kv_retrieval/accuracy"]
