@@ -64,8 +64,9 @@ def _evaluated(output: str) -> int:
 
 
 def _eval_results(home: Path) -> dict[str, float]:
-    """Persisted evaluation results (Prefect's result store, file name = the evaluation's cache key) -> mtime."""
-    return {p.name: p.stat().st_mtime for p in (home / "prefect-results").glob("eval-*")}
+    """Persisted evaluation results (Prefect's result store; file name = the evaluation's cache key,
+    ``eval<key version>-...``) -> mtime."""
+    return {p.name: p.stat().st_mtime for p in (home / "prefect-results").glob("eval*-*")}
 
 
 def _flow_runs(cfg: stack.StackConfig) -> list[dict]:
