@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import plots, tracking
 from tasks.claims_base import HELD, INCONCLUSIVE, NOT_HELD, Claim, check_seeds, inconclusive, missing_data
 from tasks.models import check_model
+from tasks.runs import ended
 
 COLORS = {HELD: "tab:green", NOT_HELD: "tab:red", INCONCLUSIVE: "tab:gray"}
 #: keys of ``data`` that name models, not datasets (checked as models)
@@ -170,20 +171,21 @@ def log_claim(res: dict[str, Any], experiment: str, parent_run_id: str, options:
             "attnflow.reason": res["reason"][:5000], "attnflow.model": res["model"]}
     run = c.create_run(tracking.experiment_id(experiment), run_name=f"{res['claim']} | {res['verdict']}", tags=tags)
     rid = run.info.run_id
-    metrics = [Metric(tracking.metric_key(k), float(v), 0, 0) for k, v in res["figures"].items() if _finite(v)]
-    for k, (lo, hi) in res["ci"].items():
-        metrics += [Metric(tracking.metric_key(f"{k}_ci_{s}"), float(v), 0, 0)
-                    for s, v in (("lo", lo), ("hi", hi)) if _finite(v)]
-    metrics.append(Metric("claim_seconds", float(res["wall_s"]), 0, 0))
-    params = [Param("seeds", ",".join(map(str, seeds))), Param("criterion", res["criterion"][:6000])]
-    params += [Param(k, str(v)[:6000]) for k, v in options.items()]
-    c.log_batch(rid, metrics=metrics, params=params)
-    c.log_dict(rid, _jsonable(res), "result.json")
-    if res["per_seed"]:
-        fig = per_seed_figure(res)
-        c.log_figure(rid, fig, "figures/per_seed.png")
-        plots.close(fig)
-    c.set_terminated(rid, status="FAILED" if res.get("error") else "FINISHED")
+    with ended(rid, finish=False):  # an error while logging ends the run FAILED, not RUNNING
+        metrics = [Metric(tracking.metric_key(k), float(v), 0, 0) for k, v in res["figures"].items() if _finite(v)]
+        for k, (lo, hi) in res["ci"].items():
+            metrics += [Metric(tracking.metric_key(f"{k}_ci_{s}"), float(v), 0, 0)
+                        for s, v in (("lo", lo), ("hi", hi)) if _finite(v)]
+        metrics.append(Metric("claim_seconds", float(res["wall_s"]), 0, 0))
+        params = [Param("seeds", ",".join(map(str, seeds))), Param("criterion", res["criterion"][:6000])]
+        params += [Param(k, str(v)[:6000]) for k, v in options.items()]
+        c.log_batch(rid, metrics=metrics, params=params)
+        c.log_dict(rid, _jsonable(res), "result.json")
+        if res["per_seed"]:
+            fig = per_seed_figure(res)
+            c.log_figure(rid, fig, "figures/per_seed.png")
+            plots.close(fig)
+        c.set_terminated(rid, status="FAILED" if res.get("error") else "FINISHED")
     return rid
 
 

@@ -20,6 +20,7 @@ from infra.settings import settings
 from tasks import plots
 from tasks.report import flag_disagreements, report_html, report_markdown, seedless
 from tasks.tracking import RETRY, _flow_tags, client, experiment_id, metric_key
+from tasks.runs import ended
 #: tags that together say "the same computation": weights, component (code + params), task (code + params), data
 IDENTITY = ("attnflow.model_fingerprint", "attnflow.fingerprint", "attnflow.task_fingerprint",
             "attnflow.data_fingerprint", "attnflow.fit.fingerprint")
@@ -124,14 +125,15 @@ def log_report(experiment: str, tables: list[dict[str, Any]], source_run_ids: li
                        tags={**_flow_tags(), "attnflow.kind": "report", "mlflow.note.content": markdown[:5000],
                              "attnflow.report_sources": ",".join(source_run_ids)[:5000]})
     rid = run.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "report.md").write_text(markdown)
-        (root / "report.html").write_text(report_html(experiment, tables, figures))
-        (root / "report.json").write_text(json.dumps(tables, indent=1, default=str))
-        for name, png in figures.items():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_bytes(png)
-        c.log_artifacts(rid, str(root))
-    c.set_terminated(rid)
+    with ended(rid, finish=False):  # an error while logging ends the run FAILED, not RUNNING
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            (root / "report.md").write_text(markdown)
+            (root / "report.html").write_text(report_html(experiment, tables, figures))
+            (root / "report.json").write_text(json.dumps(tables, indent=1, default=str))
+            for name, png in figures.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(png)
+            c.log_artifacts(rid, str(root))
+        c.set_terminated(rid)
     return {"run_id": rid, "markdown": markdown, "figures": sorted(figures)}

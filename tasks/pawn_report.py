@@ -20,6 +20,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.io import write_rows  # noqa: E402
 from tasks.pawn_metrics import finite  # noqa: E402
+from tasks.runs import ended  # noqa: E402
 
 COLUMNS = ("auroc", "macro_f1", "macro_recall", "recall_at_1fpr", "recall_at_5fpr")
 
@@ -102,19 +103,20 @@ def log_detection(results: list[dict[str, Any]], experiment: str, parent_run_id:
                 **{f"attnflow.{k}": v for k, v in r["notes"].items()}}
         run = c.create_run(exp, run_name=f"{comp['label']} | {model['name']}", tags=tags)
         rid = child_ids[comp["label"]] = run.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()] + [Param("model", model["name"])]
-        c.log_batch(rid, metrics=_metrics(r), params=params)
-        c.log_dict(rid, {k: r["test"][k] for k in ("by_domain", "by_generator")}, "breakdowns.json")
-        c.log_dict(rid, r["fit"]["info"], "fit_info.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            keys = ("ids", "labels", "scores", "domain", "generator")
-            write_rows([dict(zip(keys, v)) for v in zip(*(r["test"][k] for k in keys))], Path(tmp) / "test_scores.parquet")
-            c.log_artifact(rid, str(Path(tmp) / "test_scores.parquet"))
-        if Path(r["fit"]["state_dir"], "state.safetensors").is_file():
-            c.log_artifacts(rid, r["fit"]["state_dir"], "state")
-        _log_figure(c, rid, roc_figure([r], f"{comp['label']}: ROC on test"), "figures/roc.png")
-        _log_figure(c, rid, histogram_figure(r), "figures/score_histogram.png")
-        c.set_terminated(rid)
+        with ended(rid, finish=False):  # an error while logging ends the run FAILED, not RUNNING
+            params = [Param(k, str(v)[:6000]) for k, v in comp["params"].items()] + [Param("model", model["name"])]
+            c.log_batch(rid, metrics=_metrics(r), params=params)
+            c.log_dict(rid, {k: r["test"][k] for k in ("by_domain", "by_generator")}, "breakdowns.json")
+            c.log_dict(rid, r["fit"]["info"], "fit_info.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                keys = ("ids", "labels", "scores", "domain", "generator")
+                write_rows([dict(zip(keys, v)) for v in zip(*(r["test"][k] for k in keys))], Path(tmp) / "test_scores.parquet")
+                c.log_artifact(rid, str(Path(tmp) / "test_scores.parquet"))
+            if Path(r["fit"]["state_dir"], "state.safetensors").is_file():
+                c.log_artifacts(rid, r["fit"]["state_dir"], "state")
+            _log_figure(c, rid, roc_figure([r], f"{comp['label']}: ROC on test"), "figures/roc.png")
+            _log_figure(c, rid, histogram_figure(r), "figures/score_histogram.png")
+            c.set_terminated(rid)
     table = comparison(results, title)
     tracking.log_comparison.fn(parent_run_id, table, results)
     _log_figure(c, parent_run_id, roc_figure(results, title), "roc.png")

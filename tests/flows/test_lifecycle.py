@@ -168,3 +168,21 @@ def test_sigkilled_cli_server_exits_and_its_run_is_killed_on_next_start(cli_env,
     assert run.info.status == "KILLED"
     assert f"process {proc.pid}" in run.data.tags["attnflow.end_reason"]
     assert runs.settle() == []  # nothing left to end
+
+
+def test_a_child_run_whose_logging_fails_ends_failed(monkeypatch):
+    """Nested runs logged by report tasks (here a claim's) end FAILED when logging raises, not RUNNING."""
+    import tasks.claims_report as claims_report
+
+    def broken_figure(res):
+        raise RuntimeError("figure backend broke")
+
+    monkeypatch.setattr(claims_report, "per_seed_figure", broken_figure)
+    parent = _client().create_run(_client().create_experiment(f"child-fail-{os.getpid()}-{time.time_ns()}"))
+    exp = parent.info.experiment_id
+    res = {"claim": "sinks", "paper": "arXiv:0", "verdict": "held", "reason": "r", "model": "m", "criterion": "c",
+           "figures": {"x": 1.0}, "ci": {"x": [0.5, 1.5]}, "per_seed": [{"seed": 0, "x": 1.0}], "wall_s": 1.0}
+    with pytest.raises(RuntimeError, match="figure backend broke"):
+        claims_report.log_claim.fn(res, _client().get_experiment(exp).name, parent.info.run_id, {}, [0, 1, 2])
+    [child] = _client().search_runs([exp], "tags.`attnflow.kind` = 'claim'")
+    assert child.info.status == "FAILED"
