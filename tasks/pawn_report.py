@@ -110,7 +110,8 @@ def log_detection(results: list[dict[str, Any]], experiment: str, parent_run_id:
             c.log_dict(rid, r["fit"]["info"], "fit_info.json")
             with tempfile.TemporaryDirectory() as tmp:
                 keys = ("ids", "labels", "scores", "domain", "generator")
-                write_rows([dict(zip(keys, v)) for v in zip(*(r["test"][k] for k in keys))], Path(tmp) / "test_scores.parquet")
+                rows = [dict(zip(keys, v)) for v in zip(*(r["test"][k] for k in keys))]
+                write_rows(rows, Path(tmp) / "test_scores.parquet")
                 c.log_artifact(rid, str(Path(tmp) / "test_scores.parquet"))
             if Path(r["fit"]["state_dir"], "state.safetensors").is_file():
                 c.log_artifacts(rid, r["fit"]["state_dir"], "state")
