@@ -37,3 +37,21 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from tests.helpers.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_isolated():
+    """``mlflow.set_tracking_uri`` (called by code under test) also sets ``MLFLOW_TRACKING_URI`` for the whole
+    process; put back what the test started with, so a later test does not log to an earlier test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") == before:
+        return
+    import sys
+
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(before)  # None unsets the variable too
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
