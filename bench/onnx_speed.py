@@ -50,13 +50,17 @@ GOALS = {512: 0.85, 2048: 0.95}
 
 
 def patch_list() -> dict[str, str | None]:
+    """The variants to time; a registered patch that cannot be exported is skipped with a line saying why."""
     out = dict(PATCHES)
     try:  # ACT (issue #4) when it is registered, with its example parameters
         info = registry.get("act", family="patch")
-        params = ", ".join(f"{k}={str(v).replace(',', ';')}" for k, v in info.cls.example.items())
-        out["act"] = f"act({params})"
     except LookupError:
-        pass
+        return out
+    if not getattr(info.cls, "onnx_exportable", True):
+        print(f"# skipped act: not exportable ({getattr(info.cls, 'onnx_reason', 'see docs/onnx.md')})", flush=True)
+        return out
+    params = ", ".join(f"{k}={str(v).replace(',', ';')}" for k, v in info.cls.example.items())
+    out["act"] = f"act({params})"
     return out
 
 
