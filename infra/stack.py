@@ -252,7 +252,10 @@ def _base_env(cfg: StackConfig) -> dict[str, str]:
 def _commands(cfg: StackConfig) -> dict[str, tuple[list[str], dict[str, str]]]:
     base = _base_env(cfg)
     server_env = {**base, "PREFECT_UI_API_URL": cfg.api_url, "PREFECT_SERVER_API_HOST": HOST,
-                  "PREFECT_SERVER_API_PORT": str(cfg.prefect_port)}
+                  "PREFECT_SERVER_API_PORT": str(cfg.prefect_port),
+                  # SQLite serialises writers: on a busy machine a write can wait longer than Prefect's 10 s / 5 s
+                  # defaults, and the UI then reports a failed request instead of a slow one
+                  "PREFECT_SERVER_DATABASE_TIMEOUT": "60", "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30"}
     mlflow_env = {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner (7 busy processes)
     pythonpath = os.pathsep.join(p for p in (str(cfg.project_dir), os.environ.get("PYTHONPATH", "")) if p)
     worker_env = {**base, "PREFECT_API_URL": cfg.api_url, "MLFLOW_TRACKING_URI": cfg.mlflow_url,

@@ -30,6 +30,36 @@ def _metric_cells(row_text: str) -> tuple[str, float]:
     return name, float(value.replace(",", ""))
 
 
+def _submit(page, cfg, by_deployment: dict, before: set, screenshots) -> list[dict]:
+    """Click Submit and wait for the new flow run. The UI first validates the form (POST .../schemas/validate),
+    then creates the run (POST .../create_flow_run). A click the UI swallowed (no create request within 20 s, no
+    validation message shown) is clicked once more, as a user would; a failure names what the UI and the API said."""
+    create_requests: list[str] = []
+    api_errors: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda r: create_requests.append(r.url) if "create_flow_run" in r.url else None)
+    page.on("response", lambda r: api_errors.append(f"{r.status} {r.request.method} {r.url}")
+            if "/api/" in r.url and r.status >= 400 else None)
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    clicks = 0
+    new: list[dict] = []
+    deadline = time.monotonic() + 120
+    while not new and time.monotonic() < deadline:
+        if clicks == 0 or (clicks == 1 and not create_requests and time.monotonic() > clicked_at + 20
+                           and not page.locator(".p-label__message--failed, .p-toast__card").count()):
+            page.get_by_role("button", name="Submit").click()
+            clicks, clicked_at = clicks + 1, time.monotonic()
+        new = [r for r in api(cfg, "/flow_runs/filter", by_deployment) if r["id"] not in before]
+        time.sleep(0.5)
+    if not new:
+        shot(page, screenshots, "02b-prefect-submit-failed")
+        shown = page.locator(".p-label__message--failed, .p-toast__card").all_inner_texts()
+        pytest.fail(f"submitting the form created no flow run after {clicks} click(s); create requests: "
+                    f"{create_requests}; API errors: {api_errors}; console errors: {console[-5:]}; "
+                    f"messages on the page: {shown}; page: {page.url}")
+    return new
+
+
 def test_trigger_compare_from_prefect_ui_and_find_runs_in_mlflow(e2e_stack, page, tiny_llama_dir, screenshots):
     cfg = e2e_stack
     # 1. Prefect UI: the deployments page lists the compare deployment that `attnflow up` deployed (the UI shows
@@ -58,12 +88,7 @@ def test_trigger_compare_from_prefect_ui_and_find_runs_in_mlflow(e2e_stack, page
     deployment = next(d for d in api(cfg, "/deployments/filter", {}) if d["name"] == "compare")
     by_deployment = {"deployments": {"id": {"any_": [deployment["id"]]}}}
     before = {r["id"] for r in api(cfg, "/flow_runs/filter", by_deployment)}
-    page.get_by_role("button", name="Submit").click()
-    deadline = time.monotonic() + 90
-    new: list[dict] = []
-    while not new and time.monotonic() < deadline:
-        new = [r for r in api(cfg, "/flow_runs/filter", by_deployment) if r["id"] not in before]
-        time.sleep(0.5)
+    new = _submit(page, cfg, by_deployment, before, screenshots)
     assert len(new) == 1, f"submitting the form created {len(new)} flow runs"
     run = new[0]
     assert run["parameters"]["model"] == str(tiny_llama_dir) and run["parameters"]["experiment"] == EXPERIMENT
