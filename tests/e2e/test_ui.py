@@ -31,32 +31,32 @@ def _metric_cells(row_text: str) -> tuple[str, float]:
 
 
 def _submit(page, cfg, by_deployment: dict, before: set, screenshots) -> list[dict]:
-    """Click Submit and wait for the new flow run. The UI first validates the form (POST .../schemas/validate),
-    then creates the run (POST .../create_flow_run). A click the UI swallowed (no create request within 20 s, no
-    validation message shown) is clicked once more, as a user would; a failure names what the UI and the API said."""
-    create_requests: list[str] = []
+    """Click Submit and wait for the new flow run. The UI first validates the form (POST /ui/schemas/validate),
+    then creates the run (POST .../create_flow_run). A click the UI swallowed (after 20 s neither request sent and
+    no message shown) is clicked once more, as a user would; a failure names what the UI and the API said."""
+    sent: list[str] = []  # the validate / create requests the page sent
     api_errors: list[str] = []
     console: list[str] = []
-    page.on("request", lambda r: create_requests.append(r.url) if "create_flow_run" in r.url else None)
+    page.on("request", lambda r: sent.append(f"{r.method} {r.url}")
+            if "/ui/schemas/validate" in r.url or "create_flow_run" in r.url else None)
     page.on("response", lambda r: api_errors.append(f"{r.status} {r.request.method} {r.url}")
             if "/api/" in r.url and r.status >= 400 else None)
     page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-    clicks = 0
+    messages = page.locator(".p-label__message--failed, .p-toast__card")
+    page.get_by_role("button", name="Submit").click()
+    clicks, clicked_at = 1, time.monotonic()
     new: list[dict] = []
-    deadline = time.monotonic() + 120
-    while not new and time.monotonic() < deadline:
-        if clicks == 0 or (clicks == 1 and not create_requests and time.monotonic() > clicked_at + 20
-                           and not page.locator(".p-label__message--failed, .p-toast__card").count()):
+    while not new and time.monotonic() < clicked_at + 120:
+        if clicks == 1 and not sent and time.monotonic() > clicked_at + 20 and not messages.count():
             page.get_by_role("button", name="Submit").click()
-            clicks, clicked_at = clicks + 1, time.monotonic()
+            clicks += 1
         new = [r for r in api(cfg, "/flow_runs/filter", by_deployment) if r["id"] not in before]
         time.sleep(0.5)
     if not new:
         shot(page, screenshots, "02b-prefect-submit-failed")
-        shown = page.locator(".p-label__message--failed, .p-toast__card").all_inner_texts()
-        pytest.fail(f"submitting the form created no flow run after {clicks} click(s); create requests: "
-                    f"{create_requests}; API errors: {api_errors}; console errors: {console[-5:]}; "
-                    f"messages on the page: {shown}; page: {page.url}")
+        pytest.fail(f"submitting the form created no flow run after {clicks} click(s); requests sent: {sent}; "
+                    f"API errors: {api_errors}; console errors: {console[-5:]}; "
+                    f"messages on the page: {messages.all_inner_texts()}; page: {page.url}")
     return new
 
 
