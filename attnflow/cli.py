@@ -198,10 +198,7 @@ def components(
         typer.echo(f"updated {readme}")
         return
     if show:
-        info = guarded(lambda: registry.get(show))
-        typer.echo(f"{info.ref}  [{info.family}]  {info.paper_url or info.paper or ''}\n")
-        typer.echo((info.cls.__doc__ or "").strip() + "\n")
-        typer.echo((sys.modules[info.cls.__module__].__doc__ or "").strip())
+        typer.echo(guarded(lambda: registry.get(show)).describe())
         return
     infos = registry.all_components(family) if all_versions else registry.latest(family)
     if markdown:

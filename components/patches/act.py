@@ -35,20 +35,6 @@ padding rows are excluded from the statistics (alpha_j counts real queries only;
 head set is a parameter (the reference hard-codes searched heads for layers 2..30; the head-search flow produces
 ours); decoding is calibrated with running statistics (above); rows whose non-sink mass is 0 are left unchanged
 (the reference divides by zero there).
-
-Parameters
-----------
-beta : float
-    Scale of the sink columns, in [0, 1] (1 = no-op). Default 0.4.
-tau : float
-    Sink threshold on the received attention alpha_j, in (0, 1). Default 0.1.
-heads : HeadSet
-    Calibrated (layer, head) pairs, e.g. ``2:0,3:5`` or ``mlflow:<run_id>/heads.json``. Default ``all``.
-keep_first_sink : bool
-    Leave the first detected sink alone, as the reference does. Default True.
-phase : {"all", "prefill"}
-    ``all`` also calibrates decoding steps (running statistics); ``prefill`` only the prompt forward. Default
-    ``all``.
 """
 
 from __future__ import annotations
@@ -73,7 +59,22 @@ _ILL = 0.1  # rows with less non-sink mass than this take the stable second pass
           summary="Attention calibration: scale detected sink tokens' attention by beta on chosen heads.")
 @dataclass(frozen=True)
 class ACT(AttentionPatch):
-    """ACT: calibrate the attention to hidden sink tokens on the selected heads."""
+    """ACT: calibrate the attention to hidden sink tokens on the selected heads.
+
+    Parameters
+    ----------
+    beta : float
+        Scale of the sink columns, in [0, 1] (1 = no-op). Default 0.4.
+    tau : float
+        Sink threshold on the received attention alpha_j, in (0, 1). Default 0.1.
+    heads : HeadSet
+        Calibrated (layer, head) pairs, e.g. ``2:0,3:5`` or ``mlflow:<run_id>/heads.json``. Default ``all``.
+    keep_first_sink : bool
+        Leave the first detected sink alone, as the reference does. Default True.
+    phase : {"all", "prefill"}
+        ``all`` also calibrates decoding steps (running statistics); ``prefill`` only the prompt forward. Default
+        ``all``.
+    """
 
     beta: float = 0.4
     tau: float = 0.1

@@ -15,15 +15,6 @@ Head masking experiment masks during decoding only.
 Reference code: https://github.com/nightdessert/Retrieval_Head (``faiss_attn/source/modeling_llama.py``,
 ``block_list``). Deviations: the reference masks during decoding only and always in ``uniform`` form; here both the
 phase and the form are parameters (defaults ``all`` and ``uniform``).
-
-Parameters
-----------
-heads : HeadSet
-    The (layer, head) pairs to mask, e.g. ``0:1,2:3`` or ``file:heads.json``. Required (no default).
-mode : {"uniform", "zero"}
-    ``uniform`` = zero logits (uniform attention); ``zero`` = zero head output. Default ``uniform``.
-phase : {"all", "prefill", "decode"}
-    When to mask. Default ``all``.
 """
 
 from __future__ import annotations
@@ -44,7 +35,17 @@ from registry import register
           summary="Mask chosen heads: uniform attention (zero logits) or zero head output.")
 @dataclass(frozen=True)
 class HeadMask(AttentionPatch):
-    """Head masking (uniform attention or zeroed output) for chosen (layer, head) pairs."""
+    """Head masking (uniform attention or zeroed output) for chosen (layer, head) pairs.
+
+    Parameters
+    ----------
+    heads : HeadSet
+        The (layer, head) pairs to mask, e.g. ``0:1,2:3`` or ``file:heads.json``. Required (no default).
+    mode : {"uniform", "zero"}
+        ``uniform`` = zero logits (uniform attention); ``zero`` = zero head output. Default ``uniform``.
+    phase : {"all", "prefill", "decode"}
+        When to mask. Default ``all``.
+    """
 
     heads: HeadSet = HeadSet.none()
     mode: Literal["uniform", "zero"] = "uniform"

@@ -24,22 +24,6 @@ IOI. Reference code: https://github.com/jmerullo/circuit_reuse (the intervention
 Deviations from the reference code: no reference implementation exists; the paper's heads and target pattern
 are inputs here (``heads``, ``target``, ``positions`` or per-row ``inputs``), and ``weight`` generalises the hard
 overwrite (w = 1, the default). Not ONNX-exported (per-row index writes; untested under torch.export).
-
-Parameters
-----------
-heads : HeadSet
-    The (layer, head) pairs to override, e.g. ``9:6,10:0``. Required (no default).
-query_pos : int
-    The query position: p >= 0 = the p-th real token, p < 0 = counted back from the newest token. Default -1.
-target : {"positions", "first", "uniform", "inputs"}
-    The target pattern. Default ``positions``.
-positions : list of int
-    Key positions for ``target=positions`` (p >= 0 from the first real token, p < 0 back from the query).
-    Default 0.
-weight : float
-    Mixing weight w in [0, 1] (1 = overwrite). Default 1.0.
-phase : {"all", "prefill", "decode"}
-    Which forwards to act on. Default ``all``.
 """
 
 from __future__ import annotations
@@ -61,7 +45,24 @@ from registry import register
           summary="Overwrite chosen heads' attention row at one query position with a target pattern.")
 @dataclass(frozen=True)
 class HeadPatternOverride(AttentionPatch):
-    """Attention-pattern override for chosen heads at one query position."""
+    """Attention-pattern override for chosen heads at one query position.
+
+    Parameters
+    ----------
+    heads : HeadSet
+        The (layer, head) pairs to override, e.g. ``9:6,10:0``. Required (no default).
+    query_pos : int
+        The query position: p >= 0 = the p-th real token, p < 0 = counted back from the newest token. Default -1.
+    target : {"positions", "first", "uniform", "inputs"}
+        The target pattern. Default ``positions``.
+    positions : list of int
+        Key positions for ``target=positions`` (p >= 0 from the first real token, p < 0 back from the query).
+        Default 0.
+    weight : float
+        Mixing weight w in [0, 1] (1 = overwrite). Default 1.0.
+    phase : {"all", "prefill", "decode"}
+        Which forwards to act on. Default ``all``.
+    """
 
     heads: HeadSet = HeadSet.none()
     query_pos: int = -1

@@ -38,22 +38,6 @@ Deviations from the reference code: spans come from character ranges or markers 
 user turns; the bias is exact in logit space for any alpha (the reference adds log(alpha) to its additive mask, the
 same thing); heads are a parameter (the context-awareness paper steers all heads of all layers, PASTA profiles
 heads).
-
-Parameters
-----------
-alpha : float
-    Attention scale of prompt tokens outside the spans (> 0; < 1 emphasises the spans, 1 = no-op). Default 0.9.
-spans : str
-    Character ranges of the prompt, e.g. ``0:120`` or ``-40:`` (comma-separated). Default empty.
-span_start : str
-    Marker opening a span (the span starts after it); backslash escapes such as ``\\n`` are decoded. Default
-    empty.
-span_end : str
-    Marker closing a span (end of the prompt when empty or absent); escapes decoded. Default empty.
-heads : HeadSet
-    Steered (layer, head) pairs. Default ``all``.
-sparse_max : int
-    Largest key set applied as a sparse bias; larger sets use the extra-channel form. Default 128.
 """
 
 from __future__ import annotations
@@ -110,7 +94,24 @@ def char_spans(prompt: str, ranges: list[tuple[int | None, int | None]], start: 
           summary="Context steering: log(alpha) on prompt tokens outside chosen spans (character ranges/markers).")
 @dataclass(frozen=True)
 class Pasta(AttentionPatch):
-    """PASTA-style attention steering towards chosen spans of the prompt."""
+    """PASTA-style attention steering towards chosen spans of the prompt.
+
+    Parameters
+    ----------
+    alpha : float
+        Attention scale of prompt tokens outside the spans (> 0; < 1 emphasises the spans, 1 = no-op). Default 0.9.
+    spans : str
+        Character ranges of the prompt, e.g. ``0:120`` or ``-40:`` (comma-separated). Default empty.
+    span_start : str
+        Marker opening a span (the span starts after it); backslash escapes such as ``\\n`` are decoded. Default
+        empty.
+    span_end : str
+        Marker closing a span (end of the prompt when empty or absent); escapes decoded. Default empty.
+    heads : HeadSet
+        Steered (layer, head) pairs. Default ``all``.
+    sparse_max : int
+        Largest key set applied as a sparse bias; larger sets use the extra-channel form. Default 128.
+    """
 
     alpha: float = 0.9
     spans: str = ""

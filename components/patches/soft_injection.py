@@ -26,27 +26,6 @@ that enters o_proj); the few-shot prompts for mu are assembled generically from 
 (the reference has per-task templates and a separate valid split); prompts longer than the model's context drop
 demonstrations; the last prompt token comes from the scoring code's prompt lengths (answer tokens appended for
 option scoring are not injected). ``heads`` restricts which heads may be injected (the reference: all).
-
-Parameters
-----------
-n_shots : int
-    Demonstrations per few-shot prompt for the task embedding (the paper's N). Default 10.
-n_prompts : int
-    Few-shot prompts averaged into the task embedding (the paper's M). Default 50.
-steps : int
-    Adam steps on theta. Default 400.
-lr : float
-    Adam learning rate. Default 0.2.
-batch_size : int
-    Training queries per step. Default 1.
-valid_every : int
-    Validate (and keep the best theta) every this many steps. Default 50.
-separator : str
-    Text between demonstrations and before the query; backslash escapes decoded. Default ``\\n`` (a newline).
-heads : HeadSet
-    Heads that may be injected (a = 0 elsewhere). Default ``all``.
-seed : int
-    Seed of demonstration sampling and query order. Default 0.
 """
 
 from __future__ import annotations
@@ -85,7 +64,29 @@ class _HeadCapture(AttentionPatch):
           summary="SITE: mix learned fractions of few-shot task embeddings into head outputs at the last token.")
 @dataclass(frozen=True)
 class SoftInjection(AttentionPatch):
-    """Soft injection of task embeddings (per-head mixing weights trained with the model frozen)."""
+    """Soft injection of task embeddings (per-head mixing weights trained with the model frozen).
+
+    Parameters
+    ----------
+    n_shots : int
+        Demonstrations per few-shot prompt for the task embedding (the paper's N). Default 10.
+    n_prompts : int
+        Few-shot prompts averaged into the task embedding (the paper's M). Default 50.
+    steps : int
+        Adam steps on theta. Default 400.
+    lr : float
+        Adam learning rate. Default 0.2.
+    batch_size : int
+        Training queries per step. Default 1.
+    valid_every : int
+        Validate (and keep the best theta) every this many steps. Default 50.
+    separator : str
+        Text between demonstrations and before the query; backslash escapes decoded. Default ``\\n`` (a newline).
+    heads : HeadSet
+        Heads that may be injected (a = 0 elsewhere). Default ``all``.
+    seed : int
+        Seed of demonstration sampling and query order. Default 0.
+    """
 
     n_shots: int = 10
     n_prompts: int = 50

@@ -21,13 +21,6 @@ Deviations from the reference code: the reference scales column 0 of the post-so
 that column is a pad token, so here "key 0" is each row's first real token (read from the attention mask). The
 reference's token-range ablation (``start/end``) is not implemented. Head profiling and the gamma search are the
 head-search flow's job, not this component's.
-
-Parameters
-----------
-gamma : float
-    Scale of the initial token's attention (> 0; 1 = no-op). Default 2.0.
-heads : HeadSet
-    Target (layer, head) pairs. Default ``all``.
 """
 
 from __future__ import annotations
@@ -47,7 +40,15 @@ from registry import register
           summary="Scale attention to the initial token by gamma on chosen heads (log-gamma bias on key 0).")
 @dataclass(frozen=True)
 class ZeroTuning(AttentionPatch):
-    """ZeroTuning: log(gamma) added to the logit of each row's first real token on the target heads."""
+    """ZeroTuning: log(gamma) added to the logit of each row's first real token on the target heads.
+
+    Parameters
+    ----------
+    gamma : float
+        Scale of the initial token's attention (> 0; 1 = no-op). Default 2.0.
+    heads : HeadSet
+        Target (layer, head) pairs. Default ``all``.
+    """
 
     gamma: float = 2.0
     heads: HeadSet = HeadSet.all()
