@@ -31,6 +31,25 @@ from components.patches.base import AttentionPatch
 from registry import register
 
 
+def reference_uniform(probs: torch.Tensor, visible: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """``mode=uniform`` on materialised attention, written directly (tests compare every path against it).
+
+    probs (B, H, T, S) post-softmax attention of one layer; visible (B, 1, T, S) bool, the keys each query sees;
+    heads: the masked query heads. Returns (B, H, T, S) with A'_ij = 1 / |{j visible to i}| on those heads.
+    """
+    probs = probs.clone()
+    vis = visible.expand(-1, len(heads), -1, -1).to(probs.dtype)  # (B, |heads|, T, S)
+    probs[:, heads] = vis / vis.sum(-1, keepdim=True).clamp_min(1)
+    return probs
+
+
+def reference_zero(out: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """``mode=zero``: out (B, H, T, D) per-head outputs; returns them with the masked heads' outputs x 0."""
+    out = out.clone()
+    out[:, heads] = 0  # (B, |heads|, T, D)
+    return out
+
+
 @register("head_mask", version="1.0.0", family="patch", paper="arXiv:2404.15574",
           summary="Mask chosen heads: uniform attention (zero logits) or zero head output.")
 @dataclass(frozen=True)

@@ -90,6 +90,33 @@ def char_spans(prompt: str, ranges: list[tuple[int | None, int | None]], start: 
     return spans
 
 
+def reference_probs(probs: torch.Tensor, outside: torch.Tensor, heads: list[int], alpha: float) -> torch.Tensor:
+    """The formula on materialised attention, written directly (tests compare every path against it; the patch
+    itself applies a logit bias).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer.
+    outside : torch.Tensor
+        (B, S) bool over this call's keys: prompt tokens outside every span (the set O; generated tokens and pads
+        are not in it).
+    heads : list of int
+        The steered query heads of this layer.
+    alpha : float
+        Attention scale of the keys in O.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S) with A'_ij = alpha A_ij / D_i for j in O, A_ij / D_i otherwise (D_i renormalises the row).
+    """
+    probs = probs.clone()
+    scale = torch.where(outside, alpha, 1.0).to(probs.dtype)  # (B, S)
+    probs[:, heads] = probs[:, heads] * scale[:, None, None, :]  # (B, |heads|, T, S)
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # rows renormalised
+
+
 @register("pasta", version="1.0.0", family="patch", paper="arXiv:2311.02262",
           summary="Context steering: log(alpha) on prompt tokens outside chosen spans (character ranges/markers).")
 @dataclass(frozen=True)

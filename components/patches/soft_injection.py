@@ -46,6 +46,22 @@ from components.patches.base import AttentionPatch, model_shape
 from registry import register
 
 
+def reference_output(out: torch.Tensor, rows: list[int], theta: torch.Tensor, mu: torch.Tensor,
+                     heads: list[int]) -> torch.Tensor:
+    """The formula on per-head outputs of one layer's prefill call, with loops (tests compare the patch against it).
+
+    out (B, H, T, D) head outputs; rows: per batch row, the query index of the last prompt token; theta (H,) this
+    layer's logits of the injection weights; mu (H, D) this layer's task embeddings; heads: the injected heads.
+    Returns (B, H, T, D) with h' = (1 - a) h + a mu, a = sigmoid(theta), at that token of each injected head.
+    """
+    out = out.clone()
+    for b, i in enumerate(rows):
+        for h in heads:
+            a = torch.sigmoid(theta[h]).to(out.dtype)  # scalar
+            out[b, h, i] = (1 - a) * out[b, h, i] + a * mu[h].to(out.dtype)  # (D,)
+    return out
+
+
 @dataclass(frozen=True)
 class _HeadCapture(AttentionPatch):
     """Accumulates each head's output at the last prompt token (prefill), summed over rows (not registered)."""

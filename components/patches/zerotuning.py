@@ -29,11 +29,40 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from components.attention.types import CallInfo, KeyBias
 from components.base import check_range
 from components.heads import HeadSet
 from components.patches.base import AttentionPatch
 from registry import register
+
+
+def reference_probs(probs: torch.Tensor, first: torch.Tensor, heads: list[int], gamma: float) -> torch.Tensor:
+    """The paper's formula on materialised attention, written directly (tests compare every path against it; the
+    patch itself never materialises attention).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer.
+    first : torch.Tensor
+        (B,) key column of each row's first real token ("key 0"); -1 when a sliding-window cache dropped it.
+    heads : list of int
+        The edited query heads of this layer.
+    gamma : float
+        Scale of the first token's attention.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S) with a'_0 = gamma a_0 / D and a'_j = a_j / D, D = sum of the row after scaling.
+    """
+    probs = probs.clone()
+    for b in range(probs.shape[0]):
+        if first[b] >= 0:  # still in the (sliding-window) cache
+            probs[b, heads, :, first[b]] *= gamma  # (|heads|, T) column of key 0
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, H, T, S) rows renormalised
 
 
 @register("zerotuning", version="1.0.0", family="patch", paper="arXiv:2505.11739",
