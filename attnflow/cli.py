@@ -217,10 +217,10 @@ def components(
 
 def methods_markdown(infos: list[Any]) -> str:
     """The README methods table, generated from the registry."""
-    lines = ["| component | family | version | paper | status | summary |", "|---|---|---|---|---|---|"]
+    lines = ["| component | family | version | paper | summary |", "|---|---|---|---|---|"]
     for i in infos:
         paper = f"[{i.paper}]({i.paper_url})" if i.paper_url else (i.paper or "-")
-        lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.status} | {i.summary} |")
+        lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.summary} |")
     return "\n".join(lines)
 
 

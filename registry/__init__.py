@@ -26,7 +26,7 @@ import json
 import pkgutil
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -63,8 +63,6 @@ class ComponentInfo:
     paper: str | None
     summary: str
     cls: type
-    status: str = "stable"
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def ref(self) -> str:
@@ -137,7 +135,6 @@ def register(
     family: str,
     paper: str | None = None,
     summary: str = "",
-    status: str = "stable",
 ) -> Callable[[T], T]:
     """Class decorator: register a component version. Re-registering the same class is a no-op."""
     if not _NAME.match(name):
@@ -156,7 +153,6 @@ def register(
             paper=paper,
             summary=summary or (doc.splitlines()[0] if doc else ""),
             cls=cls,
-            status=status,
         )
         with _lock:
             versions = _entries.setdefault(name, {})

@@ -200,12 +200,6 @@ class RetrievalScore(NeedleGrid, Analyzer):
                 inp, step_pos = tokens[:, None], step_pos + 1
         return list(zip(scores, generated))
 
-    def score_test(self, model: torch.nn.Module, tokenizer: Any, ids: list[int],
-                   span: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        """Greedy decoding of one test: (L, H) event scores and the generated ids."""
-        with applied(model):
-            return self.score_batch(model, tokenizer, [(ids, span)])[0]
-
     def analyze(self, model, tokenizer, rows, *, progress=False) -> AnalysisResult:
         n_layers, n_heads = model_shape(model.config)
         total = torch.zeros(n_layers, n_heads, dtype=torch.float64)

@@ -90,9 +90,6 @@ class MoH(AttentionKernel):
         if not routed and self.top_k:
             raise ParamError(f"moh.top_k={self.top_k}: all {n_heads} heads are shared, no head is left to route")
 
-    def active_fraction(self, n_heads: int) -> float:
-        return (self.shared + self.top_k) / n_heads
-
     def make_state(self, state: KernelState) -> None:
         routed = state.n_heads - self.shared
         if routed:
