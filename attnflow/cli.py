@@ -198,10 +198,7 @@ def components(
         typer.echo(f"updated {readme}")
         return
     if show:
-        info = guarded(lambda: registry.get(show))
-        typer.echo(f"{info.ref}  [{info.family}]  {info.paper_url or info.paper or ''}\n")
-        typer.echo((info.cls.__doc__ or "").strip() + "\n")
-        typer.echo((sys.modules[info.cls.__module__].__doc__ or "").strip())
+        typer.echo(guarded(lambda: registry.get(show)).describe())
         return
     infos = registry.all_components(family) if all_versions else registry.latest(family)
     if markdown:
@@ -220,10 +217,10 @@ def components(
 
 def methods_markdown(infos: list[Any]) -> str:
     """The README methods table, generated from the registry."""
-    lines = ["| component | family | version | paper | status | summary |", "|---|---|---|---|---|---|"]
+    lines = ["| component | family | version | paper | summary |", "|---|---|---|---|---|"]
     for i in infos:
         paper = f"[{i.paper}]({i.paper_url})" if i.paper_url else (i.paper or "-")
-        lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.status} | {i.summary} |")
+        lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.summary} |")
     return "\n".join(lines)
 
 

@@ -118,21 +118,32 @@ class ParamSpec:
     doc: str
 
 
-def _param_docs(cls: type) -> dict[str, str]:
-    """Descriptions from the numpy-style ``Parameters`` section of the class docstring."""
-    doc = inspect.getdoc(cls) or ""
-    m = re.search(r"^Parameters\n-+\n(.*?)(?:\n\S[^\n]*\n-+\n|\Z)", doc, re.S | re.M)
-    if not m:
-        return {}
+_SECTION = re.compile(r"^(\S[^\n]*)\n-+$", re.M)  # a numpy-style section header: a title underlined by dashes
+_ENTRY = re.compile(r"^(\w+(?:\s*,\s*\w+)*)\s*(?::\s*(.*))?$")  # "name", "name : type" or "a, b : type"
+
+
+def param_docs(cls: type) -> dict[str, str]:
+    """Parameter descriptions from the numpy-style ``Parameters`` section of ``cls``'s own docstring.
+
+    An entry is an unindented line ``name : type`` (or ``a, b : type``, or a bare ``name``) followed by its indented
+    description; description lines are joined with single spaces. The section ends at the next section header (a
+    title underlined by dashes) or at the end of the docstring. Returns ``{name: description}``; an entry without
+    a description maps to ``""``.
+    """
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    headers = list(_SECTION.finditer(doc))
+    body = next((doc[h.end():headers[i + 1].start() if i + 1 < len(headers) else len(doc)]
+                 for i, h in enumerate(headers) if h.group(1).strip() == "Parameters"), "")
     out: dict[str, str] = {}
-    current = None
-    for line in m.group(1).splitlines():
-        head = re.match(r"^(\w+)\s*:", line)
-        if head and not line.startswith(" "):
-            current = head.group(1)
-            out[current] = ""
-        elif current and line.strip():
-            out[current] = (out[current] + " " + line.strip()).strip()
+    names: list[str] = []
+    for line in body.splitlines():
+        entry = _ENTRY.match(line) if line and not line[0].isspace() else None
+        if entry:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            out.update((n, "") for n in names)
+        elif names and line.strip():
+            for n in names:
+                out[n] = (out[n] + " " + line.strip()).strip()
     return out
 
 
@@ -158,7 +169,7 @@ class Component:
     @classmethod
     def param_specs(cls) -> list[ParamSpec]:
         hints = get_type_hints(cls)
-        docs = _param_docs(cls)
+        docs = param_docs(cls)
         specs = []
         for f in dataclasses.fields(cls):
             if not f.init or f.name.startswith("_"):

@@ -26,7 +26,7 @@ import json
 import pkgutil
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -63,8 +63,6 @@ class ComponentInfo:
     paper: str | None
     summary: str
     cls: type
-    status: str = "stable"
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def ref(self) -> str:
@@ -91,6 +89,35 @@ class ComponentInfo:
     def code_fingerprint(self) -> str:
         return code_fingerprint(self.cls)
 
+    def describe(self) -> str:
+        """What ``attnflow components --show`` prints: reference, family and paper; the class summary; one entry per
+        parameter (name, type, description from the class docstring's ``Parameters`` section); an example spec; then
+        the module docstring (mechanism, formula, paper and reference code, deviations)."""
+        import sys
+
+        doc = inspect.cleandoc(self.cls.__dict__.get("__doc__") or "")
+        lines = [f"{self.ref}  [{self.family}]  {self.paper_url or self.paper or ''}".rstrip(), "",
+                 doc.split("\n\n", 1)[0], "", "Parameters", "----------"]
+        specs = self.cls.param_specs()
+        for p in specs:
+            lines.append(f"{p.name} : {p.type}")
+            lines += [f"    {chunk}" for chunk in _wrap(p.doc or "(undocumented)", 112)]
+        if not specs:
+            lines.append("(none)")
+        example = getattr(self.cls, "example", None)
+        if example:
+            from registry.specs import Spec
+
+            lines += ["", f"Example: {Spec(self.name, None, dict(example)).text()}"]
+        module_doc = (sys.modules[self.cls.__module__].__doc__ or "").strip()
+        return "\n".join(lines + (["", module_doc] if module_doc else []))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
 
 _lock = threading.RLock()
 _entries: dict[str, dict[str, ComponentInfo]] = {}
@@ -108,7 +135,6 @@ def register(
     family: str,
     paper: str | None = None,
     summary: str = "",
-    status: str = "stable",
 ) -> Callable[[T], T]:
     """Class decorator: register a component version. Re-registering the same class is a no-op."""
     if not _NAME.match(name):
@@ -127,7 +153,6 @@ def register(
             paper=paper,
             summary=summary or (doc.splitlines()[0] if doc else ""),
             cls=cls,
-            status=status,
         )
         with _lock:
             versions = _entries.setdefault(name, {})

@@ -245,9 +245,6 @@ class PrepOptions(BaseModel):
                 "domain": self.domain_field, "generator": self.generator_field, "split": self.split_field}
 
 
-DEFAULT_FIELDS = PrepOptions().fields()
-
-
 def prepare(sources: list[str], options: PrepOptions, split: str = "auto", out: str | None = None) -> dict[str, Any]:
     """Run the (cached) prep task for ``sources`` with ``options`` (re-run if the file vanished or fails its
     checksum)."""

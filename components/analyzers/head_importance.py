@@ -20,18 +20,6 @@ https://github.com/pmichel31415/are-16-heads-really-better-than-1 (``heads_pruni
 Deviations: any benchmark (the paper: ImageNet classes); "confidence change" is the target log-probability drop;
 Michel et al. accumulate |gradient| per batch and normalise per layer, here per example and unnormalised;
 masking zeroes the head output by default (``mask_mode=uniform`` makes its attention uniform instead).
-
-Parameters
-----------
-task : str
-    Benchmark spec whose eval rows are scored, e.g. ``kv_retrieval(n_examples=32)``. Default
-    ``kv_retrieval(n_examples=32)``.
-measures : list of str
-    Any of ``acc_drop``, ``logprob_drop``, ``taylor``. Default all three.
-mask_mode : {"zero", "uniform"}
-    How a head is masked for the drop measures (``head_mask`` modes). Default ``zero``.
-batch_size : int
-    Examples per forward. Default 16.
 """
 
 from __future__ import annotations
@@ -104,7 +92,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
           summary="Head importance: metric and log-prob drop when masking each head, and Taylor gate importance.")
 @dataclass(frozen=True)
 class HeadImportance(Analyzer):
-    """Per-head importance by single-head masking and by gate gradients."""
+    """Per-head importance by single-head masking and by gate gradients.
+
+    Parameters
+    ----------
+    task : str
+        Benchmark spec whose eval rows are scored, e.g. ``kv_retrieval(n_examples=32)``. Default
+        ``kv_retrieval(n_examples=32)``.
+    measures : list of str
+        Any of ``acc_drop``, ``logprob_drop``, ``taylor``. Default all three.
+    mask_mode : {"zero", "uniform"}
+        How a head is masked for the drop measures (``head_mask`` modes). Default ``zero``.
+    batch_size : int
+        Examples per forward. Default 16.
+    """
 
     task: str = "kv_retrieval(n_examples=32)"
     measures: tuple[str, ...] = MEASURES

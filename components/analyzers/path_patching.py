@@ -28,21 +28,6 @@ overwrites them (the reference's in-place z cache records the frozen value when 
 our templates over the story vocabulary instead of the paper's GPT-2 datasets, and answer and distractor are
 compared at their first differing token (a shared token prefix, e.g. a lone space, is appended to the prompts);
 senders in the receivers' layers or later are NaN instead of 0.
-
-Parameters
-----------
-prompts : str
-    ``ioi``, ``colored_objects``, or a file of clean/corrupt/answer/distractor records. Default ``ioi``.
-n_prompts : int
-    Prompt pairs generated (or read). Default 25.
-receivers : HeadSet
-    Receiver heads; ``none`` = the logits (direct effect). Default ``none``.
-freeze_mlps : bool
-    Freeze MLP outputs at the final position to the clean run too. Default False.
-batch_size : int
-    Prompts per forward. Default 25.
-seed : int
-    Seed of the generated prompts. Default 0.
 """
 
 from __future__ import annotations
@@ -115,7 +100,23 @@ class _Batch:
           summary="Path patching: normalised effect of each sender head on receivers (or logits), IOI / colors.")
 @dataclass(frozen=True)
 class PathPatching(Analyzer):
-    """Path patching from every sender head to receiver heads (or the logits)."""
+    """Path patching from every sender head to receiver heads (or the logits).
+
+    Parameters
+    ----------
+    prompts : str
+        ``ioi``, ``colored_objects``, or a file of clean/corrupt/answer/distractor records. Default ``ioi``.
+    n_prompts : int
+        Prompt pairs generated (or read). Default 25.
+    receivers : HeadSet
+        Receiver heads; ``none`` = the logits (direct effect). Default ``none``.
+    freeze_mlps : bool
+        Freeze MLP outputs at the final position to the clean run too. Default False.
+    batch_size : int
+        Prompts per forward. Default 25.
+    seed : int
+        Seed of the generated prompts. Default 0.
+    """
 
     prompts: str = "ioi"
     n_prompts: int = 25

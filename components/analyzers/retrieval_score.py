@@ -23,34 +23,6 @@ offsets of the answer (exact) instead of a token-set overlap > 0.9 search (used 
 tokenizers); ROUGE-1 without stemming; decoding stops at a newline or EOS after at most ``max_new_tokens`` (the
 reference: 50). ``top_k`` > 1 counts an event when any of the top-k positions qualifies (as the reference's loop).
 
-Parameters
-----------
-lengths : list of int
-    Haystack lengths in words. Default 60, 120, 240.
-depths : list of float
-    Relative needle depths in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
-n_per_cell : int
-    Tests per (length, depth) cell. Default 2.
-needles : str
-    ``passkey``, ``words``, or a file of needle/question/real_needle records. Default ``passkey``.
-haystack : str
-    ``builtin:stories`` or a text source (txt/JSONL/CSV/Parquet, ``hf:<id>``). Default ``builtin:stories``.
-template : str
-    Prompt template with ``{context}`` and ``{question}``; empty = the needle source's default. Default empty.
-max_new_tokens : int
-    Greedy decoding steps per test. Default 24.
-top_k : int
-    Attended positions checked per head and step. Default 1.
-recall_gate : float
-    Tests count when ROUGE-1 recall of the answer exceeds this. Default 0.5.
-threshold : float
-    Heads scoring above this are retrieval heads. Default 0.1.
-seed : int
-    Data seed (the tests differ from the needle benchmark's splits). Default 0.
-batch_size : int
-    Tests decoded together, grouped by token length, left-padded (speed only: the scores equal batch_size=1 up
-    to float rounding in the matrix products). Default 8.
-
 Changelog
 ---------
 1.1.0: tests decoded in length-sorted, left-padded batches (``batch_size``); the prefill keeps only the last logits;
@@ -128,7 +100,36 @@ def needle_span(tokenizer: Any, prompt: str, start: int, end: int) -> tuple[list
           summary="Retrieval heads: copy-paste score of each head while decoding needle-in-a-haystack answers.")
 @dataclass(frozen=True)
 class RetrievalScore(NeedleGrid, Analyzer):
-    """Retrieval-head detection by copy-paste events during greedy needle retrieval."""
+    """Retrieval-head detection by copy-paste events during greedy needle retrieval.
+
+    Parameters
+    ----------
+    lengths : list of int
+        Haystack lengths in words. Default 60, 120, 240.
+    depths : list of float
+        Relative needle depths in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
+    n_per_cell : int
+        Tests per (length, depth) cell. Default 2.
+    needles : str
+        ``passkey``, ``words``, or a file of needle/question/real_needle records. Default ``passkey``.
+    haystack : str
+        ``builtin:stories`` or a text source (txt/JSONL/CSV/Parquet, ``hf:<id>``). Default ``builtin:stories``.
+    template : str
+        Prompt template with ``{context}`` and ``{question}``; empty = the needle source's default. Default empty.
+    max_new_tokens : int
+        Greedy decoding steps per test. Default 24.
+    top_k : int
+        Attended positions checked per head and step. Default 1.
+    recall_gate : float
+        Tests count when ROUGE-1 recall of the answer exceeds this. Default 0.5.
+    threshold : float
+        Heads scoring above this are retrieval heads. Default 0.1.
+    seed : int
+        Data seed (the tests differ from the needle benchmark's splits). Default 0.
+    batch_size : int
+        Tests decoded together, grouped by token length, left-padded (speed only: the scores equal batch_size=1 up
+        to float rounding in the matrix products). Default 8.
+    """
 
     max_new_tokens: int = 24
     top_k: int = 1
@@ -198,12 +199,6 @@ class RetrievalScore(NeedleGrid, Analyzer):
                     break
                 inp, step_pos = tokens[:, None], step_pos + 1
         return list(zip(scores, generated))
-
-    def score_test(self, model: torch.nn.Module, tokenizer: Any, ids: list[int],
-                   span: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        """Greedy decoding of one test: (L, H) event scores and the generated ids."""
-        with applied(model):
-            return self.score_batch(model, tokenizer, [(ids, span)])[0]
 
     def analyze(self, model, tokenizer, rows, *, progress=False) -> AnalysisResult:
         n_layers, n_heads = model_shape(model.config)

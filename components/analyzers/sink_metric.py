@@ -25,26 +25,6 @@ Deviations from the reference code: the probe texts are the user's (any text sou
 instead of ``datasets/probe_valid.jsonl``; short inputs raise an error naming the sample (the reference asserts),
 or are skipped with ``short=skip``. Probabilities come from the attnflow dispatcher's materialised path (the
 reference uses eager attention); patches in an enclosing scope are measured with the model.
-
-Parameters
-----------
-source : str
-    Probe texts: ``builtin:stories`` (generated story text, long enough) or a txt/JSONL/CSV/Parquet file or
-    ``hf:<dataset>``. Default ``builtin:stories``.
-text_field : str
-    Text field of record sources. Default ``text``.
-n_samples : int
-    Probe samples. Default 100.
-n_tokens : int
-    T: tokens per sample (inputs are cut to their first T tokens). Default 64.
-eps : float
-    Sink threshold on alpha. Default 0.3.
-short : {"error", "skip"}
-    What to do with texts shorter than T tokens. Default ``error``.
-batch_size : int
-    Samples per forward. Default 16.
-seed : int
-    Seed of the built-in stories. Default 0.
 """
 
 from __future__ import annotations
@@ -80,7 +60,28 @@ def sink_rates(alpha: torch.Tensor, eps: float) -> torch.Tensor:
           summary="Attention-sink metric: mean attention each key receives; share of heads above eps (Sink_1).")
 @dataclass(frozen=True)
 class SinkMetric(Analyzer):
-    """Attention-sink metric (alpha per head and key, Sink_k over heads)."""
+    """Attention-sink metric (alpha per head and key, Sink_k over heads).
+
+    Parameters
+    ----------
+    source : str
+        Probe texts: ``builtin:stories`` (generated story text, long enough) or a txt/JSONL/CSV/Parquet file or
+        ``hf:<dataset>``. Default ``builtin:stories``.
+    text_field : str
+        Text field of record sources. Default ``text``.
+    n_samples : int
+        Probe samples. Default 100.
+    n_tokens : int
+        T: tokens per sample (inputs are cut to their first T tokens). Default 64.
+    eps : float
+        Sink threshold on alpha. Default 0.3.
+    short : {"error", "skip"}
+        What to do with texts shorter than T tokens. Default ``error``.
+    batch_size : int
+        Samples per forward. Default 16.
+    seed : int
+        Seed of the built-in stories. Default 0.
+    """
 
     source: str = "builtin:stories"
     text_field: str = "text"

@@ -61,9 +61,6 @@ class PatchSession:
         """Attach per-batch inputs (texts, offsets, spans...) that input-dependent patches read."""
         self.inputs = dict(inputs)
 
-    def reset_state(self) -> None:
-        self.state.clear()
-
 
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """Self-attention modules by layer index (modules with ``layer_idx`` whose class ends in 'Attention')."""

@@ -9,18 +9,6 @@ From Ba et al. 2016 ("Using Fast Weights to Attend to the Recent Past", arXiv 16
 line (Fu et al. 2023, arXiv 2212.14052; Arora et al. 2023, arXiv 2312.04927). Deviations: one scored query per
 sequence (Zoology's MQAR scores several; ``queries`` > 1 adds the others to the target for training), text
 format rather than raw token ids.
-
-Parameters
-----------
-n_pairs : int
-    Key-value pairs in the context (at most 26). Default 8.
-n_examples : int
-    Examples per split. Default 100.
-queries : int
-    Queried keys per example (1..n_pairs); the first is scored, the others extend the target
-    (``... k=7, a=1, d=4``) for dense supervision when a model trains on the task. Default 1.
-seed : int
-    Data seed. Default 0.
 """
 
 from __future__ import annotations
@@ -41,7 +29,20 @@ from registry import register
           summary="Single-token key=value bindings, one key queried; accuracy by depth.")
 @dataclass(frozen=True)
 class AssociativeRecall(Benchmark):
-    """Associative recall of single-token key-value bindings."""
+    """Associative recall of single-token key-value bindings.
+
+    Parameters
+    ----------
+    n_pairs : int
+        Key-value pairs in the context (at most 26). Default 8.
+    n_examples : int
+        Examples per split. Default 100.
+    queries : int
+        Queried keys per example (1..n_pairs); the first is scored, the others extend the target
+        (``... k=7, a=1, d=4``) for dense supervision when a model trains on the task. Default 1.
+    seed : int
+        Data seed. Default 0.
+    """
 
     n_pairs: int = 8
     n_examples: int = 100

@@ -89,7 +89,3 @@ class Benchmark(Component):
         self.check_split(split)
         seed = getattr(self, "seed", 0)
         return seed * 1000 + 17 + self.splits.index(split)
-
-    def with_overrides(self, **kw: Any) -> "Benchmark":
-        known = {f.name for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in kw.items() if k in known})

@@ -14,30 +14,6 @@ Sources: .jsonl / .json / .csv / .parquet files, a local dataset directory, or a
 Scoring as in ACT (arXiv 2406.15765) and ZeroTuning (arXiv 2505.11739). Deviations: the whole label word is scored
 (sum of its tokens' log-probabilities; the reference codes take its last or first token); prompts use one
 template for every dataset.
-
-Parameters
-----------
-source : str
-    The labelled records (file, dataset directory or hf:<id>). Required.
-text_field : str
-    Field holding the text. Default ``text``.
-label_field : str
-    Field holding the label (integer index into ``labels`` or a string). Default ``label``.
-labels : str
-    Label words, comma-separated (e.g. ``negative,positive``). Default empty (the distinct string labels).
-template : str
-    Prompt of one example; ``{text}`` is replaced by the text; backslash escapes decoded. Default
-    ``Input: {text}\\nLabel:``.
-shots : int
-    Demonstrations per prompt (0 = zero-shot). Default 4.
-separator : str
-    Text after each demonstration; escapes decoded. Default ``\\n\\n``.
-train_source : str
-    Separate source of demonstrations and of the train split. Default empty (the rows after the evaluation rows).
-n_examples : int
-    Evaluation rows (and at most as many train-split rows). Default 200.
-seed : int
-    Seed of the demonstrations. Default 0.
 """
 
 from __future__ import annotations
@@ -56,7 +32,32 @@ from registry import register
           summary="Classification from your data (file or hub): k-shot prompts, label-word log-prob scoring.")
 @dataclass(frozen=True)
 class Classification(_userdata.UserDataBenchmark):
-    """k-shot text classification on user data."""
+    """k-shot text classification on user data.
+
+    Parameters
+    ----------
+    source : str
+        The labelled records (file, dataset directory or hf:<id>). Required.
+    text_field : str
+        Field holding the text. Default ``text``.
+    label_field : str
+        Field holding the label (integer index into ``labels`` or a string). Default ``label``.
+    labels : str
+        Label words, comma-separated (e.g. ``negative,positive``). Default empty (the distinct string labels).
+    template : str
+        Prompt of one example; ``{text}`` is replaced by the text; backslash escapes decoded. Default
+        ``Input: {text}\\nLabel:``.
+    shots : int
+        Demonstrations per prompt (0 = zero-shot). Default 4.
+    separator : str
+        Text after each demonstration; escapes decoded. Default ``\\n\\n``.
+    train_source : str
+        Separate source of demonstrations and of the train split. Default empty (the rows after the evaluation rows).
+    n_examples : int
+        Evaluation rows (and at most as many train-split rows). Default 200.
+    seed : int
+        Seed of the demonstrations. Default 0.
+    """
 
     template: str = "Input: {text}\\nLabel:"
     shots: int = 4

@@ -9,19 +9,6 @@ token(s) get the highest log-probability after the prompt.
 
 Based on Wei et al., "Larger language models do in-context learning differently" (arXiv 2303.03846), symbol
 labels; scoring as in ACT (arXiv 2406.15765). Deviations: synthetic categories from a fixed vocabulary.
-
-Parameters
-----------
-n_classes : int
-    Categories (and labels) per prompt, 2..6. Default 2.
-n_demos : int
-    Demonstrations per prompt. Default 8.
-query_in_demos : bool
-    Whether the query word may appear among the demonstrations (True turns the task into lookup). Default False.
-n_examples : int
-    Examples per split. Default 100.
-seed : int
-    Data seed. Default 0.
 """
 
 from __future__ import annotations
@@ -46,7 +33,21 @@ LABELS = ["A", "B", "C", "D", "E", "F"]
           summary="Few-shot word -> label classification under a random mapping; label log-prob scoring.")
 @dataclass(frozen=True)
 class ICLClassification(Benchmark):
-    """Few-shot classification with symbol labels redrawn per prompt."""
+    """Few-shot classification with symbol labels redrawn per prompt.
+
+    Parameters
+    ----------
+    n_classes : int
+        Categories (and labels) per prompt, 2..6. Default 2.
+    n_demos : int
+        Demonstrations per prompt. Default 8.
+    query_in_demos : bool
+        Whether the query word may appear among the demonstrations (True turns the task into lookup). Default False.
+    n_examples : int
+        Examples per split. Default 100.
+    seed : int
+        Data seed. Default 0.
+    """
 
     n_classes: int = 2
     n_demos: int = 8

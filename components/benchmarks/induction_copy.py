@@ -12,23 +12,6 @@ from the first, and a purely positional head ("attend 25 tokens back") solves th
 content. ``min_span_len`` draws the length per example, which rules that shortcut out: use it when the task is
 training data for in-context retrieval (the train-lm mixture). ``numbers`` mixes 3-digit numbers into the span, so
 the copy also covers the number tokens that key-value and passkey retrieval copy.
-
-Parameters
-----------
-span_len : int
-    Words in the random span (its maximum when ``min_span_len`` is set). Default 12.
-min_span_len : int
-    When > 0, each example's span length is drawn uniformly from [min_span_len, span_len]. Default 0 (fixed).
-numbers : float
-    Probability that a span item is a random 3-digit number instead of a word. Default 0.
-prefix_len : int
-    Words of the span repeated in the prompt. Default 3.
-answer_len : int
-    Words to produce (prefix_len + answer_len <= span_len). Default 4.
-n_examples : int
-    Examples per split. Default 100.
-seed : int
-    Data seed. Default 0.
 """
 
 from __future__ import annotations
@@ -50,7 +33,25 @@ WORDS = sorted(set(_text.ANIMALS + _text.PLACES + _text.THINGS + _text.COLORS + 
           summary="Repeated random span: continue the copy (exact match and per-word accuracy).")
 @dataclass(frozen=True)
 class InductionCopy(Benchmark):
-    """Continue a repeated random span of words."""
+    """Continue a repeated random span of words.
+
+    Parameters
+    ----------
+    span_len : int
+        Words in the random span (its maximum when ``min_span_len`` is set). Default 12.
+    min_span_len : int
+        When > 0, each example's span length is drawn uniformly from [min_span_len, span_len]. Default 0 (fixed).
+    numbers : float
+        Probability that a span item is a random 3-digit number instead of a word. Default 0.
+    prefix_len : int
+        Words of the span repeated in the prompt. Default 3.
+    answer_len : int
+        Words to produce (prefix_len + answer_len <= span_len). Default 4.
+    n_examples : int
+        Examples per split. Default 100.
+    seed : int
+        Data seed. Default 0.
+    """
 
     span_len: int = 12
     min_span_len: int = 0

@@ -21,22 +21,6 @@ report it.
 A synthetic associative-recall task in the style of the in-context retrieval literature (Olsson et al. 2022,
 "In-context learning and induction heads", arXiv 2209.11895; multi-query associative recall, Arora et al. 2023,
 "Zoology", arXiv 2312.04927). Deviation from MQAR: text with words instead of raw token ids, one scored query.
-
-Parameters
-----------
-n_pairs : int
-    Key-value pairs per prompt (context length grows linearly); at most 45 with ``words``. Default 8.
-n_examples : int
-    Examples per split. Default 100.
-queries : int
-    Queried pairs per example (1..n_pairs). The first is the scored query; the others extend the target
-    (``... kq vq, kr vr, ks vs``), which gives a language model trained on the task one supervised value per query
-    instead of one per sequence (the dense supervision of multi-query associative recall). Scoring is unchanged:
-    only the first value is checked. Default 1.
-vocab : str
-    ``words`` or ``letters`` (see above). Default ``words``.
-seed : int
-    Data seed; train and eval splits use disjoint derived seeds. Default 0.
 """
 
 from __future__ import annotations
@@ -96,7 +80,24 @@ _SEP = {"words": " ", "letters": ":"}
           summary="Synthetic in-context key-value lookup (word or letter/number pairs); accuracy by depth.")
 @dataclass(frozen=True)
 class KVRetrieval(Benchmark):
-    """Synthetic key-value retrieval from the context."""
+    """Synthetic key-value retrieval from the context.
+
+    Parameters
+    ----------
+    n_pairs : int
+        Key-value pairs per prompt (context length grows linearly); at most 45 with ``words``. Default 8.
+    n_examples : int
+        Examples per split. Default 100.
+    queries : int
+        Queried pairs per example (1..n_pairs). The first is the scored query; the others extend the target
+        (``... kq vq, kr vr, ks vs``), which gives a language model trained on the task one supervised value per query
+        instead of one per sequence (the dense supervision of multi-query associative recall). Scoring is unchanged:
+        only the first value is checked. Default 1.
+    vocab : str
+        ``words`` or ``letters`` (see above). Default ``words``.
+    seed : int
+        Data seed; train and eval splits use disjoint derived seeds. Default 0.
+    """
 
     n_pairs: int = 8
     n_examples: int = 100

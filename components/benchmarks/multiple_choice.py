@@ -11,32 +11,6 @@ Sources and splits as in ``classification`` (``components/benchmarks/_userdata.p
 
 Scoring as in ZeroTuning (arXiv 2505.11739). Deviations: ACT scores multiple choice by the greedy option letter;
 here options are scored by their text, which works without the options being listed in the prompt.
-
-Parameters
-----------
-source : str
-    The records (file, dataset directory or hf:<id>). Required.
-question_field : str
-    Field holding the question. Default ``question``.
-choices_field : str
-    Field holding the options. Default ``choices``.
-answer_field : str
-    Field holding the correct option (index, label or text). Default ``answer``.
-template : str
-    Prompt of one example; ``{question}`` is replaced by the question; escapes decoded. Default
-    ``Question: {question}\\nAnswer:``.
-shots : int
-    Demonstrations per prompt. Default 2.
-separator : str
-    Text after each demonstration; escapes decoded. Default ``\\n\\n``.
-normalize : bool
-    Score options by their mean per-token log-probability instead of the sum. Default False.
-train_source : str
-    Separate source of demonstrations and of the train split. Default empty.
-n_examples : int
-    Evaluation rows (and at most as many train-split rows). Default 200.
-seed : int
-    Seed of the demonstrations. Default 0.
 """
 
 from __future__ import annotations
@@ -85,7 +59,34 @@ def answer_index(answer: Any, texts: list[str], labels: list[str]) -> int:
           summary="Multiple choice from your data (file or hub): k-shot prompts, option log-prob scoring.")
 @dataclass(frozen=True)
 class MultipleChoice(_userdata.UserDataBenchmark):
-    """k-shot multiple choice on user data."""
+    """k-shot multiple choice on user data.
+
+    Parameters
+    ----------
+    source : str
+        The records (file, dataset directory or hf:<id>). Required.
+    question_field : str
+        Field holding the question. Default ``question``.
+    choices_field : str
+        Field holding the options. Default ``choices``.
+    answer_field : str
+        Field holding the correct option (index, label or text). Default ``answer``.
+    template : str
+        Prompt of one example; ``{question}`` is replaced by the question; escapes decoded. Default
+        ``Question: {question}\\nAnswer:``.
+    shots : int
+        Demonstrations per prompt. Default 2.
+    separator : str
+        Text after each demonstration; escapes decoded. Default ``\\n\\n``.
+    normalize : bool
+        Score options by their mean per-token log-probability instead of the sum. Default False.
+    train_source : str
+        Separate source of demonstrations and of the train split. Default empty.
+    n_examples : int
+        Evaluation rows (and at most as many train-split rows). Default 200.
+    seed : int
+        Seed of the demonstrations. Default 0.
+    """
 
     template: str = "Question: {question}\\nAnswer:"
     question_field: str = "question"

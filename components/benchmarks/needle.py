@@ -12,25 +12,6 @@ Based on the needle-in-a-haystack protocol as used by Wu et al., "Retrieval Head
 Long-Context Factuality" (arXiv 2404.15574). Reference code: https://github.com/nightdessert/Retrieval_Head
 (``needle_in_haystack_with_mask.py``). Deviations: lengths in words (tokenizers differ) rather than tokens;
 ROUGE-1 without stemming; answers up to ``max_new_tokens`` (the reference decodes up to 50 tokens).
-
-Parameters
-----------
-lengths : list of int
-    Haystack lengths in words. Default 60, 120, 240.
-depths : list of float
-    Relative needle depths in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
-n_per_cell : int
-    Tests per (length, depth) cell. Default 2.
-needles : str
-    ``passkey``, ``words``, or a file of needle/question/real_needle records. Default ``passkey``.
-haystack : str
-    ``builtin:stories`` or a text source (txt/JSONL/CSV/Parquet, ``hf:<id>``). Default ``builtin:stories``.
-template : str
-    Prompt template with ``{context}`` and ``{question}``; empty = the needle source's default. Default empty.
-max_new_tokens : int
-    Greedy answer length. Default 16.
-seed : int
-    Data seed. Default 0.
 """
 
 from __future__ import annotations
@@ -95,7 +76,27 @@ class NeedleGrid:
           summary="Needle in a haystack (passkey, words or your needles); ROUGE-1 recall as a depth x length heatmap.")
 @dataclass(frozen=True)
 class Needle(NeedleGrid, Benchmark):
-    """Needle-in-a-haystack retrieval scored by ROUGE-1 recall."""
+    """Needle-in-a-haystack retrieval scored by ROUGE-1 recall.
+
+    Parameters
+    ----------
+    lengths : list of int
+        Haystack lengths in words. Default 60, 120, 240.
+    depths : list of float
+        Relative needle depths in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
+    n_per_cell : int
+        Tests per (length, depth) cell. Default 2.
+    needles : str
+        ``passkey``, ``words``, or a file of needle/question/real_needle records. Default ``passkey``.
+    haystack : str
+        ``builtin:stories`` or a text source (txt/JSONL/CSV/Parquet, ``hf:<id>``). Default ``builtin:stories``.
+    template : str
+        Prompt template with ``{context}`` and ``{question}``; empty = the needle source's default. Default empty.
+    max_new_tokens : int
+        Greedy answer length. Default 16.
+    seed : int
+        Data seed. Default 0.
+    """
 
     max_new_tokens: int = 16
     seed: int = 0

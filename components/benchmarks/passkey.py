@@ -9,19 +9,6 @@ is reported as a depth x length heatmap, as in needle-in-a-haystack evaluations.
 Format from Mohtashami & Jaggi, "Landmark Attention: Random-Access Infinite Context Length for Transformers"
 (arXiv 2305.16300), also used by LongLoRA. Deviations: the filler is the built-in story text instead of the
 repeated "The grass is green..." sentences, and lengths are counted in words (tokenizers differ).
-
-Parameters
-----------
-lengths : list of int
-    Filler lengths in words (the grid's x axis). Default 60, 120, 240.
-depths : list of float
-    Relative needle depths in [0, 1] (the grid's y axis). Default 0, 0.25, 0.5, 0.75, 1.
-n_per_cell : int
-    Examples per (length, depth) cell. Default 4.
-digits : int
-    Digits of the pass key. Default 5.
-seed : int
-    Data seed. Default 0.
 """
 
 from __future__ import annotations
@@ -44,7 +31,21 @@ QUESTION = " What is the pass key? The pass key is"
           summary="A number hidden at a chosen depth in filler text; accuracy as a depth x length heatmap.")
 @dataclass(frozen=True)
 class Passkey(Benchmark):
-    """Passkey retrieval over a grid of context lengths and needle depths."""
+    """Passkey retrieval over a grid of context lengths and needle depths.
+
+    Parameters
+    ----------
+    lengths : list of int
+        Filler lengths in words (the grid's x axis). Default 60, 120, 240.
+    depths : list of float
+        Relative needle depths in [0, 1] (the grid's y axis). Default 0, 0.25, 0.5, 0.75, 1.
+    n_per_cell : int
+        Examples per (length, depth) cell. Default 4.
+    digits : int
+        Digits of the pass key. Default 5.
+    seed : int
+        Data seed. Default 0.
+    """
 
     lengths: tuple[int, ...] = (60, 120, 240)
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -10,21 +10,6 @@ window's first token has no context and is not scored. This is lm-evaluation-har
 
 Sources: a .txt (paragraphs), .jsonl/.json/.csv/.parquet file with a text field, a hub dataset
 (``hf:wikitext:wikitext-2-raw-v1:test``) or ``builtin:stories`` (template-generated stories, offline).
-
-Parameters
-----------
-source : str
-    Where the text comes from. Default ``builtin:stories``.
-text_field : str
-    Field holding the text in record sources. Default ``text``.
-max_length : int
-    Window length in tokens. Default 256.
-max_docs : int
-    At most this many documents are read. Default 200.
-max_tokens : int
-    At most this many tokens are scored (0 = all). Default 20000.
-seed : int
-    Seed of the built-in source. Default 0.
 """
 
 from __future__ import annotations
@@ -44,7 +29,23 @@ from registry import register
           summary="Token-level perplexity on a text file, hub dataset or the built-in stories.")
 @dataclass(frozen=True)
 class Perplexity(Benchmark):
-    """Perplexity of non-overlapping token windows over a text source."""
+    """Perplexity of non-overlapping token windows over a text source.
+
+    Parameters
+    ----------
+    source : str
+        Where the text comes from. Default ``builtin:stories``.
+    text_field : str
+        Field holding the text in record sources. Default ``text``.
+    max_length : int
+        Window length in tokens. Default 256.
+    max_docs : int
+        At most this many documents are read. Default 200.
+    max_tokens : int
+        At most this many tokens are scored (0 = all). Default 20000.
+    seed : int
+        Seed of the built-in source. Default 0.
+    """
 
     prompt_texts: ClassVar[bool] = False  # token windows, no prompt texts: text-reading patches cannot run
 

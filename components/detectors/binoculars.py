@@ -17,12 +17,6 @@ Based on Hans et al., "Spotting LLMs With Binoculars: Zero-Shot Detection of Mac
 Deviations from the reference code: the default models are Falcon-7B / Falcon-7B-instruct there, here the
 backbone (and the optional performer); ``ppl_model`` chooses which model's log-likelihood makes the PPL term: the
 reference code uses the performer's logits (``performer``, the default here), the paper writes the observer's.
-
-Parameters
-----------
-ppl_model : str
-    Which model scores the PPL term when a performer is cached: ``performer`` (reference code) or ``observer``
-    (paper). Default ``performer``.
 """
 
 from __future__ import annotations
@@ -40,7 +34,14 @@ from registry import register
           summary="Zero-shot: log-perplexity / cross-perplexity of observer and performer (lower = machine).")
 @dataclass(frozen=True)
 class Binoculars(Detector):
-    """Binoculars score (observer = backbone; performer = cached second model, else the backbone)."""
+    """Binoculars score (observer = backbone; performer = cached second model, else the backbone).
+
+    Parameters
+    ----------
+    ppl_model : str
+        Which model scores the PPL term when a performer is cached: ``performer`` (reference code) or ``observer``
+        (paper). Default ``performer``.
+    """
 
     ppl_model: Literal["performer", "observer"] = "performer"
 

@@ -17,10 +17,6 @@ Probability Curvature" (arXiv 2310.05130). Reference code: https://github.com/ba
 
 Deviations from the reference code: one model plays both the sampling and the scoring role (the paper's best
 results use GPT-J-6B sampling / GPT-Neo-2.7B scoring); texts start with a BOS token so the first word is scored.
-
-Parameters
-----------
-(none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
 """
 
 from __future__ import annotations
@@ -38,7 +34,12 @@ from registry import register
           summary="Zero-shot: analytic sampling discrepancy, (log p(x) - E log p) / std, backbone as both models.")
 @dataclass(frozen=True)
 class FastDetectGPT(Detector):
-    """Analytic sampling discrepancy with the backbone as sampling and scoring model."""
+    """Analytic sampling discrepancy with the backbone as sampling and scoring model.
+
+    Parameters
+    ----------
+    (none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
+    """
 
     needs_aux: ClassVar[tuple[str, ...]] = ("log_prob_sq",)
 

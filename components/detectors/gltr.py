@@ -15,13 +15,6 @@ https://github.com/HendrikStrobelt/detecting-fake-text (``backend/api.py``, ``to
 Deviations from the reference code: GLTR itself is a visual tool with buckets top-10/100/1000; the classifier
 (an L2 logistic regression, C = ``c``, fitted with L-BFGS on standardised features) follows the MAGE/M4
 baselines rather than any GLTR code.
-
-Parameters
-----------
-buckets : tuple of int
-    Increasing upper rank edges; one more bucket holds the ranks above the last edge. Default (10, 100, 1000).
-c : float
-    Inverse L2 strength of the logistic regression. Default 1.0.
 """
 
 from __future__ import annotations
@@ -42,7 +35,15 @@ from registry import register
           summary="GLTR rank-bucket fractions (top-10/100/1000/rest) + logistic regression.")
 @dataclass(frozen=True)
 class GLTR(Detector):
-    """Rank-bucket fractions and a logistic regression."""
+    """Rank-bucket fractions and a logistic regression.
+
+    Parameters
+    ----------
+    buckets : tuple of int
+        Increasing upper rank edges; one more bucket holds the ranks above the last edge. Default (10, 100, 1000).
+    c : float
+        Inverse L2 strength of the logistic regression. Default 1.0.
+    """
 
     buckets: tuple[int, ...] = (10, 100, 1000)
     c: float = 1.0

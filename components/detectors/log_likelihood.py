@@ -11,10 +11,6 @@ https://github.com/baoguangsheng/fast-detect-gpt (``scripts/baselines.py``, ``ge
 
 Deviations from the reference code: texts start with a BOS token so the first word is scored too (the reference
 scores from the second token on); tokens beyond the feature extractor's ``max_length`` are not scored.
-
-Parameters
-----------
-(none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
 """
 
 from __future__ import annotations
@@ -31,7 +27,12 @@ from registry import register
           summary="Zero-shot baseline: mean token log-probability under the backbone (higher = machine).")
 @dataclass(frozen=True)
 class LogLikelihood(Detector):
-    """Mean log-likelihood of the observed tokens."""
+    """Mean log-likelihood of the observed tokens.
+
+    Parameters
+    ----------
+    (none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
+    """
 
     def score(self, feats: FeatureSet, state: DetectorState | None = None) -> np.ndarray:
         return per_text_mean(feats.metric("next_token_log_prob"))

@@ -12,10 +12,6 @@ Based on Mitchell et al., "DetectGPT" (arXiv 2301.11305), the log-rank baseline 
 
 Deviations from the reference code: ties count as "at least as likely" (the reference's argsort breaks ties
 arbitrarily); texts start with a BOS token so the first word is scored too.
-
-Parameters
-----------
-(none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
 """
 
 from __future__ import annotations
@@ -37,7 +33,12 @@ def token_ranks(feats: FeatureSet) -> list[np.ndarray]:
           summary="Zero-shot baseline: minus the mean log-rank of the observed tokens (higher = machine).")
 @dataclass(frozen=True)
 class LogRank(Detector):
-    """Minus the mean log-rank of the observed tokens."""
+    """Minus the mean log-rank of the observed tokens.
+
+    Parameters
+    ----------
+    (none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
+    """
 
     def score(self, feats: FeatureSet, state: DetectorState | None = None) -> np.ndarray:
         return -per_text_mean([np.log(r) for r in token_ranks(feats)])

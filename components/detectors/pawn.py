@@ -30,37 +30,6 @@ least one real token the result is identical (exp(-1e4 - g) underflows to exactl
 keeps a row's tokens when the random draw would drop all of them (the reference redraws the whole batch).
 ``pos_weight=0`` means "n_human / n_machine of the training split". Metrics are cached in float32 (the port
 stores float16). Training batches group texts of similar length to cut padding (shuffled between epochs).
-
-Parameters
-----------
-features : int
-    Width F of the metric embedding and of every MLP. Default 256.
-gates : int
-    Number of gates G (must divide ``features``). Default 256.
-layers : int
-    Hidden layers per MLP (layers + 1 Linear layers). Default 3.
-max_len : int
-    Position scale: the gate sees i / max_len. Default 512.
-token_dropout : float
-    Fraction of tokens dropped from the pooling at random while training. Default 0.15.
-label_smoothing : float
-    eps in y' = y(1 - eps) + eps / 2. Default 0.2.
-pos_weight : float
-    Weight of the machine class in the loss; 0 = n_human / n_machine of the training data. Default 0.
-lr : float
-    AdamW learning rate (cosine decay to 0). Default 1e-3.
-weight_decay : float
-    AdamW weight decay. Default 0.01.
-grad_clip : float
-    Gradient-norm clip. Default 1.0.
-batch_size : int
-    Texts per training batch. Default 128.
-epochs : int
-    Maximum training epochs. Default 5.
-patience : int
-    Stop after this many epochs without a better validation AUROC (0 = never stop early). Default 2.
-seed : int
-    Seed of initialisation, shuffling and token dropout. Default 0.
 """
 
 from __future__ import annotations
@@ -165,7 +134,39 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
           summary="PAWN: hidden-state gates weight per-token LM metrics (softmax pooling) into an AI-text score.")
 @dataclass(frozen=True)
 class PAWN(Detector):
-    """PAWN detector head trained on cached backbone features."""
+    """PAWN detector head trained on cached backbone features.
+
+    Parameters
+    ----------
+    features : int
+        Width F of the metric embedding and of every MLP. Default 256.
+    gates : int
+        Number of gates G (must divide ``features``). Default 256.
+    layers : int
+        Hidden layers per MLP (layers + 1 Linear layers). Default 3.
+    max_len : int
+        Position scale: the gate sees i / max_len. Default 512.
+    token_dropout : float
+        Fraction of tokens dropped from the pooling at random while training. Default 0.15.
+    label_smoothing : float
+        eps in y' = y(1 - eps) + eps / 2. Default 0.2.
+    pos_weight : float
+        Weight of the machine class in the loss; 0 = n_human / n_machine of the training data. Default 0.
+    lr : float
+        AdamW learning rate (cosine decay to 0). Default 1e-3.
+    weight_decay : float
+        AdamW weight decay. Default 0.01.
+    grad_clip : float
+        Gradient-norm clip. Default 1.0.
+    batch_size : int
+        Texts per training batch. Default 128.
+    epochs : int
+        Maximum training epochs. Default 5.
+    patience : int
+        Stop after this many epochs without a better validation AUROC (0 = never stop early). Default 2.
+    seed : int
+        Seed of initialisation, shuffling and token dropout. Default 0.
+    """
 
     features: int = 256
     gates: int = 256

@@ -13,10 +13,6 @@ the entropy baseline of DetectGPT / Fast-DetectGPT. Reference code:
 https://github.com/baoguangsheng/fast-detect-gpt (``scripts/baselines.py``, ``get_entropy``).
 
 Deviations from the reference code: texts start with a BOS token, so the entropy at the first word is included.
-
-Parameters
-----------
-(none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
 """
 
 from __future__ import annotations
@@ -33,7 +29,12 @@ from registry import register
           summary="Zero-shot baseline: mean next-token entropy (reference sign: higher = machine).")
 @dataclass(frozen=True)
 class TokenEntropy(Detector):
-    """Mean next-token entropy."""
+    """Mean next-token entropy.
+
+    Parameters
+    ----------
+    (none) : the score has no hyper-parameters; the threshold is chosen on the validation split by the evaluation.
+    """
 
     def score(self, feats: FeatureSet, state: DetectorState | None = None) -> np.ndarray:
         return per_text_mean(feats.metric("entropy"))

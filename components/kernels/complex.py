@@ -23,12 +23,6 @@ cos(delta * (phi_q - phi_k) + b + (m - n) g) per key; the usual 1/sqrt(d) scalin
 delta = 1, b = 0 is standard RoPE attention; RoPE's own frequencies (theta from the model config) are the g_c; with
 grouped KV heads, delta is shared by the query heads of a KV group (one delta per KV head, b per query head). As
 in the reference the score is discontinuous in q, k at the atan2 branch cut when delta != 1.
-
-Parameters
-----------
-init : {"reference", "rope"}
-    Initial phases: ``reference`` draws delta ~ N(0, (d/2)^-1/2) with b = 0 (the reference's init); ``rope``
-    starts at delta = 1, b = 0 (exactly RoPE attention). Default ``reference``.
 """
 
 from __future__ import annotations
@@ -60,7 +54,14 @@ def rephase(y: torch.Tensor, delta: torch.Tensor, bias: torch.Tensor | None) -> 
           summary="ComplexFormer CMHA (reconstruction): RoPE attention with learned per-head phase scale and bias.")
 @dataclass(frozen=True)
 class Complex(AttentionKernel):
-    """ComplexFormer complex multi-head attention as re-phased RoPE attention."""
+    """ComplexFormer complex multi-head attention as re-phased RoPE attention.
+
+    Parameters
+    ----------
+    init : {"reference", "rope"}
+        Initial phases: ``reference`` draws delta ~ N(0, (d/2)^-1/2) with b = 0 (the reference's init); ``rope``
+        starts at delta = 1, b = 0 (exactly RoPE attention). Default ``reference``.
+    """
 
     init: Literal["reference", "rope"] = "reference"
 

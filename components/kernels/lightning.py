@@ -26,19 +26,6 @@ relative positions, as in RetNet) where TNL uses LRPE; the KV state is kept in t
 training here, the Triton kernel accumulates in fp32). With padding, a KV cache (q_len != kv_len) or under
 torch.export the equal quadratic form [(Q K^T) * M] V is used (one graph for every length); the tiled form runs
 for plain causal training and prefill. ``output_attentions`` returns no weights (there is no normalised map).
-
-Parameters
-----------
-block : int
-    Block size B of the tiling. Default 64.
-layer_schedule : bool
-    Scale the slopes by (1 - l/(L-1) + 1e-5) per layer l (TNL). Default True.
-activation : {"silu", "none"}
-    Feature map on q, k and v before RoPE (TNL: SiLU). Default ``silu``.
-output_norm : bool
-    LayerNorm over the concatenated head outputs (TNL). Default True.
-output_gate : bool
-    Multiply by sigmoid(W2 W1 x), W1: hidden -> head_dim, W2: head_dim -> hidden (TNL). Default True.
 """
 
 from __future__ import annotations
@@ -122,7 +109,21 @@ def lightning_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: t
           summary="Lightning attention: decayed linear attention in blocks (ALiBi slopes, TNL schedule, norm, gate).")
 @dataclass(frozen=True)
 class Lightning(AttentionKernel):
-    """Lightning attention in a TNL-style token mixer."""
+    """Lightning attention in a TNL-style token mixer.
+
+    Parameters
+    ----------
+    block : int
+        Block size B of the tiling. Default 64.
+    layer_schedule : bool
+        Scale the slopes by (1 - l/(L-1) + 1e-5) per layer l (TNL). Default True.
+    activation : {"silu", "none"}
+        Feature map on q, k and v before RoPE (TNL: SiLU). Default ``silu``.
+    output_norm : bool
+        LayerNorm over the concatenated head outputs (TNL). Default True.
+    output_gate : bool
+        Multiply by sigmoid(W2 W1 x), W1: hidden -> head_dim, W2: head_dim -> hidden (TNL). Default True.
+    """
 
     block: int = 64
     layer_schedule: bool = True

@@ -20,15 +20,6 @@ Deviations from the reference code: the router reads the attention input (after 
 LM instead of ViT/DiT tokens; one shared head is allowed (its softmax gate is then 1); the load-balance statistics
 include padding tokens of right-padded batches (the reference has no padding). The LLaMA3 variant's
 parameter-free router (||q_i||) is not implemented.
-
-Parameters
-----------
-shared : int
-    Shared heads h_s (always active, the first heads of each layer). Default 2.
-top_k : int
-    Routed heads each token activates among the other h - h_s. Default 4 (with 8 heads: 75% of heads active).
-balance_weight : float
-    Weight beta of the load-balance loss added to the training loss. Default 0.01.
 """
 
 from __future__ import annotations
@@ -63,7 +54,17 @@ def balance_loss(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
           summary="Mixture-of-Head attention: shared heads + top-k routed heads per token, gated, load-balanced.")
 @dataclass(frozen=True)
 class MoH(AttentionKernel):
-    """Mixture-of-Head attention (shared + top-k routed heads, gated outputs)."""
+    """Mixture-of-Head attention (shared + top-k routed heads, gated outputs).
+
+    Parameters
+    ----------
+    shared : int
+        Shared heads h_s (always active, the first heads of each layer). Default 2.
+    top_k : int
+        Routed heads each token activates among the other h - h_s. Default 4 (with 8 heads: 75% of heads active).
+    balance_weight : float
+        Weight beta of the load-balance loss added to the training loss. Default 0.01.
+    """
 
     shared: int = 2
     top_k: int = 4
@@ -88,9 +89,6 @@ class MoH(AttentionKernel):
                              f"{self.shared} shared)")
         if not routed and self.top_k:
             raise ParamError(f"moh.top_k={self.top_k}: all {n_heads} heads are shared, no head is left to route")
-
-    def active_fraction(self, n_heads: int) -> float:
-        return (self.shared + self.top_k) / n_heads
 
     def make_state(self, state: KernelState) -> None:
         routed = state.n_heads - self.shared

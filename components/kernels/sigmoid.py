@@ -17,11 +17,6 @@ arXiv 2410.10781). Reference code: https://github.com/sail-sg/Attention-Sink (``
 
 Deviations from the reference code: none in the formula (the reference multiplies by a bf16 lower-triangular
 0/1 matrix; here the mask is bool and follows padding and KV-cache offsets; no attention dropout).
-
-Parameters
-----------
-normalize : bool
-    Divide each row by its sum (+1e-8). Default False (the no-sink variant).
 """
 
 from __future__ import annotations
@@ -42,7 +37,13 @@ EPS = 1e-8  # as in the reference
           summary="Sigmoid attention, optionally row-normalised (no attention sink without normalisation).")
 @dataclass(frozen=True)
 class Sigmoid(AttentionKernel):
-    """Sigmoid attention (element-wise sigmoid of the causal scores, optional row normalisation)."""
+    """Sigmoid attention (element-wise sigmoid of the causal scores, optional row normalisation).
+
+    Parameters
+    ----------
+    normalize : bool
+        Divide each row by its sum (+1e-8). Default False (the no-sink variant).
+    """
 
     normalize: bool = False
     example: ClassVar[dict[str, str]] = {"normalize": "true"}

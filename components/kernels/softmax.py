@@ -11,10 +11,6 @@ Based on Vaswani et al., "Attention Is All You Need" (arXiv 1706.03762). Referen
 ``integrations/sdpa_attention.py`` (``sdpa_attention_forward``).
 
 Deviations from the reference code: none (GQA key/value heads are repeated before the fused kernel).
-
-Parameters
-----------
-(none)
 """
 
 from __future__ import annotations
@@ -30,7 +26,12 @@ from registry import register
           summary="Softmax attention on fused SDPA (the baseline kernel; carries the qk-layernorm option).")
 @dataclass(frozen=True)
 class Softmax(AttentionKernel):
-    """Softmax attention (fused SDPA)."""
+    """Softmax attention (fused SDPA).
+
+    Parameters
+    ----------
+    (none)
+    """
 
     patchable: ClassVar[bool] = True
     example: ClassVar[dict[str, str]] = {}

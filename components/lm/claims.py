@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from components.lm.probes import lr_sensitivity, uniform_alpha0
 
@@ -151,6 +151,3 @@ def _spread(points: list[dict[str, Any]]) -> float:
 def equality_check(claim: str, diff: float, tol: float) -> dict[str, Any]:
     return check(claim, HELD if diff <= tol else NOT_HELD, f"max |difference| {diff:.2e} (tolerance {tol:g})",
                  max_abs_diff=diff, tolerance=tol)
-
-
-Grouper = Callable[[dict[str, Any]], Any]

@@ -107,10 +107,6 @@ class BigramBackcopy:
         """(n, seq_len) held-out sequences (a stream the training batches never use)."""
         return self.sample(n, step_generator(self.seed, seed, "bb-probe"))
 
-    def copy_accuracy_targets(self, ids: torch.Tensor) -> torch.Tensor:
-        """(n, seq_len) bool: positions whose next token is a back-copy (the token before is a trigger)."""
-        return self.trigger_mask[ids]
-
 
 @dataclass
 class CharCorpus:

@@ -11,7 +11,6 @@ matches longest-first before the BPE model sees the text.) A ``<s>`` BOS token i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -50,7 +49,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.padding_side = "left"
     return fast
-
-
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
-    tokenizer.save_pretrained(str(out_dir))

@@ -35,20 +35,6 @@ padding rows are excluded from the statistics (alpha_j counts real queries only;
 head set is a parameter (the reference hard-codes searched heads for layers 2..30; the head-search flow produces
 ours); decoding is calibrated with running statistics (above); rows whose non-sink mass is 0 are left unchanged
 (the reference divides by zero there).
-
-Parameters
-----------
-beta : float
-    Scale of the sink columns, in [0, 1] (1 = no-op). Default 0.4.
-tau : float
-    Sink threshold on the received attention alpha_j, in (0, 1). Default 0.1.
-heads : HeadSet
-    Calibrated (layer, head) pairs, e.g. ``2:0,3:5`` or ``mlflow:<run_id>/heads.json``. Default ``all``.
-keep_first_sink : bool
-    Leave the first detected sink alone, as the reference does. Default True.
-phase : {"all", "prefill"}
-    ``all`` also calibrates decoding steps (running statistics); ``prefill`` only the prompt forward. Default
-    ``all``.
 """
 
 from __future__ import annotations
@@ -69,11 +55,83 @@ from registry import register
 _ILL = 0.1  # rows with less non-sink mass than this take the stable second pass (error x <= 10)
 
 
+def reference_probs(probs: torch.Tensor, visible: torch.Tensor, real: torch.Tensor, off: int, heads: list[int],
+                    state: dict, beta: float, tau: float, keep_first_sink: bool = True) -> torch.Tensor:
+    """The formula on materialised attention, with loops over rows and heads (tests compare every path against it;
+    the patch's fast path never materialises attention).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer in one call (the prompt, or one decoding step).
+    visible : torch.Tensor
+        (B, 1, T, S) bool: the keys each query sees.
+    real : torch.Tensor
+        (B, T) bool: the call's real (non-pad) queries; only they count in alpha_j.
+    off : int
+        Absolute position of key column 0 (> 0 when a sliding-window cache dropped the oldest keys).
+    heads : list of int
+        The calibrated query heads of this layer.
+    state : dict
+        Running statistics of this layer, kept by the caller across its calls: column sums and counts over absolute
+        positions, restarted by every prefill (T == S).
+    beta, tau, keep_first_sink
+        As the patch's parameters.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S): alpha_j = (1 / N_j) sum_{i sees j} A_ij over every real query so far; S = {j : alpha_j > tau}
+        minus its first position (``keep_first_sink``); A'_ij = beta A_ij on S, A'_ik = A_ik (1 - beta P_i) /
+        (1 - P_i) elsewhere (rows with no non-sink mass unchanged).
+    """
+    b_size, n_heads, q_len, kv_len = probs.shape
+    if q_len == kv_len:  # a prefill: the statistics start again
+        state["col"] = torch.zeros(b_size, n_heads, 0, dtype=torch.float64, device=probs.device)  # (B, H, N)
+        state["cnt"] = torch.zeros(b_size, 0, dtype=torch.float64, device=probs.device)  # (B, N)
+    grow = off + kv_len - state["cnt"].shape[1]  # keys appended since the last call
+    state["col"] = torch.cat([state["col"], state["col"].new_zeros(b_size, n_heads, grow)], -1)  # (B, H, off + S)
+    state["cnt"] = torch.cat([state["cnt"], state["cnt"].new_zeros(b_size, grow)], -1)  # (B, off + S)
+    probs = probs.clone()
+    for b in range(b_size):
+        rows = real[b]  # (T,)
+        state["cnt"][b, off:] += visible[b, 0][rows].double().sum(0)  # N_j: real queries that see key j
+        for h in heads:
+            state["col"][b, h, off:] += probs[b, h][rows].sum(0)  # sum_i A_ij
+            sinks = state["col"][b, h] / state["cnt"][b].clamp_min(1) > tau  # (N,) over absolute positions
+            if keep_first_sink and sinks.any():
+                sinks[int(sinks.nonzero()[0, 0])] = False
+            cols = sinks[off:]  # (S,) bool over this call's keys
+            if not cols.any():
+                continue
+            a = probs[b, h]  # (T, S)
+            mass = (a * cols).sum(-1, keepdim=True)  # (T, 1) P_i
+            rest = (a * ~cols).sum(-1, keepdim=True)  # (T, 1) 1 - P_i
+            new = torch.where(cols, beta * a, a * (1 - beta * mass) / rest.clamp_min(1e-300))
+            probs[b, h] = torch.where(rest == 0, a, new)
+    return probs
+
+
 @register("act", version="1.0.0", family="patch", paper="arXiv:2406.15765",
           summary="Attention calibration: scale detected sink tokens' attention by beta on chosen heads.")
 @dataclass(frozen=True)
 class ACT(AttentionPatch):
-    """ACT: calibrate the attention to hidden sink tokens on the selected heads."""
+    """ACT: calibrate the attention to hidden sink tokens on the selected heads.
+
+    Parameters
+    ----------
+    beta : float
+        Scale of the sink columns, in [0, 1] (1 = no-op). Default 0.4.
+    tau : float
+        Sink threshold on the received attention alpha_j, in (0, 1). Default 0.1.
+    heads : HeadSet
+        Calibrated (layer, head) pairs, e.g. ``2:0,3:5`` or ``mlflow:<run_id>/heads.json``. Default ``all``.
+    keep_first_sink : bool
+        Leave the first detected sink alone, as the reference does. Default True.
+    phase : {"all", "prefill"}
+        ``all`` also calibrates decoding steps (running statistics); ``prefill`` only the prompt forward. Default
+        ``all``.
+    """
 
     beta: float = 0.4
     tau: float = 0.1

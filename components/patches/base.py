@@ -12,8 +12,9 @@ A patch declares *how* it acts, so the dispatcher keeps the fused SDPA kernel wh
   ``output_attentions`` use it.
 - ``edit_output(call, out)``: edit per-head outputs (B, H, T, D) before the output projection.
 
-Every hook returns ``None`` (or its input unchanged) when it has nothing to do for this call. Patches are applied
-in a scope: ``with patch.applied(model): ...`` (several at once with
+``query_scale`` and ``key_bias`` return ``None`` when they have nothing to do for a call; the three edit hooks
+return their input unchanged. Each hook's docstring gives its argument shapes and when it is called. Patches are
+applied in a scope: ``with patch.applied(model): ...`` (several at once with
 :func:`components.attention.session.applied`).
 """
 
@@ -33,7 +34,27 @@ from components.heads import HeadSet
 
 @dataclasses.dataclass(frozen=True)
 class AttentionPatch(Component):
-    """Base class of attention patches (family ``patch``)."""
+    """Base class of attention patches (family ``patch``).
+
+    The dispatcher (:func:`components.attention.session.attnflow_attention`) calls the hooks of every patch whose
+    ``acts_on_layer`` is true, once per attention call, in this order: ``query_scale`` and ``key_bias`` of every
+    patch; then, for the probability editors (``edits_probabilities`` and ``active(call)``), either
+    ``post_attention`` after the fused kernel (fast path) or ``edit_probs`` on materialised probabilities
+    (fallback); finally ``edit_output`` of every patch. Shapes: B batch rows, H query heads, Hkv key/value heads
+    (H is a multiple of Hkv), T queries of this call (the prompt in the prefill, 1 per decoding step), S keys
+    (cached + new), D head dimension. ``call`` (:class:`~components.attention.types.CallInfo`) holds the layer,
+    these sizes, the mask, the 2-D attention mask (left padding) and per-scope state.
+
+    Capability flags (class attributes, read by the dispatcher, tasks and flows):
+
+    - ``onnx_exportable``: the patch can be traced by torch.export (otherwise ``onnx_reason`` says why not).
+    - ``edits_probabilities``: the patch edits attention probabilities (``post_attention`` / ``edit_probs``).
+    - ``has_fast_path``: ``post_attention`` implements the edit; when False, a call where the patch is active takes
+      the materialised path.
+    - ``needs_lse``: ``post_attention`` wants the kernel's log-sum-exp (it still receives None where the kernel
+      cannot give one).
+    - ``needs_inputs``: the patch reads per-batch inputs (texts, spans) attached with ``session.set_inputs``.
+    """
 
     onnx_exportable: ClassVar[bool] = True
     edits_probabilities: ClassVar[bool] = False
@@ -57,12 +78,15 @@ class AttentionPatch(Component):
 
     # -- which layers ---------------------------------------------------------------------------------------------
     def acts_on_layer(self, layer: int, n_layers: int) -> bool:
+        """Whether the dispatcher gives this layer's attention calls to the patch at all (default: the layers named
+        by a ``heads`` field, every layer without one)."""
         heads = getattr(self, "heads", None)
         if isinstance(heads, HeadSet):
             return any(pl in (-1, layer) for pl, _ in heads.pairs)
         return True
 
     def head_indices(self, call: CallInfo) -> list[int]:
+        """Query-head indices of ``call.layer`` the patch edits (a ``heads`` field's heads, or all heads)."""
         heads = getattr(self, "heads", None)
         if isinstance(heads, HeadSet):
             return heads.heads_in_layer(call.layer, call.n_heads)
@@ -82,21 +106,119 @@ class AttentionPatch(Component):
 
     # -- hooks (defaults: do nothing) -----------------------------------------------------------------------------
     def query_scale(self, call: CallInfo) -> torch.Tensor | None:
+        """Per-head multiplier on the queries of this call, on every path.
+
+        Parameters
+        ----------
+        call : CallInfo
+            The attention call (layer, sizes, masks). Called whether or not ``active(call)`` holds: a patch that
+            acts only in some phases checks that itself.
+
+        Returns
+        -------
+        torch.Tensor or None
+            (H,) factors, applied as ``q * scale[None, :, None, None]`` on q (B, H, T, D) before the logits, so a
+            head's logits are multiplied by its factor (0 = all logits 0 = uniform attention over the visible keys,
+            1 = unchanged). ``None``: the queries are left alone (the default).
+        """
         return None
 
     def key_bias(self, call: CallInfo) -> KeyBias | None:
+        """An additive logit bias ``coef[h] * feature[b, j]`` for this call, on every path.
+
+        Parameters
+        ----------
+        call : CallInfo
+            The attention call. Called whether or not ``active(call)`` holds.
+
+        Returns
+        -------
+        KeyBias or None
+            ``coef`` (H,) or (B, H) (0 for heads left alone) and exactly one feature: ``index`` (B, K) long key
+            positions receiving ``coef`` (sparse form; -1 = padding entry or a key no longer cached), or ``keys``
+            (B, S) float feature per key (dense form). The dispatcher picks how to apply it (log-sum-exp correction,
+            an extra head-dim channel, or an additive mask); every form equals adding the bias to the logits before
+            the softmax, which is what probability editors later see. ``None``: no bias (the default).
+        """
         return None
 
     def post_attention(self, call: CallInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        out: torch.Tensor, lse: torch.Tensor | None, biases: list[KeyBias]) -> torch.Tensor:
+        """A probability edit computed after the fused kernel, without the attention matrix (fast path).
+
+        Called only when ``edits_probabilities`` and ``has_fast_path`` are set, ``active(call)`` holds and the call
+        takes the fast path (no ``output_attentions``, no soft-capping, no other active probability editor on the
+        layer, no ``force="materialize"``). Must equal ``edit_probs`` followed by P @ V.
+
+        Parameters
+        ----------
+        call : CallInfo
+            The attention call.
+        q : torch.Tensor
+            (B, H, T, D) queries, query scales applied, without bias channels.
+        k, v : torch.Tensor
+            (B, Hkv, S, D) keys and (B, Hkv, S, Dv) values, not repeated for grouped-query attention: query head h
+            reads key/value head ``h // (H // Hkv)``.
+        out : torch.Tensor
+            (B, H, T, Dv) the fused kernel's output, every key bias of the call already included.
+        lse : torch.Tensor or None
+            (B, H, T) float32 log-sum-exp over the keys of the logits the kernel computed (query scales and
+            channel-form biases included). ``None`` when the patch did not ask for it (``needs_lse``), when the
+            kernel cannot return it (non-CPU device, torch.export, ``force="channels"``/``"bias"``), or when sparse
+            biases were corrected after the kernel (its log-sum-exp no longer matches ``out``); the patch then falls
+            back to computing what it needs (e.g. materialising its own heads' probabilities).
+        biases : list of KeyBias
+            Every key bias of this call (from all patches on the layer), already in ``out``; a patch that recomputes
+            logits adds them (``components.attention.math.dense_bias_logits``).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, H, T, Dv) the edited output; heads the patch does not edit are returned unchanged. The default
+            returns ``out`` (no edit).
+        """
         return out
 
     def edit_probs(self, call: CallInfo, probs: torch.Tensor) -> torch.Tensor:
+        """The probability edit on materialised attention (the fallback path and ``output_attentions``).
+
+        Called only when ``edits_probabilities`` is set, ``active(call)`` holds and the call takes the materialised
+        path; several editors on one layer run in the order their patches were applied.
+
+        Parameters
+        ----------
+        call : CallInfo
+            The attention call.
+        probs : torch.Tensor
+            (B, H, T, S) softmax probabilities, float32 or wider, query scales and every key bias applied (and the
+            edits of earlier editors); masked keys are 0, each row of a query that sees a key sums to 1.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, H, T, S) edited probabilities (rows should still sum to 1); they multiply V and are what
+            ``output_attentions`` returns. The default returns ``probs`` (no edit); there is no ``None`` here.
+        """
         return probs
 
     def edit_output(self, call: CallInfo, out: torch.Tensor) -> torch.Tensor:
-        return out
+        """Edit per-head attention outputs before the output projection, on every path.
 
+        Parameters
+        ----------
+        call : CallInfo
+            The attention call. Called whether or not ``active(call)`` holds.
+        out : torch.Tensor
+            (B, H, T, D) each head's context vector (probabilities @ V, all probability edits included), in the
+            model's dtype.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, H, T, D) the edited outputs (e.g. a head zeroed or mixed with a stored vector). The default returns
+            ``out`` unchanged; there is no ``None`` here.
+        """
+        return out
 
 def model_shape(config: Any) -> tuple[int, int]:
     """(num_layers, num_attention_heads) of a transformers config (text config for multimodal models)."""

@@ -2,10 +2,6 @@
 
 It runs the same fused SDPA call as transformers' stock ``sdpa`` implementation, so comparisons against it
 measure the method, not the plumbing (``bench/patch_overhead.py`` reports the dispatcher's own overhead).
-
-Parameters
-----------
-(none)
 """
 
 from __future__ import annotations
@@ -20,7 +16,12 @@ from registry import register
           summary="No-op reference: stock SDPA attention through the attnflow dispatcher.")
 @dataclass(frozen=True)
 class Baseline(AttentionPatch):
-    """Baseline: no change to attention."""
+    """Baseline: no change to attention.
+
+    Parameters
+    ----------
+    (none)
+    """
 
     def acts_on_layer(self, layer: int, n_layers: int) -> bool:
         return False

@@ -15,15 +15,6 @@ Head masking experiment masks during decoding only.
 Reference code: https://github.com/nightdessert/Retrieval_Head (``faiss_attn/source/modeling_llama.py``,
 ``block_list``). Deviations: the reference masks during decoding only and always in ``uniform`` form; here both the
 phase and the form are parameters (defaults ``all`` and ``uniform``).
-
-Parameters
-----------
-heads : HeadSet
-    The (layer, head) pairs to mask, e.g. ``0:1,2:3`` or ``file:heads.json``. Required (no default).
-mode : {"uniform", "zero"}
-    ``uniform`` = zero logits (uniform attention); ``zero`` = zero head output. Default ``uniform``.
-phase : {"all", "prefill", "decode"}
-    When to mask. Default ``all``.
 """
 
 from __future__ import annotations
@@ -40,11 +31,40 @@ from components.patches.base import AttentionPatch
 from registry import register
 
 
+def reference_uniform(probs: torch.Tensor, visible: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """``mode=uniform`` on materialised attention, written directly (tests compare every path against it).
+
+    probs (B, H, T, S) post-softmax attention of one layer; visible (B, 1, T, S) bool, the keys each query sees;
+    heads: the masked query heads. Returns (B, H, T, S) with A'_ij = 1 / |{j visible to i}| on those heads.
+    """
+    probs = probs.clone()
+    vis = visible.expand(-1, len(heads), -1, -1).to(probs.dtype)  # (B, |heads|, T, S)
+    probs[:, heads] = vis / vis.sum(-1, keepdim=True).clamp_min(1)
+    return probs
+
+
+def reference_zero(out: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """``mode=zero``: out (B, H, T, D) per-head outputs; returns them with the masked heads' outputs x 0."""
+    out = out.clone()
+    out[:, heads] = 0  # (B, |heads|, T, D)
+    return out
+
+
 @register("head_mask", version="1.0.0", family="patch", paper="arXiv:2404.15574",
           summary="Mask chosen heads: uniform attention (zero logits) or zero head output.")
 @dataclass(frozen=True)
 class HeadMask(AttentionPatch):
-    """Head masking (uniform attention or zeroed output) for chosen (layer, head) pairs."""
+    """Head masking (uniform attention or zeroed output) for chosen (layer, head) pairs.
+
+    Parameters
+    ----------
+    heads : HeadSet
+        The (layer, head) pairs to mask, e.g. ``0:1,2:3`` or ``file:heads.json``. Required (no default).
+    mode : {"uniform", "zero"}
+        ``uniform`` = zero logits (uniform attention); ``zero`` = zero head output. Default ``uniform``.
+    phase : {"all", "prefill", "decode"}
+        When to mask. Default ``all``.
+    """
 
     heads: HeadSet = HeadSet.none()
     mode: Literal["uniform", "zero"] = "uniform"

@@ -24,22 +24,6 @@ IOI. Reference code: https://github.com/jmerullo/circuit_reuse (the intervention
 Deviations from the reference code: no reference implementation exists; the paper's heads and target pattern
 are inputs here (``heads``, ``target``, ``positions`` or per-row ``inputs``), and ``weight`` generalises the hard
 overwrite (w = 1, the default). Not ONNX-exported (per-row index writes; untested under torch.export).
-
-Parameters
-----------
-heads : HeadSet
-    The (layer, head) pairs to override, e.g. ``9:6,10:0``. Required (no default).
-query_pos : int
-    The query position: p >= 0 = the p-th real token, p < 0 = counted back from the newest token. Default -1.
-target : {"positions", "first", "uniform", "inputs"}
-    The target pattern. Default ``positions``.
-positions : list of int
-    Key positions for ``target=positions`` (p >= 0 from the first real token, p < 0 back from the query).
-    Default 0.
-weight : float
-    Mixing weight w in [0, 1] (1 = overwrite). Default 1.0.
-phase : {"all", "prefill", "decode"}
-    Which forwards to act on. Default ``all``.
 """
 
 from __future__ import annotations
@@ -57,11 +41,83 @@ from components.patches.base import AttentionPatch
 from registry import register
 
 
+def reference_probs(probs: torch.Tensor, visible: torch.Tensor, first: list[int], newest: list[int],
+                    heads: list[int], *, query_pos: int, target: str, positions: tuple[int, ...],
+                    weight: float) -> torch.Tensor:
+    """The formula on materialised attention, with loops over rows (tests compare every path against it).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer; the call's queries are keys S - T .. S - 1.
+    visible : torch.Tensor
+        (B, 1, T, S) bool: the keys each query sees.
+    first, newest : list of int
+        Per row, the key columns of the first and of the newest real token (``first`` < 0 when a sliding-window
+        cache dropped it).
+    heads : list of int
+        The overridden query heads of this layer.
+    query_pos, target, positions, weight
+        As the patch's parameters; ``target`` is ``positions``, ``first`` or ``uniform`` (``inputs`` weights come
+        from the caller and are not part of the formula).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S) with A'_{h,q,:} = (1 - w) A_{h,q,:} + w T on the chosen query row q of each row, T the target
+        restricted to the keys q sees and normalised; rows whose target is empty are unchanged.
+    """
+    if target not in ("positions", "first", "uniform"):
+        raise ValueError(f"the reference covers target=positions, first and uniform, not {target!r}")
+    probs = probs.clone()
+    q_len, kv_len = probs.shape[2], probs.shape[3]
+    past = kv_len - q_len
+    for b in range(probs.shape[0]):
+        qkey = first[b] + query_pos if query_pos >= 0 else newest[b] + 1 + query_pos  # key column of the query
+        qi = qkey - past  # its index among this call's queries
+        if not 0 <= qi < q_len or qkey < first[b]:
+            continue
+        tgt = torch.zeros(kv_len, dtype=probs.dtype, device=probs.device)  # (S,)
+        if target == "first":
+            if first[b] >= 0:
+                tgt[first[b]] = 1.0
+        elif target == "uniform":
+            tgt += 1.0
+        else:
+            for p in positions:
+                j = first[b] + p if p >= 0 else qkey + 1 + p
+                if 0 <= j < kv_len:
+                    tgt[j] = 1.0
+        tgt = tgt * visible[b, 0, qi]  # (S,) only keys the query sees
+        if tgt.sum() == 0:
+            continue
+        for h in heads:
+            probs[b, h, qi] = (1 - weight) * probs[b, h, qi] + weight * tgt / tgt.sum()  # (S,)
+    return probs
+
+
 @register("head_pattern_override", version="1.0.0", family="patch", paper="arXiv:2310.08744",
           summary="Overwrite chosen heads' attention row at one query position with a target pattern.")
 @dataclass(frozen=True)
 class HeadPatternOverride(AttentionPatch):
-    """Attention-pattern override for chosen heads at one query position."""
+    """Attention-pattern override for chosen heads at one query position.
+
+    Parameters
+    ----------
+    heads : HeadSet
+        The (layer, head) pairs to override, e.g. ``9:6,10:0``. Required (no default).
+    query_pos : int
+        The query position: p >= 0 = the p-th real token, p < 0 = counted back from the newest token. Default -1.
+    target : {"positions", "first", "uniform", "inputs"}
+        The target pattern. Default ``positions``.
+    positions : list of int
+        Key positions for ``target=positions`` (p >= 0 from the first real token, p < 0 back from the query).
+        Default 0.
+    weight : float
+        Mixing weight w in [0, 1] (1 = overwrite). Default 1.0.
+    phase : {"all", "prefill", "decode"}
+        Which forwards to act on. Default ``all``.
+    """
 
     heads: HeadSet = HeadSet.none()
     query_pos: int = -1

@@ -38,22 +38,6 @@ Deviations from the reference code: spans come from character ranges or markers 
 user turns; the bias is exact in logit space for any alpha (the reference adds log(alpha) to its additive mask, the
 same thing); heads are a parameter (the context-awareness paper steers all heads of all layers, PASTA profiles
 heads).
-
-Parameters
-----------
-alpha : float
-    Attention scale of prompt tokens outside the spans (> 0; < 1 emphasises the spans, 1 = no-op). Default 0.9.
-spans : str
-    Character ranges of the prompt, e.g. ``0:120`` or ``-40:`` (comma-separated). Default empty.
-span_start : str
-    Marker opening a span (the span starts after it); backslash escapes such as ``\\n`` are decoded. Default
-    empty.
-span_end : str
-    Marker closing a span (end of the prompt when empty or absent); escapes decoded. Default empty.
-heads : HeadSet
-    Steered (layer, head) pairs. Default ``all``.
-sparse_max : int
-    Largest key set applied as a sparse bias; larger sets use the extra-channel form. Default 128.
 """
 
 from __future__ import annotations
@@ -106,11 +90,55 @@ def char_spans(prompt: str, ranges: list[tuple[int | None, int | None]], start: 
     return spans
 
 
+def reference_probs(probs: torch.Tensor, outside: torch.Tensor, heads: list[int], alpha: float) -> torch.Tensor:
+    """The formula on materialised attention, written directly (tests compare every path against it; the patch
+    itself applies a logit bias).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer.
+    outside : torch.Tensor
+        (B, S) bool over this call's keys: prompt tokens outside every span (the set O; generated tokens and pads
+        are not in it).
+    heads : list of int
+        The steered query heads of this layer.
+    alpha : float
+        Attention scale of the keys in O.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S) with A'_ij = alpha A_ij / D_i for j in O, A_ij / D_i otherwise (D_i renormalises the row).
+    """
+    probs = probs.clone()
+    scale = torch.where(outside, alpha, 1.0).to(probs.dtype)  # (B, S)
+    probs[:, heads] = probs[:, heads] * scale[:, None, None, :]  # (B, |heads|, T, S)
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # rows renormalised
+
+
 @register("pasta", version="1.0.0", family="patch", paper="arXiv:2311.02262",
           summary="Context steering: log(alpha) on prompt tokens outside chosen spans (character ranges/markers).")
 @dataclass(frozen=True)
 class Pasta(AttentionPatch):
-    """PASTA-style attention steering towards chosen spans of the prompt."""
+    """PASTA-style attention steering towards chosen spans of the prompt.
+
+    Parameters
+    ----------
+    alpha : float
+        Attention scale of prompt tokens outside the spans (> 0; < 1 emphasises the spans, 1 = no-op). Default 0.9.
+    spans : str
+        Character ranges of the prompt, e.g. ``0:120`` or ``-40:`` (comma-separated). Default empty.
+    span_start : str
+        Marker opening a span (the span starts after it); backslash escapes such as ``\\n`` are decoded. Default
+        empty.
+    span_end : str
+        Marker closing a span (end of the prompt when empty or absent); escapes decoded. Default empty.
+    heads : HeadSet
+        Steered (layer, head) pairs. Default ``all``.
+    sparse_max : int
+        Largest key set applied as a sparse bias; larger sets use the extra-channel form. Default 128.
+    """
 
     alpha: float = 0.9
     spans: str = ""

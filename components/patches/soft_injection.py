@@ -26,27 +26,6 @@ that enters o_proj); the few-shot prompts for mu are assembled generically from 
 (the reference has per-task templates and a separate valid split); prompts longer than the model's context drop
 demonstrations; the last prompt token comes from the scoring code's prompt lengths (answer tokens appended for
 option scoring are not injected). ``heads`` restricts which heads may be injected (the reference: all).
-
-Parameters
-----------
-n_shots : int
-    Demonstrations per few-shot prompt for the task embedding (the paper's N). Default 10.
-n_prompts : int
-    Few-shot prompts averaged into the task embedding (the paper's M). Default 50.
-steps : int
-    Adam steps on theta. Default 400.
-lr : float
-    Adam learning rate. Default 0.2.
-batch_size : int
-    Training queries per step. Default 1.
-valid_every : int
-    Validate (and keep the best theta) every this many steps. Default 50.
-separator : str
-    Text between demonstrations and before the query; backslash escapes decoded. Default ``\\n`` (a newline).
-heads : HeadSet
-    Heads that may be injected (a = 0 elsewhere). Default ``all``.
-seed : int
-    Seed of demonstration sampling and query order. Default 0.
 """
 
 from __future__ import annotations
@@ -67,6 +46,22 @@ from components.patches.base import AttentionPatch, model_shape
 from registry import register
 
 
+def reference_output(out: torch.Tensor, rows: list[int], theta: torch.Tensor, mu: torch.Tensor,
+                     heads: list[int]) -> torch.Tensor:
+    """The formula on per-head outputs of one layer's prefill call, with loops (tests compare the patch against it).
+
+    out (B, H, T, D) head outputs; rows: per batch row, the query index of the last prompt token; theta (H,) this
+    layer's logits of the injection weights; mu (H, D) this layer's task embeddings; heads: the injected heads.
+    Returns (B, H, T, D) with h' = (1 - a) h + a mu, a = sigmoid(theta), at that token of each injected head.
+    """
+    out = out.clone()
+    for b, i in enumerate(rows):
+        for h in heads:
+            a = torch.sigmoid(theta[h]).to(out.dtype)  # scalar
+            out[b, h, i] = (1 - a) * out[b, h, i] + a * mu[h].to(out.dtype)  # (D,)
+    return out
+
+
 @dataclass(frozen=True)
 class _HeadCapture(AttentionPatch):
     """Accumulates each head's output at the last prompt token (prefill), summed over rows (not registered)."""
@@ -85,7 +80,29 @@ class _HeadCapture(AttentionPatch):
           summary="SITE: mix learned fractions of few-shot task embeddings into head outputs at the last token.")
 @dataclass(frozen=True)
 class SoftInjection(AttentionPatch):
-    """Soft injection of task embeddings (per-head mixing weights trained with the model frozen)."""
+    """Soft injection of task embeddings (per-head mixing weights trained with the model frozen).
+
+    Parameters
+    ----------
+    n_shots : int
+        Demonstrations per few-shot prompt for the task embedding (the paper's N). Default 10.
+    n_prompts : int
+        Few-shot prompts averaged into the task embedding (the paper's M). Default 50.
+    steps : int
+        Adam steps on theta. Default 400.
+    lr : float
+        Adam learning rate. Default 0.2.
+    batch_size : int
+        Training queries per step. Default 1.
+    valid_every : int
+        Validate (and keep the best theta) every this many steps. Default 50.
+    separator : str
+        Text between demonstrations and before the query; backslash escapes decoded. Default ``\\n`` (a newline).
+    heads : HeadSet
+        Heads that may be injected (a = 0 elsewhere). Default ``all``.
+    seed : int
+        Seed of demonstration sampling and query order. Default 0.
+    """
 
     n_shots: int = 10
     n_prompts: int = 50

@@ -21,13 +21,6 @@ Deviations from the reference code: the reference scales column 0 of the post-so
 that column is a pad token, so here "key 0" is each row's first real token (read from the attention mask). The
 reference's token-range ablation (``start/end``) is not implemented. Head profiling and the gamma search are the
 head-search flow's job, not this component's.
-
-Parameters
-----------
-gamma : float
-    Scale of the initial token's attention (> 0; 1 = no-op). Default 2.0.
-heads : HeadSet
-    Target (layer, head) pairs. Default ``all``.
 """
 
 from __future__ import annotations
@@ -36,6 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from components.attention.types import CallInfo, KeyBias
 from components.base import check_range
 from components.heads import HeadSet
@@ -43,11 +38,46 @@ from components.patches.base import AttentionPatch
 from registry import register
 
 
+def reference_probs(probs: torch.Tensor, first: torch.Tensor, heads: list[int], gamma: float) -> torch.Tensor:
+    """The paper's formula on materialised attention, written directly (tests compare every path against it; the
+    patch itself never materialises attention).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (B, H, T, S) post-softmax attention of one layer.
+    first : torch.Tensor
+        (B,) key column of each row's first real token ("key 0"); -1 when a sliding-window cache dropped it.
+    heads : list of int
+        The edited query heads of this layer.
+    gamma : float
+        Scale of the first token's attention.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, H, T, S) with a'_0 = gamma a_0 / D and a'_j = a_j / D, D = sum of the row after scaling.
+    """
+    probs = probs.clone()
+    for b in range(probs.shape[0]):
+        if first[b] >= 0:  # still in the (sliding-window) cache
+            probs[b, heads, :, first[b]] *= gamma  # (|heads|, T) column of key 0
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, H, T, S) rows renormalised
+
+
 @register("zerotuning", version="1.0.0", family="patch", paper="arXiv:2505.11739",
           summary="Scale attention to the initial token by gamma on chosen heads (log-gamma bias on key 0).")
 @dataclass(frozen=True)
 class ZeroTuning(AttentionPatch):
-    """ZeroTuning: log(gamma) added to the logit of each row's first real token on the target heads."""
+    """ZeroTuning: log(gamma) added to the logit of each row's first real token on the target heads.
+
+    Parameters
+    ----------
+    gamma : float
+        Scale of the initial token's attention (> 0; 1 = no-op). Default 2.0.
+    heads : HeadSet
+        Target (layer, head) pairs. Default ``all``.
+    """
 
     gamma: float = 2.0
     heads: HeadSet = HeadSet.all()

@@ -28,27 +28,6 @@ data are shuffled before every epoch (the reference keeps the file order in the 
 exactly ``swaps_per_epoch`` times per epoch at evenly spaced batch boundaries (the reference's modulo test skips
 swaps when n_train / swaps_per_epoch is not a multiple of the batch size); class valence is label >= K/2 (the
 reference's >= 5 for K = 10); 10 epochs on a generated 32-feature set by default instead of 50 on MNIST.
-
-Parameters
-----------
-method : str
-    ``lrc``, ``lrr``, ``lrh`` or ``lrc_matched`` (needs the LRR run's mean η per seed). Default ``lrc``.
-swaps_per_epoch : int
-    Label swaps per epoch (the concept-shift rate). Default 0.
-epochs : int
-    Passes over the training set. Default 10.
-eta0 : float
-    Initial (and LRC) learning rate η₀. Default 0.001.
-batch : int
-    Minibatch size m. Default 10.
-hidden1 : int
-    First hidden layer width. Default 80.
-hidden2 : int
-    Second hidden layer width. Default 60.
-memory : int
-    Recent examples the homeostatic trial updates are scored on. Default 20.
-seeds : tuple
-    Seeds run together (vectorised); each seed's trajectory depends only on its own seed. Default 0..4.
 """
 
 from __future__ import annotations
@@ -99,7 +78,29 @@ def _forward(w: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, probs: boo
           summary="Homeostatic vs constant / random learning-rate regulation under label-swap concept shift.")
 @dataclass(frozen=True)
 class Homeostasis(Study):
-    """A classifier with constant, random or homeostatic learning rate on a label-swap concept-shift stream."""
+    """A classifier with constant, random or homeostatic learning rate on a label-swap concept-shift stream.
+
+    Parameters
+    ----------
+    method : str
+        ``lrc``, ``lrr``, ``lrh`` or ``lrc_matched`` (needs the LRR run's mean η per seed). Default ``lrc``.
+    swaps_per_epoch : int
+        Label swaps per epoch (the concept-shift rate). Default 0.
+    epochs : int
+        Passes over the training set. Default 10.
+    eta0 : float
+        Initial (and LRC) learning rate η₀. Default 0.001.
+    batch : int
+        Minibatch size m. Default 10.
+    hidden1 : int
+        First hidden layer width. Default 80.
+    hidden2 : int
+        Second hidden layer width. Default 60.
+    memory : int
+        Recent examples the homeostatic trial updates are scored on. Default 20.
+    seeds : tuple
+        Seeds run together (vectorised); each seed's trajectory depends only on its own seed. Default 0..4.
+    """
 
     method: Literal["lrc", "lrr", "lrh", "lrc_matched"] = "lrc"
     swaps_per_epoch: int = 0

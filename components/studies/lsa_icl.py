@@ -25,30 +25,6 @@ Deviations from the paper: gradient flow on the population loss is approximated 
 iterates, which removes most of the SGD noise that gradient flow does not have. The covariance ``diagonal`` is
 this reproduction's choice (eigenvalues geometric between 1/√spread and √spread); the paper's random-covariance
 experiments and its GPT-2 comparison are not reproduced.
-
-Parameters
-----------
-d : int
-    Input dimension. Default 5.
-n_prompt : int
-    Examples per training prompt, N. Default 20.
-covariance : str
-    ``identity`` (Λ = I) or ``diagonal`` (Λ = diag of eigenvalues geometric in [1/√spread, √spread]).
-    Default ``identity``.
-spread : float
-    Condition number of the ``diagonal`` covariance (>= 1). Default 2.0.
-sigma : float
-    Initialisation scale σ. Default 0.1.
-lr : float
-    SGD learning rate. Default 0.05.
-steps : int
-    SGD steps. Default 1000.
-batch : int
-    Fresh prompts per step. Default 4096.
-average_last : float
-    Fraction of the final iterates averaged into the reported weights (0 = last iterate). Default 0.25.
-seed : int
-    Seed of initialisation and data. Default 0.
 """
 
 from __future__ import annotations
@@ -90,7 +66,32 @@ def parse_shift(text: str) -> tuple[str, float]:
           summary="One linear self-attention layer trained on regression prompts: u·U11 -> Gamma^-1, shifts.")
 @dataclass(frozen=True)
 class LSAICL(Study):
-    """Linear self-attention trained on in-context linear regression (Zhang, Frei, Bartlett)."""
+    """Linear self-attention trained on in-context linear regression (Zhang, Frei, Bartlett).
+
+    Parameters
+    ----------
+    d : int
+        Input dimension. Default 5.
+    n_prompt : int
+        Examples per training prompt, N. Default 20.
+    covariance : str
+        ``identity`` (Λ = I) or ``diagonal`` (Λ = diag of eigenvalues geometric in [1/√spread, √spread]).
+        Default ``identity``.
+    spread : float
+        Condition number of the ``diagonal`` covariance (>= 1). Default 2.0.
+    sigma : float
+        Initialisation scale σ. Default 0.1.
+    lr : float
+        SGD learning rate. Default 0.05.
+    steps : int
+        SGD steps. Default 1000.
+    batch : int
+        Fresh prompts per step. Default 4096.
+    average_last : float
+        Fraction of the final iterates averaged into the reported weights (0 = last iterate). Default 0.25.
+    seed : int
+        Seed of initialisation and data. Default 0.
+    """
 
     d: int = 5
     n_prompt: int = 20

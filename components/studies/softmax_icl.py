@@ -25,37 +25,6 @@ Deviations from the reference code: 6,000 Adam steps instead of 500,001 (the pat
 dummy heads for H = 4 do not settle this early); the heads are batched tensors rather than one ``nn.Linear``
 per projection (same default ``nn.Linear`` uniform initialisation bounds); the linear-attention variant (not in
 the notebook) divides the scores by the training length; the step of GD / debiased GD is fitted per test length.
-
-Parameters
-----------
-d : int
-    Input dimension. Default 5.
-context : int
-    Training prompt length L (examples before the query). Default 40.
-noise_var : float
-    Label noise variance σ². Default 0.1.
-heads : int
-    Number of heads H. Default 2.
-attention : str
-    ``softmax`` or ``linear`` (scores / L_train, no normalisation). Default ``softmax``.
-rho : float
-    Covariate correlation ρ of Σ_ij = ρ^|i−j| (0 = isotropic). Default 0.0.
-tasks : str
-    ``single`` or ``multi`` (two regression tasks on overlapping coordinates). Default ``single``.
-dx1 : int
-    Coordinates of task 1 (multi-task only). Default 3.
-dx2 : int
-    Coordinates of task 2 (multi-task only). Default 4.
-steps : int
-    Adam steps. Default 6000.
-lr : float
-    Adam learning rate. Default 0.001.
-batch : int
-    Fresh prompts per step. Default 256.
-snapshot_every : int
-    Steps between recorded (ω_h, μ_h) snapshots. Default 100.
-seed : int
-    Seed of initialisation and data. Default 0.
 """
 
 from __future__ import annotations
@@ -78,7 +47,39 @@ from registry import register
           summary="Multi-head softmax attention on regression prompts: KQ = omega*I, OV last-entry, debiased GD.")
 @dataclass(frozen=True)
 class SoftmaxICL(Study):
-    """One layer of multi-head softmax (or linear) attention trained on in-context linear regression."""
+    """One layer of multi-head softmax (or linear) attention trained on in-context linear regression.
+
+    Parameters
+    ----------
+    d : int
+        Input dimension. Default 5.
+    context : int
+        Training prompt length L (examples before the query). Default 40.
+    noise_var : float
+        Label noise variance σ². Default 0.1.
+    heads : int
+        Number of heads H. Default 2.
+    attention : str
+        ``softmax`` or ``linear`` (scores / L_train, no normalisation). Default ``softmax``.
+    rho : float
+        Covariate correlation ρ of Σ_ij = ρ^|i−j| (0 = isotropic). Default 0.0.
+    tasks : str
+        ``single`` or ``multi`` (two regression tasks on overlapping coordinates). Default ``single``.
+    dx1 : int
+        Coordinates of task 1 (multi-task only). Default 3.
+    dx2 : int
+        Coordinates of task 2 (multi-task only). Default 4.
+    steps : int
+        Adam steps. Default 6000.
+    lr : float
+        Adam learning rate. Default 0.001.
+    batch : int
+        Fresh prompts per step. Default 256.
+    snapshot_every : int
+        Steps between recorded (ω_h, μ_h) snapshots. Default 100.
+    seed : int
+        Seed of initialisation and data. Default 0.
+    """
 
     d: int = 5
     context: int = 40

@@ -1,5 +1,6 @@
 """ACT equals its paper formula (sink detection by received attention, beta-scaled sinks, mass given back in
-proportion) on a materialised reference: prefill, KV-cache decoding with running statistics, left padding."""
+proportion) on a materialised reference (``components.patches.act.reference_probs``): prefill, KV-cache decoding
+with running statistics, left padding."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import pytest
 import torch
 
 import registry
-from components.patches.act import ACT
+from components.patches import zerotuning
+from components.patches.act import ACT, reference_probs
 from tests.helpers.compare import TOL, inputs, patched_vs_reference
+from tests.helpers.reference import first_real
 from tests.helpers.tiny import FAMILIES, tiny_model
 
 
 def act_reference(act, n_heads=4):
-    """Written from the formula: alpha_j = mean over real queries that see j of A_ij, accumulated over every query
-    of the sequence so far (prompt, then each decode step); S = {alpha > tau} minus its first element."""
+    """Adapter to ``components.patches.act.reference_probs``: the real queries of each call from the 2-D mask,
+    statistics per layer over absolute positions (prompt, then each decode step)."""
     state: dict[int, dict[str, torch.Tensor]] = {}
 
     def edit(layer, probs, info):
@@ -28,31 +31,8 @@ def act_reference(act, n_heads=4):
         off = am.shape[1] - kv_len if am is not None else 0
         past = kv_len - q_len
         real = (am[:, off + past: off + kv_len] != 0) if am is not None else torch.ones(b_size, q_len, dtype=bool)
-        if past == 0:
-            state[layer] = {"col": torch.zeros(b_size, n_heads, 0, dtype=torch.float64),
-                            "cnt": torch.zeros(b_size, 0, dtype=torch.float64)}
-        s = state[layer]
-        grow = off + kv_len - s["cnt"].shape[1]
-        s["col"] = torch.cat([s["col"], torch.zeros(b_size, n_heads, grow, dtype=torch.float64)], -1)
-        s["cnt"] = torch.cat([s["cnt"], torch.zeros(b_size, grow, dtype=torch.float64)], -1)
-        probs = probs.clone()
-        for b in range(b_size):
-            rows = real[b]
-            s["cnt"][b, off:] += info.visible[b, 0][rows].double().sum(0)
-            for h in heads:
-                s["col"][b, h, off:] += probs[b, h][rows].sum(0)
-                sinks = s["col"][b, h] / s["cnt"][b].clamp_min(1) > act.tau  # over absolute positions
-                if act.keep_first_sink and sinks.any():
-                    sinks[int(sinks.nonzero()[0, 0])] = False
-                cols = sinks[off:]  # (S,) bool over this call's keys
-                if not cols.any():
-                    continue
-                a = probs[b, h]
-                mass = (a * cols).sum(-1, keepdim=True)  # P_i
-                rest = (a * ~cols).sum(-1, keepdim=True)
-                new = torch.where(cols, act.beta * a, a * (1 - act.beta * mass) / rest.clamp_min(1e-300))
-                probs[b, h] = torch.where(rest == 0, a, new)
-        return probs
+        return reference_probs(probs, info.visible, real, off, heads, state.setdefault(layer, {}), act.beta,
+                               act.tau, act.keep_first_sink)
 
     return edit
 
@@ -76,12 +56,8 @@ def test_act_prefill_phase_and_composition_with_a_bias():
 
     def both(layer, probs, info):
         if layer == 0:
-            probs = probs.clone()
-            am = info.attention_mask_2d
-            for b in range(probs.shape[0]):
-                fr = int(am[b].ne(0).int().argmax()) - (am.shape[1] - info.kv_len)
-                probs[b, :, :, fr] *= 3
-            probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)
+            all_heads = list(range(probs.shape[1]))
+            probs = zerotuning.reference_probs(probs, first_real(info, probs.shape[0]), all_heads, 3.0)
         return zt_act(layer, probs, info)
 
     d = patched_vs_reference(model, [zt, act], both, decode_steps=3)

@@ -7,6 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+import registry
 from attnflow.cli import app, methods_markdown
 
 runner = CliRunner()
@@ -26,6 +27,16 @@ def test_components_table_and_markdown():
     assert "[arXiv:2505.11739](https://arxiv.org/abs/2505.11739)" in md
     show = runner.invoke(app, ["components", "--show", "zerotuning"])
     assert show.exit_code == 0 and "gamma" in show.output and "Deviations" in show.output
+
+
+@pytest.mark.parametrize("info", registry.all_components(), ids=lambda i: i.ref)
+def test_show_prints_every_parameter_with_its_description(info):
+    out = runner.invoke(app, ["components", "--show", info.ref])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    for p in info.cls.param_specs():
+        assert p.doc and f"{p.name} : {p.type}" in out.output, f"{info.ref}.{p.name}: no entry"
+        assert " ".join(p.doc.split()) in text, f"{info.ref}.{p.name}: description not shown"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import registry
+from components.patches.head_mask import reference_uniform, reference_zero
 from tests.helpers.compare import TOL, patched_vs_reference
 from tests.helpers.tiny import FAMILIES, tiny_model
 
@@ -16,20 +17,14 @@ def heads_of(hm, layer, n_heads=4):
 
 def uniform_reference(hm):
     def edit(layer, probs, info):  # A'_ij = 1/|visible_i| for masked heads
-        heads = heads_of(hm, layer)
-        probs = probs.clone()
-        vis = info.visible.expand(-1, len(heads), -1, -1).double()
-        probs[:, heads] = vis / vis.sum(-1, keepdim=True).clamp_min(1)
-        return probs
+        return reference_uniform(probs, info.visible, heads_of(hm, layer))
 
     return edit
 
 
 def zero_reference(hm):
     def edit(layer, out, info):  # head output x 0
-        out = out.clone()
-        out[:, heads_of(hm, layer)] = 0
-        return out
+        return reference_zero(out, heads_of(hm, layer))
 
     return edit
 

@@ -7,49 +7,26 @@ import torch
 
 import registry
 from components.attention.session import applied
+from components.patches.head_pattern_override import reference_probs
 from tests.helpers.compare import TOL, inputs, patched_vs_reference
 from tests.helpers.tiny import FAMILIES, tiny_model
 from tests.helpers.threads import one_thread  # noqa: F401
 
 
 def override_reference(po):
-    """Independent reference: loops over rows; positions counted over the row's real tokens."""
+    """Adapter to ``components.patches.head_pattern_override.reference_probs``: positions counted over each row's
+    real tokens, read from the 2-D mask."""
 
     def edit(layer, probs, info):
         heads = [h for h in range(probs.shape[1]) if (layer, h) in po.heads]
         if not heads:
             return probs
-        probs = probs.clone()
-        past = info.kv_len - info.q_len
-        for b in range(probs.shape[0]):
-            am = info.attention_mask_2d
-            offset = am.shape[1] - info.kv_len if am is not None else 0
-            real = [j - offset for j in range(am.shape[1]) if am[b, j] != 0] if am is not None else list(
-                range(info.kv_len))
-            first, newest = real[0], real[-1]
-            qkey = first + po.query_pos if po.query_pos >= 0 else newest + 1 + po.query_pos
-            qi = qkey - past
-            if not 0 <= qi < info.q_len or qkey < first:
-                continue
-            seen = info.visible[b, 0, qi].double()  # (S,)
-            if po.target == "first":
-                tgt = torch.zeros(info.kv_len, dtype=torch.float64)
-                if first >= 0:  # not evicted by a sliding-window cache
-                    tgt[first] = 1.0
-            elif po.target == "uniform":
-                tgt = torch.ones(info.kv_len, dtype=torch.float64)
-            else:
-                tgt = torch.zeros(info.kv_len, dtype=torch.float64)
-                for p in po.positions:
-                    j = first + p if p >= 0 else qkey + 1 + p
-                    if 0 <= j < info.kv_len:
-                        tgt[j] = 1.0
-            tgt = tgt * seen
-            if tgt.sum() == 0:
-                continue
-            for h in heads:
-                probs[b, h, qi] = (1 - po.weight) * probs[b, h, qi] + po.weight * tgt / tgt.sum()
-        return probs
+        am = info.attention_mask_2d
+        offset = am.shape[1] - info.kv_len if am is not None else 0
+        real = [[j - offset for j in range(am.shape[1]) if am[b, j] != 0] if am is not None
+                else list(range(info.kv_len)) for b in range(probs.shape[0])]
+        return reference_probs(probs, info.visible, [r[0] for r in real], [r[-1] for r in real], heads,
+                               query_pos=po.query_pos, target=po.target, positions=po.positions, weight=po.weight)
 
     return edit
 

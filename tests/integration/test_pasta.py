@@ -8,7 +8,7 @@ import torch
 
 import registry
 from components.base import ParamError, unescape
-from components.patches.pasta import char_spans, parse_ranges
+from components.patches.pasta import char_spans, parse_ranges, reference_probs
 from tests.helpers.compare import TOL, _step_logits
 from tests.helpers.reference import reference
 from tests.helpers.tiny import tiny_model, tokenizer
@@ -26,12 +26,10 @@ def pasta_reference(pasta, flags, pad, n_heads=4):
     def edit(layer, probs, info):  # probs (B, H, q, S); keys at absolute positions off..off+S
         heads = [h for h in range(n_heads) if (layer, h) in pasta.heads]
         off = info.attention_mask_2d.shape[1] - info.kv_len
-        probs = probs.clone()
+        outside = torch.zeros(probs.shape[0], info.kv_len, dtype=torch.bool)  # (B, S)
         for b, (fl, p) in enumerate(zip(flags, pad)):
-            cols = [p + t - off for t, f in enumerate(fl) if f and p + t - off >= 0]
-            for h in heads:
-                probs[b, h, :, cols] *= pasta.alpha
-        return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)
+            outside[b, [p + t - off for t, f in enumerate(fl) if f and p + t - off >= 0]] = True
+        return reference_probs(probs, outside, heads, pasta.alpha)
 
     return edit
 

@@ -8,6 +8,7 @@ import torch
 
 import registry
 from components.benchmarks import _scoring
+from components.patches.soft_injection import reference_output
 from tests.helpers.compare import TOL, patched_vs_reference
 from tests.helpers.reference import reference
 from tests.helpers.tiny import tiny_model, tokenizer
@@ -24,14 +25,9 @@ def si_reference(si, last_of):
     def edit(layer, out, info):  # out (B, H, q, D)
         if info.q_len != info.kv_len:
             return out  # decode steps untouched
-        out = out.clone()
-        for b in range(out.shape[0]):
-            for h in range(out.shape[1]):
-                if (layer, h) in si.heads:
-                    a = torch.sigmoid(si._theta[layer, h]).double()
-                    i = last_of(b, info)
-                    out[b, h, i] = (1 - a) * out[b, h, i] + a * si._mu[layer, h].double()
-        return out
+        heads = [h for h in range(out.shape[1]) if (layer, h) in si.heads]
+        rows = [last_of(b, info) for b in range(out.shape[0])]
+        return reference_output(out, rows, si._theta[layer], si._mu[layer], heads)
 
     return edit
 

@@ -1,4 +1,5 @@
-"""ZeroTuning equals its paper formula (scale a_0 by gamma, renormalise) on a materialised reference."""
+"""ZeroTuning equals its paper formula (scale a_0 by gamma, renormalise) on a materialised reference
+(``components.patches.zerotuning.reference_probs``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import registry
+from components.patches.zerotuning import reference_probs
 from tests.helpers.compare import TOL, patched_vs_reference
 from tests.helpers.reference import first_real
 from tests.helpers.tiny import FAMILIES, tiny_model
@@ -14,12 +16,7 @@ from tests.helpers.tiny import FAMILIES, tiny_model
 def zt_reference(zt, n_heads):
     def edit(layer, probs, info):  # probs (B, H, T, S): a'_0 = g a_0 / D, a'_j = a_j / D
         heads = [h for h in range(n_heads) if (layer, h) in zt.heads]
-        fr = first_real(info, probs.shape[0])
-        probs = probs.clone()
-        for b in range(probs.shape[0]):
-            if fr[b] >= 0:  # still in the (sliding-window) cache
-                probs[b, heads, :, fr[b]] *= zt.gamma
-        return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)
+        return reference_probs(probs, first_real(info, probs.shape[0]), heads, zt.gamma)
 
     return edit
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pydoc
+import re
+
 import pytest
 
 import registry
-from components.base import ParamError
+from components.base import ParamError, param_docs
 from components.heads import HeadSet
 from registry.specs import SpecError, load_preset, parse, parse_kv, parse_list, split_top_level
 
@@ -34,12 +38,61 @@ def test_family_filter():
         registry.get("zerotuning", family="benchmark")
 
 
-def test_every_component_has_paper_docstring_and_example():
+def test_every_component_has_an_example_with_a_stable_fingerprint():
     for info in registry.all_components():
-        doc = __import__(info.cls.__module__, fromlist=["x"]).__doc__ or ""
-        assert "Parameters" in doc, f"{info.ref}: module docstring lacks a Parameters section"
         comp = info.create(info.cls.example)
         assert comp.fingerprint() == info.create(info.cls.example).fingerprint()
+
+
+@pytest.mark.parametrize("info", registry.all_components(), ids=lambda i: i.ref)
+def test_every_parameter_is_described_in_the_class_docstring(info):
+    own = info.cls.__dict__.get("__doc__") or ""
+    assert re.search(r"^\s*Parameters\n\s*-+$", own, re.M), f"{info.ref}: class docstring lacks a Parameters section"
+    fields = [f.name for f in dataclasses.fields(info.cls) if f.init and not f.name.startswith("_")]
+    docs = param_docs(info.cls)
+    assert [f for f in fields if not docs.get(f)] == [], f"{info.ref}: parameters without a description"
+    assert sorted(set(docs) - set(fields)) == [], f"{info.ref}: described names that are not parameters"
+    assert {p.name: p.doc for p in info.cls.param_specs()} == {f: docs[f] for f in fields}
+    page = pydoc.render_doc(info.cls, renderer=pydoc.plaintext)  # what help() prints, in a " | " margin
+    rendered = " ".join(w for w in page.split() if w != "|")
+    assert all(" ".join(docs[f].split()) in rendered for f in fields)
+
+
+def test_param_docs_reads_numpy_entries_of_the_class_docstring_only():
+    class Parent:
+        """Parent.
+
+        Parameters
+        ----------
+        inherited : int
+            Never read for a subclass.
+        """
+
+    class Child(Parent):
+        """Child.
+
+        Parameters
+        ----------
+        a, b : float
+            Two numbers
+            on two lines.
+        flag
+            A bare name.
+        empty : str
+
+        Notes
+        -----
+        c : int
+            Not a parameter (another section).
+        """
+
+    assert param_docs(Child) == {"a": "Two numbers on two lines.", "b": "Two numbers on two lines.",
+                                 "flag": "A bare name.", "empty": ""}
+
+    class Undocumented(Parent):
+        pass
+
+    assert param_docs(Undocumented) == {}
 
 
 def test_param_parsing_and_validation():
