@@ -72,7 +72,8 @@ def retrieval_heads(
     with tracked_run(experiment, f"retrieval-heads {loaded.name}",
                      tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
                      params={"model": model, "detector": spec, "top_k": top_k, "n_random": n_random, "seed": seed,
-                             "tasks": plan.benchmarks, "mask_mode": mask_mode, "mask_phase": mask_phase}) as parent:
+                             "tasks": plan.texts("benchmarks"), "mask_mode": mask_mode,
+                             "mask_phase": mask_phase}) as parent:
         log_analysis(record, experiment, versions, parent)
         print(summary_text(record))
         # 3. The head sets: top-K by score, and K random non-retrieval heads per draw.
@@ -85,7 +86,7 @@ def retrieval_heads(
         arms = [("baseline", "baseline"), (head_mask_spec(sets["top"], mask_mode, mask_phase), top_label)]
         arms += [(head_mask_spec(d, mask_mode, mask_phase), random_label) for d in sets["random"]]
         # 4. Evaluate every arm on every task (cached), one MLflow run each.
-        data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
+        data = {b: benchmark_data(b.component) for b in plan.benchmarks}
         results = []
         for comp, label in arms:
             for b in plan.benchmarks:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import registry
+from registry.specs import spec_text
 from components.base import ParamError, check_range
 from components.benchmarks import _userdata
 from infra.settings import settings
@@ -29,7 +30,7 @@ from tasks import claims_stats as stats
 from tasks.claims_base import Claim
 from tasks.claims_pasta import PASTA_CLAIM
 from tasks.data import benchmark_data
-from tasks.evaluate import evaluate, spec_text
+from tasks.evaluate import evaluate
 from tasks.models import load_model
 
 DATASETS = ("sst2", "agnews", "trec")

@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 from components.patches.base import model_shape
-from registry.specs import parse
+from registry.specs import parse, spec_text
 from tasks.analysis import analysis_data, head_mask_spec, plan_analysis, run_analysis
 from tasks.claims_base import (INCONCLUSIVE, Claim, above, at_least, at_most, check_seeds, combine, fmt_ci, point,
                                result, summarize)
 from tasks.data import benchmark_data
-from tasks.evaluate import evaluate, spec_text
+from tasks.evaluate import evaluate
 from tasks.models import LoadedModel, load_model
 
 RETRIEVAL_SHARE, COLLAPSE, SPARE, RETRIEVAL_FLOOR = 0.10, 0.5, 0.9, 0.2

@@ -34,9 +34,9 @@ from components.benchmarks import _scoring
 from components.heads import HeadSet
 from components.patches.base import model_shape
 from registry import specs
+from registry.specs import spec_text
 from tasks import integrity, plots
 from tasks.data import load_data
-from tasks.evaluate import spec_text
 from tasks.models import LoadedModel, check_model
 from tasks.retry import transient
 from tasks.tracking import RETRY, client
