@@ -154,14 +154,15 @@ def _searched(method: str, model: str, val_spec: str, sizes: Sizes, dtype: str) 
     patch, objective = {"act": ("act", "accuracy"), "zerotuning_supervised": ("zerotuning", "accuracy"),
                         "zerotuning_unsupervised": ("zerotuning", "entropy")}[method]
     found = head_search(model=model, method=patch, task=val_spec, layers=_middle(model, sizes.search_layers),
-                        objective=objective, gammas=[1.5, 2.0, 4.0], batch_size=sizes.batch_size,
-                        experiment="reproduce-head-search", dtype=dtype)
+                        objective=objective, grid={"gamma": [1.5, 2.0, 4.0]} if patch == "zerotuning" else {},
+                        batch_size=sizes.batch_size, experiment="reproduce-head-search", dtype=dtype)
     heads = ",".join(f"{lay}:{h}" for lay, h in found["heads"])
-    info = {"heads": heads or "none", "gamma": found.get("gamma"), "search_run": found["run_id"],
+    gamma = (found.get("refined") or {}).get("gamma")
+    info = {"heads": heads or "none", "gamma": gamma, "search_run": found["run_id"],
             "search_baseline": found["selection"]["baseline"]}
-    if not heads or (patch == "zerotuning" and not found.get("gamma")):
+    if not heads or (patch == "zerotuning" and not gamma):
         return None, info
-    params = {"heads": heads, **({"gamma": str(found["gamma"])} if patch == "zerotuning" else {})}
+    params = {"heads": heads, **({"gamma": str(gamma)} if patch == "zerotuning" else {})}
     return _patch_spec(patch, params), info
 
 
