@@ -15,7 +15,6 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.params import BatchSize, Dtype
-from registry.specs import parse
 from tasks.data import benchmark_data
 from tasks.head_search import (log_head_search, model_pool, pick_refined, plan_search, refine_grid, score_candidate,
                                select_heads)
@@ -63,13 +62,13 @@ def head_search(
     # 1. Validate everything (method, parameters, grid, task, candidate heads) before any weights are read.
     plan = plan_search(model, method, task, params, layers, objective, grid, trust_remote_code)
     # 2. The calibration split: the task's train split as Parquet (cached across runs).
-    data = benchmark_data(parse(plan.benchmark).create("benchmark"), split="train")
+    data = benchmark_data(plan.spec(plan.benchmark).component, split="train")
     # 3. The model, plus copies when several candidates run at once.
     pool = model_pool(load_model(model, dtype=dtype, trust_remote_code=trust_remote_code), workers)
     # 4. Baseline and one cached evaluation per candidate head, fanned out to the task runner.
     def score(specs: Any) -> list[dict[str, Any]]:
-        futures = [score_candidate.submit(pool, s, plan.benchmark, data, objective, batch_size, plan.method)
-                   for s in specs]
+        futures = [score_candidate.submit(pool, plan.spec(s), plan.spec(plan.benchmark), data, objective,
+                                          batch_size, plan.method) for s in specs]
         return [f.result() for f in futures]
 
     base, *scores = score([plan.baseline, *plan.candidates])
@@ -80,7 +79,7 @@ def head_search(
     if points:
         selection = pick_refined(plan, selection, points, score(points))
     # 6. MLflow: heads.json, the layer x head gain heatmap, summary metrics.
-    name, bench = selection["method"], parse(plan.benchmark).name
+    name, bench = selection["method"], plan.spec(plan.benchmark).name
     with tracked_run(experiment, f"{name} heads on {bench}",
                      tags={"attnflow.kind": "head-search", "attnflow.model": pool.loaded.name,
                            "attnflow.component": name, "attnflow.task": bench},

@@ -19,7 +19,7 @@ import json
 import queue
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,7 +32,7 @@ from components import search as head_search
 from components.heads import HeadSet
 from components.patches.base import model_shape
 from registry import specs
-from registry.specs import spec_text
+from registry.specs import ResolvedSpec, resolved
 from tasks import integrity, plots
 from tasks.data import load_data
 from tasks.models import LoadedModel, checked_config
@@ -59,6 +59,11 @@ class SearchPlan:
     n_layers: int
     n_heads: int
     grid: dict[str, list[Any]] | None = None  # parameters searched on the chosen heads -> values
+    resolved: dict[str, ResolvedSpec] = field(default_factory=dict)  # pinned spec -> resolved once (plan_search)
+
+    def spec(self, text: str) -> ResolvedSpec | str:
+        """The resolved spec of ``text`` when the plan resolved it (baseline, benchmark, candidates), else ``text``."""
+        return self.resolved.get(text, text)
 
     @property
     def search(self) -> head_search.HeadSearch:
@@ -94,13 +99,14 @@ def plan_search(model: str, method: str, task_spec: str, params: dict[str, str],
     values = {**{k: list(v) for k, v in search.grid.items()}, **{k: list(v) for k, v in (grid or {}).items()}}
     for name, vals in values.items():  # every grid value is a valid parameter value, read as its declared type
         values[name] = [info.create({**trial, name: v, "heads": "0:0"}).params()[name] for v in vals]
-    candidates = {spec_text(info.create({**trial, "heads": f"{lay}:{h}"})): [lay, h]
-                  for lay, h in pool.expand(n_layers, n_heads)}
-    if not candidates:
+    cands = {(lay, h): ResolvedSpec.of(info.create({**trial, "heads": f"{lay}:{h}"}))
+             for lay, h in pool.expand(n_layers, n_heads)}
+    if not cands:
         raise ValueError(f"layers={layers!r} selects no head")
-    baseline = spec_text(registry.get("baseline").create())
-    return SearchPlan(model, info.ref, objective, spec_text(bench), baseline, candidates, trial, n_layers, n_heads,
-                      values)
+    fixed = [ResolvedSpec.of(bench), ResolvedSpec.of(registry.get("baseline").create())]
+    return SearchPlan(model, info.ref, objective, fixed[0].text, fixed[1].text,
+                      {r.text: [lay, h] for (lay, h), r in cands.items()}, trial, n_layers, n_heads, values,
+                      {r.text: r for r in [*fixed, *cands.values()]})
 
 
 class ModelPool:
@@ -142,9 +148,9 @@ def _scorer(search: str | None) -> tuple[head_search.HeadSearch, str]:
 
 
 def _score_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    bench = specs.parse(parameters["benchmark"]).create("benchmark")
-    comp = specs.parse(parameters["component"]).create("patch")
-    key = [parameters["pool"].fingerprint, parameters["component"], comp.fingerprint(), bench.fingerprint(),
+    comp = resolved(parameters["component"], "patch")
+    bench = resolved(parameters["benchmark"], "benchmark")
+    key = [parameters["pool"].fingerprint, comp.text, comp.fingerprint, bench.fingerprint,
            integrity.content_key(parameters["data_path"]), parameters["objective"], parameters.get("batch_size"),
            _scorer(parameters.get("search"))[1]]
     return "head3-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
@@ -152,17 +158,18 @@ def _score_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(cache_key_fn=_score_key, result_serializer=integrity.CHECKED, retries=1, retry_condition_fn=transient,
       task_run_name="score {component}")
-def score_candidate(pool: ModelPool, component: str, benchmark: str, data_path: str, objective: str,
-                    batch_size: int = 16, search: str | None = None) -> dict[str, Any]:
+def score_candidate(pool: ModelPool, component: ResolvedSpec | str, benchmark: ResolvedSpec | str, data_path: str,
+                    objective: str, batch_size: int = 16, search: str | None = None) -> dict[str, Any]:
     """The objective on the calibration rows with one patch applied, scored as the searched patch's
     ``head_search.score`` says (``search``: that patch's reference; the unpatched baseline is scored the same way)."""
-    comp, bench = specs.parse(component).create("patch"), specs.parse(benchmark).create("benchmark")
+    spec = resolved(component, "patch")
+    comp, bench = spec.component, resolved(benchmark, "benchmark").component
     how = _scorer(search)[0]
     rows = load_data(data_path)
     with pool.borrow() as loaded, comp.applied(loaded.model) as session:
         value = how.score(bench, loaded.model, loaded.tokenizer, rows, objective=objective, session=session,
                           batch_size=batch_size)
-    return {"component": component, "objective": objective, "value": value}
+    return {"component": spec.text, "objective": objective, "value": value}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="select heads")
@@ -182,22 +189,23 @@ def select_heads(plan: SearchPlan, base: dict[str, Any], scores: list[dict[str, 
 
 
 @task(cache_policy=NO_CACHE, task_run_name="refine grid")
-def refine_grid(plan: SearchPlan, selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The patch on the chosen heads at every point of its ``head_search.grid_points``: pinned spec -> point."""
+def refine_grid(plan: SearchPlan, selection: dict[str, Any]) -> dict[ResolvedSpec, dict[str, Any]]:
+    """The patch on the chosen heads at every point of its ``head_search.grid_points``: resolved spec -> point."""
     if not selection["heads"] or not plan.grid:
         return {}
     heads = ",".join(f"{lay}:{h}" for lay, h in selection["heads"])
     info = registry.get(plan.method, family="patch")
-    return {spec_text(info.create({**plan.params, **point, "heads": heads})): point
+    return {ResolvedSpec.of(info.create({**plan.params, **point, "heads": heads})): point
             for point in plan.search.grid_points(selection, plan.grid)}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="pick refinement")
-def pick_refined(plan: SearchPlan, selection: dict[str, Any], grid: dict[str, dict[str, Any]],
+def pick_refined(plan: SearchPlan, selection: dict[str, Any], grid: dict[ResolvedSpec, dict[str, Any]],
                  results: list[dict[str, Any]]) -> dict[str, Any]:
     """The grid point chosen by the patch's ``head_search.pick`` (``refined``; None when none beats the unpatched
     model), with every point's score (``refine_grid``)."""
-    rows = [{"params": grid[r["component"]], "score": r["value"],
+    point = {str(spec): p for spec, p in grid.items()}
+    rows = [{"params": point[r["component"]], "score": r["value"],
              "gain": head_search.gain(plan.objective, selection["baseline"], r["value"])} for r in results]
     return {**selection, "refine_grid": rows, "refined": plan.search.pick(rows)}
 

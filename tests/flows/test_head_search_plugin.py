@@ -18,6 +18,7 @@ from components.heads import HeadSet
 from components.patches.base import AttentionPatch
 from components.search import HeadSearch
 from flows.head_search import head_search
+from tests.helpers.counting import counting
 
 TASK = "icl_classification(n_examples=6, n_demos=4)"
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +55,13 @@ def query_scale_registered():
 
 
 def test_a_patch_declared_in_its_test_is_searched_with_its_own_rules(query_scale_registered, tiny_llama_dir):
-    out = head_search(model=str(tiny_llama_dir), method="test_query_scale", task=TASK, layers="0:0-1,1:0",
-                      objective="entropy", experiment="head-search-test")
+    with counting() as counts:
+        out = head_search(model=str(tiny_llama_dir), method="test_query_scale", task=TASK, layers="0:0-1,1:0",
+                          objective="entropy", experiment="head-search-test")
+    # specs resolved once in the plan: the patch is never parsed, and built once per trial, grid value, candidate
+    # and grid point (1 + 2 + 3 + 2), never again inside a task
+    assert counts["parse"]["test_query_scale"] == 0 and counts["parse"]["icl_classification"] == 1, counts["parse"]
+    assert counts["build"]["test_query_scale"] == 8, counts["build"]
     sel = out["selection"]
     assert sel["method"] == "test_query_scale" and sel["rule"] == "largest |gain|"
     assert sel["params"] == {"scale": 0.0} and len(sel["gains"]) == 3

@@ -38,12 +38,12 @@ def test_zerotuning_dominant_group_and_gamma():
     assert sel["group"] == "down" and sel["heads"] == [[0, 0], [0, 1], [1, 1]]
     grid = refine_grid.fn(p, sel)
     assert sorted(g["gamma"] for g in grid.values()) == [0.25, 0.5]  # reciprocals for a down-effective group
-    spec = [s for s, g in grid.items() if g["gamma"] == 0.25][0]
+    spec = [s.text for s, g in grid.items() if g["gamma"] == 0.25][0]
     assert spec.startswith("zerotuning@1.0.0(") and "heads=0:0;0:1;1:1" in spec
-    results = [{"component": s, "value": 0.7 if g["gamma"] == 0.25 else 0.55} for s, g in grid.items()]
+    results = [{"component": s.text, "value": 0.7 if g["gamma"] == 0.25 else 0.55} for s, g in grid.items()]
     out = pick_refined.fn(p, sel, grid, results)
     assert out["refined"] == {"gamma": 0.25} and len(out["refine_grid"]) == 2
-    none = pick_refined.fn(p, sel, grid, [{"component": s, "value": 0.4} for s in grid])
+    none = pick_refined.fn(p, sel, grid, [{"component": s.text, "value": 0.4} for s in grid])
     assert none["refined"] is None  # no gamma beats the unpatched model
 
 
