@@ -14,7 +14,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.params import BatchSize, Dtype
-from registry.specs import parse
+from registry.specs import parse, resolved
 from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
                             log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
 from tasks.data import benchmark_data
@@ -88,7 +88,7 @@ def retrieval_heads(
         # 4. Evaluate every arm on every task (cached), one MLflow run each.
         data = {b: benchmark_data(b.component) for b in plan.benchmarks}
         results = []
-        for comp, label in arms:
+        for comp, label in ((resolved(c, "patch"), label) for c, label in arms):  # each arm built once
             for b in plan.benchmarks:
                 r = evaluate(loaded, comp, b, data[b], batch_size=batch_size, progress=progress)
                 log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))

@@ -168,11 +168,12 @@ def _searched(method: str, model: str, val_spec: str, sizes: Sizes, dtype: str) 
 
 def _accuracy(loaded: Any, component: str, bench: str, batch_size: int, progress: bool,
               train_bench: str | None = None) -> float:
-    from registry.specs import parse
+    from registry.specs import resolved
 
-    data = benchmark_data(parse(bench).create("benchmark"))
-    train = benchmark_data(parse(train_bench).create("benchmark"), split="train") if train_bench else None
-    out = evaluate(loaded, component, bench, data, batch_size=batch_size, progress=progress,
+    spec = resolved(bench, "benchmark")  # parsed and built once, for the data and the evaluation
+    data = benchmark_data(spec.component)
+    train = benchmark_data(resolved(train_bench, "benchmark").component, split="train") if train_bench else None
+    out = evaluate(loaded, resolved(component, "patch"), spec, data, batch_size=batch_size, progress=progress,
                    **({"train_path": train} if train else {}))
     return float(out["metrics"]["accuracy"])
 
