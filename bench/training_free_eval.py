@@ -49,18 +49,20 @@ def run_task(model: str, name: str, seeds: list[int], workers: int) -> dict:
 
     spec, calib, pasta = TASKS[name]
     act = head_search(model=model, method="act", task=calib, workers=workers, experiment="bench-head-search")
-    zt = {obj: head_search(model=model, method="zerotuning", task=calib, objective=obj, gammas=[1.5, 2.0, 4.0],
-                           workers=workers, experiment="bench-head-search") for obj in ("accuracy", "entropy")}
+    zt = {obj: head_search(model=model, method="zerotuning", task=calib, objective=obj,
+                           grid={"gamma": [1.5, 2.0, 4.0]}, workers=workers, experiment="bench-head-search")
+          for obj in ("accuracy", "entropy")}
     components = ["baseline", f"act(heads={act['ref']})", "act", "zerotuning(gamma=2)", pasta,
                   "soft_injection(n_shots=4)"]
     for found in zt.values():  # supervised, then unsupervised search; only when a gamma beat the baseline
-        if found["gamma"] and found["heads"]:
-            components.insert(-2, f"zerotuning(gamma={found['gamma']:.3g}, heads={found['ref']})")
+        if found["refined"] and found["heads"]:
+            components.insert(-2, f"zerotuning(gamma={found['refined']['gamma']:.3g}, heads={found['ref']})")
     out = compare(model=model, components=list(dict.fromkeys(components)), tasks=[spec], seeds=seeds,
                   experiment="bench-training-free", progress=False)
     return {"act_heads": act["heads"], "act_gains": act["selection"]["gains"], "act_run": act["run_id"],
-            "zt": {obj: {"heads": f["heads"], "group": f["selection"]["group"], "gamma": f["gamma"],
-                         "grid": f["selection"].get("gamma_grid"), "run": f["run_id"]} for obj, f in zt.items()},
+            "zt": {obj: {"heads": f["heads"], "group": f["selection"]["group"],
+                         "gamma": (f["refined"] or {}).get("gamma"), "grid": f["selection"].get("refine_grid"),
+                         "run": f["run_id"]} for obj, f in zt.items()},
             "table": out["table"], "run_id": out["run_id"]}
 
 

@@ -189,13 +189,14 @@ def load_model(
 
             model = load_kernel_model(mref.location, dtype=_DTYPES[dtype])
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                mref.location, dtype=_DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
+            model = AutoModelForCausalLM.from_pretrained(  # the config read above, not a second read
+                mref.location, config=config, dtype=_DTYPES[dtype], attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code
             )
     except SafetensorError as e:  # safetensors' message names no file
         raise ModelFileError(f"model {mref.ref!r}: cannot read {_unreadable_weights(mref)}: {e} (the file is "
                              "truncated or corrupt: download, convert or save it again)") from None
-    tokenizer = AutoTokenizer.from_pretrained(mref.location, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(mref.location, config=config, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model.to(device).eval(), tokenizer

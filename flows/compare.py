@@ -12,7 +12,6 @@ from prefect import flow
 
 from flows.params import BatchSize, Dtype, Experiment, ModelName, Seeds, Specs
 from infra.runners import task_runner
-from registry.specs import parse
 from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
@@ -32,13 +31,14 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
     # 1. Publish the component and benchmark versions (once each) to the MLflow registry.
     versions = publish_components(plan.refs)
     # 2. Data prep: Parquet per benchmark, cached across runs (+ train splits for components fitted on them).
-    data = {b: benchmark_data(_bench(b)) for b in plan.benchmarks}
-    fitted = {c for c in plan.components if parse(c).create("patch").needs_fit}
-    train = {b: benchmark_data(_bench(b), split="train") for b in plan.benchmarks} if fitted else {}
+    data = {b: benchmark_data(b.component) for b in plan.benchmarks}
+    fitted = {c for c in plan.components if c.component.needs_fit}
+    train = {b: benchmark_data(b.component, split="train") for b in plan.benchmarks} if fitted else {}
     # 3. Load the model once.
     loaded = load_model(plan.model, dtype=dtype, trust_remote_code=trust_remote_code)
     with tracked_run(experiment, run_name, tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
-                     params={"model": plan.model, "components": plan.components, "tasks": plan.benchmarks}) as parent:
+                     params={"model": plan.model, "components": plan.texts("components"),
+                             "tasks": plan.texts("benchmarks")}) as parent:
         # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints); all at once
         #    when the flow's task runner is a process runner (ATTNFLOW_TASK_RUNNER=dask).
         results = map_calls(evaluate, [dict(loaded=loaded, component=c, benchmark=b, data_path=data[b],
@@ -52,10 +52,6 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
         log_comparison(parent, table, results)
     print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
     return {"table": table, "run_id": parent, "experiment": experiment}
-
-
-def _bench(spec: str):
-    return parse(spec).create("benchmark")
 
 
 @flow(name="compare", log_prints=True, task_runner=task_runner())

@@ -45,9 +45,9 @@ def evaluate(
     """
     comp = parse(component)
     bench = parse(task)
-    comp_spec = Spec(comp.name, comp.version, {**comp.params, **params}).text()
-    bench_spec = Spec(bench.name, bench.version, {**bench.params, **task_params}).text()
-    plan = plan_request(model, [comp_spec], [bench_spec], seeds, trust_remote_code=trust_remote_code)
+    comp = Spec(comp.name, comp.version, {**comp.params, **params})
+    bench = Spec(bench.name, bench.version, {**bench.params, **task_params})
+    plan = plan_request(model, [comp], [bench], seeds, trust_remote_code=trust_remote_code)
     return run_plan(plan, experiment=experiment, run_name=f"evaluate {comp.name} on {bench.name}", dtype=dtype,
                     batch_size=batch_size, trust_remote_code=trust_remote_code, progress=progress)
 

@@ -19,7 +19,7 @@ from flows.compare import compare
 from flows.params import ComparisonPreset
 from flows.train_lm import train_lm
 from infra.settings import settings
-from registry.specs import Spec, load_preset, parse, parse_list
+from registry.specs import Spec, load_preset, parse, parse_list, resolved
 from tasks.analysis import (analysis_data, choose_head_sets, head_mask_spec, log_analysis, plan_analysis, relabel,
                             run_analysis, summary_text)
 from tasks.data import benchmark_data
@@ -84,8 +84,9 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
     loaded = load_model(model, dtype=dtype)
     with tracked_run(experiment, f"quickstart {loaded.name}",
                      tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
-                     params={"model": model, "sinks": sinks, "retrieval": detect, "components": plan.components,
-                             "tasks": plan.benchmarks, "dtype": dtype}) as parent:
+                     params={"model": model, "sinks": sinks, "retrieval": detect,
+                             "components": plan.texts("components"), "tasks": plan.texts("benchmarks"),
+                             "dtype": dtype}) as parent:
         # 3. Where attention goes: the sink profile, then the heads that copy from the context.
         arms = [(c, _label(given)) for c, given in zip(plan.components, parse_list(cfg["components"]))]
         for spec in (s for s in (sinks, detect) if s):
@@ -95,9 +96,9 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
             if spec == detect:
                 arms += _mask_arms(record, seed, cfg.get("mask_mode", "uniform"))
         # 4. Every arm on every task (cached), one MLflow run each, then the table.
-        data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
+        data = {b: benchmark_data(b.component) for b in plan.benchmarks}
         results = []
-        for comp, label in arms:
+        for comp, label in ((resolved(c, "patch"), label) for c, label in arms):  # each arm built once
             for b in plan.benchmarks:
                 r = evaluate(loaded, comp, b, data[b], batch_size=int(cfg.get("batch_size", 16)), progress=progress)
                 log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))

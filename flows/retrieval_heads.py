@@ -14,7 +14,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.params import BatchSize, Dtype
-from registry.specs import parse
+from registry.specs import parse, resolved
 from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
                             log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
 from tasks.data import benchmark_data
@@ -72,7 +72,8 @@ def retrieval_heads(
     with tracked_run(experiment, f"retrieval-heads {loaded.name}",
                      tags={"attnflow.model": loaded.name, "attnflow.kind": experiment},
                      params={"model": model, "detector": spec, "top_k": top_k, "n_random": n_random, "seed": seed,
-                             "tasks": plan.benchmarks, "mask_mode": mask_mode, "mask_phase": mask_phase}) as parent:
+                             "tasks": plan.texts("benchmarks"), "mask_mode": mask_mode,
+                             "mask_phase": mask_phase}) as parent:
         log_analysis(record, experiment, versions, parent)
         print(summary_text(record))
         # 3. The head sets: top-K by score, and K random non-retrieval heads per draw.
@@ -85,9 +86,9 @@ def retrieval_heads(
         arms = [("baseline", "baseline"), (head_mask_spec(sets["top"], mask_mode, mask_phase), top_label)]
         arms += [(head_mask_spec(d, mask_mode, mask_phase), random_label) for d in sets["random"]]
         # 4. Evaluate every arm on every task (cached), one MLflow run each.
-        data = {b: benchmark_data(parse(b).create("benchmark")) for b in plan.benchmarks}
+        data = {b: benchmark_data(b.component) for b in plan.benchmarks}
         results = []
-        for comp, label in arms:
+        for comp, label in ((resolved(c, "patch"), label) for c, label in arms):  # each arm built once
             for b in plan.benchmarks:
                 r = evaluate(loaded, comp, b, data[b], batch_size=batch_size, progress=progress)
                 log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))

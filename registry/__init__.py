@@ -293,9 +293,9 @@ def params_of(component: Any) -> dict[str, Any]:
     return _canonical(component)
 
 
-def fingerprint(component: Any) -> str:
-    """sha256 of (code fingerprint, canonical parameter values): identifies exactly what ran."""
-    payload = json.dumps(
-        {"code": code_fingerprint(type(component)), "params": params_of(component)}, sort_keys=True, default=str
-    )
+def fingerprint(component: Any, code: str | None = None) -> str:
+    """sha256 of (code fingerprint, canonical parameter values): identifies exactly what ran. ``code``: the code
+    fingerprint of the component's class when already computed."""
+    code = code or code_fingerprint(type(component))
+    payload = json.dumps({"code": code, "params": params_of(component)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

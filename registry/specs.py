@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import registry
 from registry import ComponentInfo
@@ -44,10 +44,101 @@ class Spec:
     def create(self, family: str | None = None, extra: dict[str, Any] | None = None) -> Any:
         return self.info(family).create({**self.params, **(extra or {})})
 
+    def resolve(self, family: str | None = None, extra: dict[str, Any] | None = None) -> "ResolvedSpec":
+        """Build the component once and pin it (see :class:`ResolvedSpec`)."""
+        return ResolvedSpec.of(self.create(family, extra))
+
     def text(self) -> str:
-        """Back to ``name@version(k=v, ...)``; commas inside values are written as ';'."""
-        ps = ", ".join(f"{k}={str(v).replace(',', ';')}" for k, v in self.params.items())
-        return self.ref + (f"({ps})" if ps else "")
+        """Back to ``name@version(k=v, ...)`` (see :func:`format_spec`)."""
+        return format_spec(self.ref, self.params)
+
+
+def format_spec(ref: str, params: Mapping[str, Any]) -> str:
+    """The one spec-to-text function: ``ref(k=v, ...)``. A list value is written comma-joined, and every comma
+    inside a value as ';' (``parse`` reads it back)."""
+    def value(v: Any) -> str:
+        return (",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)).replace(",", ";")
+
+    ps = ", ".join(f"{k}={value(v)}" for k, v in params.items())
+    return ref + (f"({ps})" if ps else "")
+
+
+def spec_text(component: Any) -> str:
+    """The spec that recreates ``component`` exactly: ``name@x.y.z(params)`` (version pinned)."""
+    return format_spec(f"{component.component_name}@{component.component_version}", component.params())
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A component resolved once: its pinned spec and identity, computed once, plus the instance.
+
+    Flows resolve every spec of a request once (``tasks.plan.plan_request``) and hand these to tasks instead of
+    spec strings: fingerprints, labels and the pinned text are read, never recomputed. Hashable (by ``text`` and
+    ``fingerprint``) and picklable; the instance (``component``) travels with it inside a process and is rebuilt
+    once from ``text`` after unpickling (a process-based task runner).
+    """
+
+    family: str
+    name: str
+    version: str
+    text: str  # name@x.y.z(params): recreates the component exactly
+    fingerprint: str  # registry.fingerprint: code + parameters
+    code_fingerprint: str
+    label: str
+    paper: str | None = None
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def of(cls, component: Any) -> "ResolvedSpec":
+        """Pin a built component (fingerprint, code fingerprint, label and text computed here, once)."""
+        code = registry.code_fingerprint(type(component))
+        out = cls(family=component.component_family, name=component.component_name,
+                  version=component.component_version, text=spec_text(component),
+                  fingerprint=registry.fingerprint(component, code=code), code_fingerprint=code,
+                  label=component.label(), paper=component.component_paper, params=component.params())
+        object.__setattr__(out, "_component", component)
+        return out
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def component(self) -> Any:
+        """The component instance (built from ``text`` at most once per process)."""
+        comp = self.__dict__.get("_component")
+        if comp is None:
+            comp = parse(self.text).create(self.family)
+            object.__setattr__(self, "_component", comp)
+        return comp
+
+    def record(self) -> dict[str, Any]:
+        """Identity as plain data (the ``component`` / ``benchmark`` entries of an evaluation result)."""
+        return {"name": self.name, "version": self.version, "family": self.family, "paper": self.paper,
+                "params": dict(self.params), "fingerprint": self.fingerprint,
+                "code_fingerprint": self.code_fingerprint, "label": self.label, "spec": self.text}
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_component"}
+
+
+def resolved(spec: "ResolvedSpec | Spec | str | Any", family: str) -> ResolvedSpec:
+    """A :class:`ResolvedSpec` from a resolved spec (returned as is), a parsed spec, a spec string or a built
+    component of ``family``."""
+    if isinstance(spec, ResolvedSpec):
+        if spec.family != family:
+            raise SpecError(f"{spec.text} is a {spec.family} component, not a {family}")
+        return spec
+    if isinstance(spec, str):
+        spec = parse(spec)
+    if isinstance(spec, Spec):
+        return spec.resolve(family)
+    if getattr(spec, "component_family", None) != family:
+        raise SpecError(f"{spec!r} is not a {family} component")
+    return ResolvedSpec.of(spec)
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -104,11 +195,6 @@ def parse_list(text: str | list[str]) -> list[Spec]:
     if not items:
         raise SpecError("empty component list")
     return [parse(i) for i in items]
-
-
-def validate(specs: list[Spec], family: str) -> list[Any]:
-    """Instantiate every spec (raises on unknown names/versions or bad parameters)."""
-    return [s.create(family) for s in specs]
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"

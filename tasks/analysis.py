@@ -21,9 +21,9 @@ import registry
 from components import modeling
 from components.analyzers.base import AnalysisResult
 from infra.settings import settings
-from registry.specs import Spec, parse
+from registry.specs import Spec, parse, spec_text
 from tasks import integrity, plots, tracking
-from tasks.evaluate import component_record, spec_text
+from tasks.evaluate import component_record
 from tasks.io import read_rows, write_rows
 from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import registry
+from registry.specs import spec_text
 from components.base import ParamError, check_range
 from components.benchmarks import _userdata
 from infra.settings import settings
@@ -29,7 +30,7 @@ from tasks import claims_stats as stats
 from tasks.claims_base import Claim
 from tasks.claims_pasta import PASTA_CLAIM
 from tasks.data import benchmark_data
-from tasks.evaluate import evaluate, spec_text
+from tasks.evaluate import evaluate
 from tasks.models import load_model
 
 DATASETS = ("sst2", "agnews", "trec")
@@ -153,24 +154,26 @@ def _searched(method: str, model: str, val_spec: str, sizes: Sizes, dtype: str) 
     patch, objective = {"act": ("act", "accuracy"), "zerotuning_supervised": ("zerotuning", "accuracy"),
                         "zerotuning_unsupervised": ("zerotuning", "entropy")}[method]
     found = head_search(model=model, method=patch, task=val_spec, layers=_middle(model, sizes.search_layers),
-                        objective=objective, gammas=[1.5, 2.0, 4.0], batch_size=sizes.batch_size,
-                        experiment="reproduce-head-search", dtype=dtype)
+                        objective=objective, grid={"gamma": [1.5, 2.0, 4.0]} if patch == "zerotuning" else {},
+                        batch_size=sizes.batch_size, experiment="reproduce-head-search", dtype=dtype)
     heads = ",".join(f"{lay}:{h}" for lay, h in found["heads"])
-    info = {"heads": heads or "none", "gamma": found.get("gamma"), "search_run": found["run_id"],
+    gamma = (found.get("refined") or {}).get("gamma")
+    info = {"heads": heads or "none", "gamma": gamma, "search_run": found["run_id"],
             "search_baseline": found["selection"]["baseline"]}
-    if not heads or (patch == "zerotuning" and not found.get("gamma")):
+    if not heads or (patch == "zerotuning" and not gamma):
         return None, info
-    params = {"heads": heads, **({"gamma": str(found["gamma"])} if patch == "zerotuning" else {})}
+    params = {"heads": heads, **({"gamma": str(gamma)} if patch == "zerotuning" else {})}
     return _patch_spec(patch, params), info
 
 
 def _accuracy(loaded: Any, component: str, bench: str, batch_size: int, progress: bool,
               train_bench: str | None = None) -> float:
-    from registry.specs import parse
+    from registry.specs import resolved
 
-    data = benchmark_data(parse(bench).create("benchmark"))
-    train = benchmark_data(parse(train_bench).create("benchmark"), split="train") if train_bench else None
-    out = evaluate(loaded, component, bench, data, batch_size=batch_size, progress=progress,
+    spec = resolved(bench, "benchmark")  # parsed and built once, for the data and the evaluation
+    data = benchmark_data(spec.component)
+    train = benchmark_data(resolved(train_bench, "benchmark").component, split="train") if train_bench else None
+    out = evaluate(loaded, resolved(component, "patch"), spec, data, batch_size=batch_size, progress=progress,
                    **({"train_path": train} if train else {}))
     return float(out["metrics"]["accuracy"])
 

@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 from components.patches.base import model_shape
-from registry.specs import parse
+from registry.specs import resolved
 from tasks.analysis import analysis_data, head_mask_spec, plan_analysis, run_analysis
 from tasks.claims_base import (INCONCLUSIVE, Claim, above, at_least, at_most, check_seeds, combine, fmt_ci, point,
                                result, summarize)
 from tasks.data import benchmark_data
-from tasks.evaluate import evaluate, spec_text
+from tasks.evaluate import evaluate
 from tasks.models import LoadedModel, load_model
 
 RETRIEVAL_SHARE, COLLAPSE, SPARE, RETRIEVAL_FLOOR = 0.10, 0.5, 0.9, 0.2
@@ -41,10 +41,10 @@ def analysis(loaded: LoadedModel, model: str, analyzer: str, params: dict[str, A
 def score(loaded: LoadedModel, heads: list | None, benchmark: str, *, mode: str, batch_size: int,
           progress: bool) -> float:
     """Primary metric of a benchmark with ``heads`` masked (None = the unmasked model); evaluations are cached."""
-    bench = parse(benchmark).create("benchmark")
-    comp = "baseline" if heads is None else head_mask_spec([list(h) for h in heads], mode, "all")
-    r = evaluate(loaded, comp, spec_text(bench), benchmark_data(bench), batch_size=batch_size, progress=progress)
-    return float(r["metrics"][bench.primary_metric])
+    bench = resolved(benchmark, "benchmark")  # parsed and built once, for the data and the evaluation
+    comp = resolved("baseline" if heads is None else head_mask_spec([list(h) for h in heads], mode, "all"), "patch")
+    r = evaluate(loaded, comp, bench, benchmark_data(bench.component), batch_size=batch_size, progress=progress)
+    return float(r["metrics"][bench.component.primary_metric])
 
 
 # ------------------------------------------------------------------------------------------ retrieval heads

@@ -10,8 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-import registry
-from registry.specs import Spec, parse
+from registry.specs import ResolvedSpec, resolved
 from tasks.data import load_data
 from tasks.integrity import CHECKED, content_key
 from tasks.models import LoadedModel
@@ -21,10 +20,10 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Same model weights + same component code/params + same benchmark code/params/data content -> same result
     (the data files are keyed by their content, not their path)."""
     loaded: LoadedModel = parameters["loaded"]
-    comp = parse(parameters["component"]).create("patch")
-    bench = parse(parameters["benchmark"]).create("benchmark")
-    key = [loaded.fingerprint, comp.fingerprint(), bench.fingerprint(), content_key(parameters["data_path"]),
-           parameters.get("batch_size"), registry.code_fingerprint(type(bench))]
+    comp = resolved(parameters["component"], "patch")
+    bench = resolved(parameters["benchmark"], "benchmark")
+    key = [loaded.fingerprint, comp.fingerprint, bench.fingerprint, content_key(parameters["data_path"]),
+           parameters.get("batch_size"), bench.code_fingerprint]
     if parameters.get("train_path"):  # components fitted on the train split (needs_fit)
         key.append(content_key(parameters["train_path"]))
     return "eval2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
@@ -32,31 +31,35 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(cache_key_fn=_eval_cache_key, result_serializer=CHECKED, retries=0,
       task_run_name="evaluate {component} on {benchmark}")
-def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str,
+def evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: ResolvedSpec | str, data_path: str,
              batch_size: int = 16, progress: bool = True, train_path: str | None = None) -> dict[str, Any]:
     """Apply ``component`` to the model and score ``benchmark`` on the prepared rows (components with
-    ``needs_fit`` are first fitted on the rows of ``train_path``)."""
-    comp, bench = parse(component).create("patch"), parse(benchmark).create("benchmark")
+    ``needs_fit`` are first fitted on the rows of ``train_path``). Both are resolved specs (a plan's) or spec
+    strings."""
+    spec, bench_spec = resolved(component, "patch"), resolved(benchmark, "benchmark")
+    comp, bench = spec.component, bench_spec.component
     rows = load_data(data_path)
     start = time.perf_counter()
     fit: dict[str, Any] = {}
+    record = spec.record()
     if comp.needs_fit:
         if not train_path:
             raise ValueError(f"{comp.component_name} must be fitted on a train split; none was prepared for "
                              f"{bench.component_name}")
         comp = comp.fit(loaded.model, loaded.tokenizer, load_data(train_path))
         fit = comp.fit_record()
+        record = component_record(comp)
         print(f"fitted {comp.label()} on {train_path}: fingerprint {fit.get('fingerprint')}")
     with comp.applied(loaded.model) as session:
         result = bench.evaluate(loaded.model, loaded.tokenizer, rows, session=session, batch_size=batch_size,
                                 progress=progress)
     seconds = time.perf_counter() - start
-    print(f"{comp.label()} on {bench.label()}: "
+    print(f"{record['label']} on {bench_spec.label}: "
           + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f" ({seconds:.1f}s)")
     table, figure = fit.pop("table", None), fit.pop("figure", None)
     return {
-        "component": component_record(comp),
-        "benchmark": component_record(bench),
+        "component": record,
+        "benchmark": bench_spec.record(),
         "metrics": result.metrics,
         "higher_is_better": {k: bench.metrics.get(k, True) for k in result.metrics},
         "primary_metric": bench.primary_metric,
@@ -73,14 +76,4 @@ def evaluate(loaded: LoadedModel, component: str, benchmark: str, data_path: str
 
 def component_record(comp: Any) -> dict[str, Any]:
     """Identity of a component instance as plain data."""
-    return {
-        "name": comp.component_name, "version": comp.component_version, "family": comp.component_family,
-        "paper": comp.component_paper, "params": comp.params(), "fingerprint": comp.fingerprint(),
-        "code_fingerprint": registry.code_fingerprint(type(comp)), "label": comp.label(), "spec": spec_text(comp),
-    }
-
-
-def spec_text(comp: Any) -> str:
-    """The spec string that recreates ``comp`` exactly (version pinned)."""
-    return Spec(comp.component_name, comp.component_version,
-                {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in comp.params().items()}).text()
+    return ResolvedSpec.of(comp).record()

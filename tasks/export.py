@@ -31,8 +31,9 @@ from components.onnx.speed import measure_speed
 from components.patches.baseline import Baseline
 from infra.settings import settings
 from registry import specs
+from registry.specs import spec_text
 from tasks import plots, runs, tracking
-from tasks.evaluate import component_record, spec_text
+from tasks.evaluate import component_record
 from tasks.io import write_json
 from tasks.models import LoadedModel, check_model
 from tasks.plan import resolve_refs

@@ -65,6 +65,13 @@ def check_model(model: str, trust_remote_code: bool = False) -> modeling.ModelRe
     return ref
 
 
+def checked_config(model: str, trust_remote_code: bool = False) -> Any:
+    """:func:`check_model`, returning the config it read (so that a plan reads it once)."""
+    config = modeling.load_config(modeling.resolve(model), trust_remote_code=trust_remote_code)
+    modeling.check_supported(config)
+    return config
+
+
 @task(cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
       retry_condition_fn=transient, task_run_name="load {model}")
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:

@@ -7,8 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import modeling
-from registry.specs import SpecError, parse_list
-from tasks.evaluate import spec_text
+from registry.specs import SpecError, parse_list, spec_text
 from tasks.models import check_model
 from tasks.pawn_data import DetectionDataError, PrepOptions, source_fingerprints
 

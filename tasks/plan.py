@@ -11,22 +11,27 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.settings import settings
 from registry import specs
-from tasks.evaluate import spec_text
-from tasks.models import check_model
+from registry.specs import ResolvedSpec
+from tasks.models import checked_config
 
 
 @dataclass
 class Plan:
-    """Pinned specs (``name@x.y.z(params)``) for every component and benchmark run of a request."""
+    """A validated request, every spec resolved once: the components and one benchmark per (benchmark, seed), as
+    :class:`~registry.specs.ResolvedSpec` (pinned ``name@x.y.z(params)``, fingerprints and labels computed once)."""
 
     model: str
-    components: list[str]
-    benchmarks: list[str]
-    seeds: dict[str, int | None]  # benchmark spec -> seed it was built with
+    components: list[ResolvedSpec]
+    benchmarks: list[ResolvedSpec]
+    seeds: dict[ResolvedSpec, int | None]  # benchmark -> seed it was built with
 
     @property
     def refs(self) -> list[str]:
-        return [specs.parse(s).ref for s in self.components + self.benchmarks]
+        return [s.ref for s in self.components + self.benchmarks]
+
+    def texts(self, which: str) -> list[str]:
+        """The pinned spec strings of ``components`` or ``benchmarks`` (for run parameters)."""
+        return [s.text for s in getattr(self, which)]
 
 
 def resolve_refs(spec: specs.Spec) -> specs.Spec:
@@ -53,13 +58,17 @@ def resolve_refs(spec: specs.Spec) -> specs.Spec:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="validate request")
-def plan_request(model: str, components: list[str], benchmarks: list[str], seeds: list[int] | None = None,
-                 benchmark_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False) -> Plan:
-    """Parse and validate everything; raises with a message naming the problem, before any model is loaded."""
-    comps = [resolve_refs(s).create("patch") for s in specs.parse_list(components)]
+def plan_request(model: str, components: list[str | specs.Spec], benchmarks: list[str | specs.Spec],
+                 seeds: list[int] | None = None, benchmark_overrides: dict[str, Any] | None = None,
+                 trust_remote_code: bool = False) -> Plan:
+    """Parse, build and validate every spec once; raises with a message naming the problem, before any model is
+    loaded. Specs are strings (comma-separated lists allowed) or parsed :class:`~registry.specs.Spec` objects."""
+    comps = [resolve_refs(s).create("patch") for s in _parsed(components)]
     if not comps:
         raise specs.SpecError("no components given")
-    bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in specs.parse_list(benchmarks)]
+    bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in _parsed(benchmarks)]
+    if not bench_objs:
+        raise specs.SpecError("no tasks (benchmarks) given")
     for comp in (c for c in comps if c.needs_fit):
         for bench in (b for b in bench_objs if "train" not in b.splits):
             raise specs.SpecError(f"{comp.component_name} is fitted on a benchmark's train split, and "
@@ -68,18 +77,24 @@ def plan_request(model: str, components: list[str], benchmarks: list[str], seeds
         for bench in (b for b in bench_objs if not b.prompt_texts):
             raise specs.SpecError(f"{comp.component_name} reads the prompt texts, and {bench.component_name} scores "
                                   "token windows without prompts: leave one of them out of this request")
-    check_model(model, trust_remote_code=trust_remote_code)
+    config = checked_config(model, trust_remote_code=trust_remote_code)  # read once, for every component
     for comp in comps:
-        from components import modeling
-
-        comp.check_model(modeling.load_config(model, trust_remote_code=trust_remote_code))
-    pinned: list[str] = []
-    seed_of: dict[str, int | None] = {}
+        comp.check_model(config)
+    pinned: dict[str, ResolvedSpec] = {}
+    seed_of: dict[ResolvedSpec, int | None] = {}
     for bench in bench_objs:
         for seed in (seeds or [None]) if bench.uses_seed() else [None]:
             b = bench.replace(seed=seed) if seed is not None else bench
-            text = spec_text(b)
-            if text not in seed_of:
-                pinned.append(text)
-                seed_of[text] = getattr(b, "seed", None)
-    return Plan(model=model, components=[spec_text(c) for c in comps], benchmarks=pinned, seeds=seed_of)
+            text = specs.spec_text(b)
+            if text not in pinned:
+                pinned[text] = ResolvedSpec.of(b)
+                seed_of[pinned[text]] = getattr(b, "seed", None)
+    return Plan(model=model, components=[ResolvedSpec.of(c) for c in comps], benchmarks=list(pinned.values()),
+                seeds=seed_of)
+
+
+def _parsed(items: list[str | specs.Spec]) -> list[specs.Spec]:
+    out: list[specs.Spec] = []
+    for item in items:
+        out += [item] if isinstance(item, specs.Spec) else specs.parse_list(item)
+    return out

@@ -132,9 +132,9 @@ class AttentionKernel(Component):
 
     # -- identity ---------------------------------------------------------------------------------------------------
     def spec_text(self) -> str:
-        from registry.specs import Spec
+        from registry.specs import spec_text
 
-        return Spec(self.component_name, self.component_version, self.params()).text()
+        return spec_text(self)
 
 
 # -------------------------------------------------------------------------------------------------------------------

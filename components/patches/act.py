@@ -50,6 +50,7 @@ from components.base import check_range
 from components.heads import HeadSet
 from components.patches import _attn_stats as st
 from components.patches.base import AttentionPatch
+from components.search import HeadSearch
 from registry import register
 
 _ILL = 0.1  # rows with less non-sink mass than this take the stable second pass (error x <= 10)
@@ -145,6 +146,8 @@ class ACT(AttentionPatch):
     onnx_reason: ClassVar[str] = ("its sink sets are data-dependent (thresholded column sums) and decoding keeps "
                                   "running statistics across steps, which an exported graph has no state for")
     example: ClassVar[dict[str, str]] = {"beta": "0.4", "tau": "0.05", "heads": "0:1,1:*"}
+    # ACT's head filtering: calibrate one head at a time, keep the heads that beat the unpatched model
+    head_search: ClassVar[HeadSearch] = HeadSearch(good="improves")
 
     def __post_init__(self) -> None:
         check_range("act.beta", self.beta, 0.0, 1.0)

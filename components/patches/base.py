@@ -30,6 +30,7 @@ from components.attention.session import Force, PatchSession, applied
 from components.attention.types import CallInfo, KeyBias
 from components.base import Component
 from components.heads import HeadSet
+from components.search import HeadSearch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,10 @@ class AttentionPatch(Component):
     has_fast_path: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False  # reads per-batch inputs (texts/spans) set with session.set_inputs
+    # head_search: set to a components.search.HeadSearch to make the patch searchable by the head-search flow (what
+    # the single-head trials use, how heads are selected, which parameters are searched afterwards); None: not
+    # searchable. The patch must have a ``heads: HeadSet`` parameter.
+    head_search: ClassVar[HeadSearch | None] = None
 
     # -- scope ----------------------------------------------------------------------------------------------------
     @contextmanager

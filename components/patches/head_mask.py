@@ -28,6 +28,7 @@ from components.attention.types import CallInfo
 from components.base import ParamError
 from components.heads import HeadSet
 from components.patches.base import AttentionPatch
+from components.search import HeadSearch
 from registry import register
 
 
@@ -71,6 +72,8 @@ class HeadMask(AttentionPatch):
     phase: Literal["all", "prefill", "decode"] = "all"
 
     example: ClassVar[dict[str, str]] = {"heads": "0:0,1:1"}
+    # the Retrieval Head test as a search: mask one head at a time, keep the heads whose masking hurts most
+    head_search: ClassVar[HeadSearch] = HeadSearch(good="hurts")
 
     def __post_init__(self) -> None:
         if not self.heads:

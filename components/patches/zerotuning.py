@@ -19,15 +19,22 @@ Training" (arXiv 2505.11739). Reference code: https://github.com/FeijiangHan/Zer
 
 Deviations from the reference code: the reference scales column 0 of the post-softmax matrix; with left padding
 that column is a pad token, so here "key 0" is each row's first real token (read from the attention mask). The
-reference's token-range ablation (``start/end``) is not implemented. Head profiling and the gamma search are the
-head-search flow's job, not this component's.
+reference's token-range ablation (``start/end``) is not implemented.
+
+Head search (``ZeroTuningSearch``, run by the head-search flow): head profiling as in the paper, each candidate head
+alone at a trial gamma (2.0 by default; ``params={"gamma": ...}`` changes it) labels the head up-effective (the
+objective improves) or down-effective (it worsens); the larger group (by count, then by total |gain|) is kept, and one
+gamma for that group is searched on a grid (1.5, 2, 3, 4 by default), reciprocals for a down-effective group (those
+heads gain from sharpening, gamma < 1). The gamma is kept only if it beats the unpatched model. Deviation: the paper
+profiles with a fixed gamma per direction and searches gamma per group on a validation set; here the profiling gamma
+is one value and the grid is evaluated on the calibration split.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -35,6 +42,7 @@ from components.attention.types import CallInfo, KeyBias
 from components.base import check_range
 from components.heads import HeadSet
 from components.patches.base import AttentionPatch
+from components.search import HeadSearch
 from registry import register
 
 
@@ -65,6 +73,25 @@ def reference_probs(probs: torch.Tensor, first: torch.Tensor, heads: list[int], 
     return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # (B, H, T, S) rows renormalised
 
 
+@dataclass(frozen=True)
+class ZeroTuningSearch(HeadSearch):
+    """ZeroTuning's head profiling: keep the dominant group of up- or down-effective heads, then search gamma on it
+    (reciprocal values for a down-effective group)."""
+
+    def select(self, table: list[dict[str, Any]], min_gain: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        up = [r for r in table if r["gain"] > min_gain]
+        down = [r for r in table if r["gain"] < -min_gain]
+        weight = (len(up), sum(r["gain"] for r in up)), (len(down), -sum(r["gain"] for r in down))
+        group = "up" if weight[0] >= weight[1] else "down"
+        return sorted(up if group == "up" else down, key=lambda r: -abs(r["gain"])), {"group": group}
+
+    def grid_points(self, selection: dict[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+        points = super().grid_points(selection, grid)
+        if selection.get("group") == "down":  # down-effective heads gain from sharpening: gamma < 1
+            points = [{**p, **({"gamma": 1.0 / float(p["gamma"])} if "gamma" in p else {})} for p in points]
+        return points
+
+
 @register("zerotuning", version="1.0.0", family="patch", paper="arXiv:2505.11739",
           summary="Scale attention to the initial token by gamma on chosen heads (log-gamma bias on key 0).")
 @dataclass(frozen=True)
@@ -83,6 +110,7 @@ class ZeroTuning(AttentionPatch):
     heads: HeadSet = HeadSet.all()
 
     example: ClassVar[dict[str, str]] = {"gamma": "3.0", "heads": "0:*,1:0"}
+    head_search: ClassVar[HeadSearch] = ZeroTuningSearch(trial={"gamma": 2.0}, grid={"gamma": (1.5, 2.0, 3.0, 4.0)})
 
     def __post_init__(self) -> None:
         check_range("zerotuning.gamma", self.gamma, 0.0, None, lo_open=True)

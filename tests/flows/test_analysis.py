@@ -83,4 +83,4 @@ def test_retrieval_heads_causal_test_end_to_end(tiny_llama_dir):
     # the head sets are usable as inputs of other runs
     plan = plan_request.fn(str(tiny_llama_dir), [f"head_mask(heads=mlflow:{out['run_id']}/heads/top.json)"],
                            ["kv_retrieval"])
-    assert plan.components[0].startswith("head_mask@1.0.0(heads=" + ";".join(f"{a}:{b}" for a, b in sets["top"]))
+    assert plan.components[0].text.startswith("head_mask@1.0.0(heads=" + ";".join(f"{a}:{b}" for a, b in sets["top"]))

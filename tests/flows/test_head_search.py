@@ -48,7 +48,8 @@ def test_act_search_cached_per_head_then_used_by_reference(tiny_llama_dir):
     assert all(s == ("Cached" if "heads=0:" in n or n.startswith("score baseline") else "Completed")
                for n, s in states.items()), states
     out = wider.result()
-    assert [r["gain"] for r in out["selection"]["gains"][:4]] == [r["gain"] for r in first.result()["selection"]["gains"]]
+    first_gains = [r["gain"] for r in first.result()["selection"]["gains"]]
+    assert [r["gain"] for r in out["selection"]["gains"][:4]] == first_gains
     assert len(out["heads"]) == 2  # min_gain=-1 admits every head; top_k keeps the best two
 
     # a later run takes the head set by reference
@@ -61,14 +62,15 @@ def test_act_search_cached_per_head_then_used_by_reference(tiny_llama_dir):
 
 def test_zerotuning_unsupervised_search_logs_heads_and_heatmap(tiny_llama_dir):
     out = head_search(model=str(tiny_llama_dir), method="zerotuning", task=TASK, layers="1:0-1", objective="entropy",
-                      gammas=[2.0, 4.0], experiment="head-search-test")
+                      grid={"gamma": [2.0, 4.0]}, experiment="head-search-test")
     sel = out["selection"]
     assert sel["objective"] == "entropy" and sel["group"] in ("up", "down") and len(sel["gains"]) == 2
-    assert {r["gamma"] for r in sel["gamma_grid"]} == ({2.0, 4.0} if sel["group"] == "up" else {0.5, 0.25})
+    assert sel["heads"]  # the grid runs on the selected group (reciprocal gammas for a down-effective one)
+    assert {r["params"]["gamma"] for r in sel["refine_grid"]} == ({2.0, 4.0} if sel["group"] == "up" else {0.5, 0.25})
     client = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
     assert {"heads.json", "gains_heatmap.png"} <= {a.path for a in client.list_artifacts(out["run_id"])}
     saved = json.loads(open(client.download_artifacts(out["run_id"], "heads.json")).read())
-    assert saved["heads"] == out["heads"] and saved["gamma"] == out["gamma"]
+    assert saved["heads"] == out["heads"] and saved["refined"] == out["refined"]
 
 
 def test_bad_search_fails_before_loading(tiny_llama_dir):

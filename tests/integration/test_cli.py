@@ -85,8 +85,12 @@ def test_readme_methods_table_is_fresh():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "nope"], "head search method 'nope' is not one of act, zerotuning, head_mask"),
-        (["--task", "perplexity"], "perplexity has no train split"),
+        (["--method", "nope"], "head search method 'nope' is not a patch that declares a head search; searchable "
+                               "patches: act, head_mask, zerotuning"),
+        (["--method", "pasta"], "head search method 'pasta' is not a patch that declares a head search"),
+        (["--method", "act", "--grid", "gamma=2"], "unknown parameter(s) gamma"),
+        (["--method", "zerotuning", "--grid", "gamma=2,0"], "zerotuning.gamma=0.0 is out of range"),
+        (["--method", "act", "--task", "perplexity"], "perplexity has no train split"),
     ],
 )
 def test_head_search_bad_input_fails_fast(args, message, tiny_llama_dir):
@@ -108,8 +112,8 @@ def test_head_search_plan_validates(params, layers, message, tiny_llama_dir):
     from tasks.head_search import plan_search
 
     with pytest.raises(ValueError, match=re.escape(message)):
-        plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", params, layers, "accuracy", 2.0)
-    plan = plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", {"tau": "0.2"}, "1:*", "accuracy", 2.0)
+        plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", params, layers, "accuracy")
+    plan = plan_search.fn(str(tiny_llama_dir), "act", "icl_classification", {"tau": "0.2"}, "1:*", "accuracy")
     assert sorted(plan.candidates.values()) == [[1, 0], [1, 1], [1, 2], [1, 3]]
     assert all("act@1.0.0(" in c and "tau=0.2" in c for c in plan.candidates)
 

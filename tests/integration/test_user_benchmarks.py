@@ -11,8 +11,7 @@ import pytest
 import registry
 from components.base import ParamError
 from components.data import DataSourceError
-from registry.specs import parse
-from tasks.evaluate import spec_text
+from registry.specs import parse, spec_text
 from tests.helpers.tiny import tiny_model, tokenizer
 
 ANIMALS = ["cat", "dog", "bird", "fox", "frog", "bear", "duck", "owl"]
