@@ -1,4 +1,4 @@
-"""export: a model with a component applied -> ONNX graphs verified against PyTorch, fused, timed, registered.
+"""export-onnx: a model with a component applied -> ONNX graphs verified against PyTorch, fused, timed, registered.
 
 validate -> load -> export (prefill, + decode with a KV cache) -> ONNX Runtime fusions -> parity -> speed
 -> manifest -> MLflow run + registered model ``attnflow.onnx.<model>.<component>``.
@@ -16,7 +16,7 @@ from tasks.export import (benchmark_onnx, export_onnx, finalize_export, log_expo
 from tasks.models import load_model
 
 
-@flow(name="export", log_prints=True)
+@flow(name="export-onnx", log_prints=True)
 def export(
     model: str = "demo",
     component: str = "baseline",

@@ -74,7 +74,7 @@ def test_readme_methods_table_is_fresh():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "nope"], "head search method 'nope' is not one of act, zerotuning, head_mask"),
+        (["--method", "nope"], "--method 'nope': input should be 'act', 'zerotuning' or 'head_mask'"),
         (["--task", "perplexity"], "perplexity has no train split"),
     ],
 )

@@ -23,7 +23,7 @@ runner = CliRunner()
         (["--optimize", "fast"], "--optimize 'fast' is not one of none, ort-cpu, ort-gpu"),
         (["--attention-form", "dense"], "attention form 'dense' is not one of bias, channels"),
         (["--parity-lengths", "1,64"], "parity length(s) [1] outside [2, 512]"),
-        (["--parity-lengths", "a"], "--parity-lengths 'a': expected comma-separated integers"),
+        (["--parity-lengths", "a"], "--parity-lengths 'a': give comma-separated integers"),
         (["--parity-multiple", "0"], "parity multiple 0.0 must be > 0"),
         (["--opset", "13"], "--opset 13 is not supported: use 18 to 23"),
     ],

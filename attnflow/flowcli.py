@@ -1,0 +1,237 @@
+"""CLI commands generated from Prefect flows: a flow's signature is the one definition of its parameters.
+
+Prefect turns a flow's signature (types from ``flows/params.py``, ``Literal`` choices, pydantic ``Field`` ranges)
+and its docstring ``Args:`` section into a JSON schema: the form of the Prefect UI, the validation of a deployment
+run. ``flow_command`` reads the same schema to build the Typer command: option names, help text, defaults, choices.
+A flow parameter changes in one place, the flow; the command, ``attnflow run``, the UI form and the validation
+before any server starts follow (``tests/unit/test_flow_commands.py`` fails when a command drifts from its flow).
+
+The naming scheme, one for every command: ``batch_size`` -> ``--batch-size``; a list parameter takes comma-separated
+values (``--seeds 0,1,2``, repeatable); a dict parameter takes repeatable ``key=value`` under its singular name
+(``params`` -> ``--param``, ``task_params`` -> ``--task-param``); a boolean is ``--name/--no-name``. Short flags mean
+the same thing in every command (``SHORT``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import typer
+
+#: short flags, the same meaning in every command that has the parameter
+SHORT: dict[str, str] = {"model": "-m", "component": "-c", "components": "-c", "task": "-t", "tasks": "-t",
+                         "params": "-p", "analyzer": "-a"}
+#: older option names still accepted (not shown as the option's name)
+ALIASES: dict[str, tuple[str, ...]] = {"overrides": ("--set",), "register_model": ("--register",)}
+_ITEM_WORDS = {"integer": "integers", "number": "numbers", "boolean": "booleans (true/false)"}
+
+
+@dataclass
+class FlowOption:
+    """One flow parameter as a command-line option, read from the flow's parameter schema."""
+
+    param: str
+    opts: tuple[str, ...]  # the long name first
+    kind: str  # str, int, float, bool, list, dict, nested (dict of dicts)
+    item: str = "string"  # JSON type of list items
+    help: str = ""
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.opts[0]
+
+
+def _description(schema: dict[str, Any]) -> str:
+    return " ".join(str(schema.get("description", "")).split())
+
+
+def option_for(param: str, schema: dict[str, Any], default: Any, required: bool) -> FlowOption:
+    """The option of one flow parameter, from its JSON schema (as Prefect generated it)."""
+    types = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+    if len(types) != 1 or "type" not in types[0]:
+        raise TypeError(f"flow parameter {param!r} ({schema}) has no command-line form: give it one plain type")
+    t = types[0]
+    kind = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
+            "object": "dict"}[t["type"]]
+    if kind == "dict" and isinstance(t.get("additionalProperties"), dict) \
+            and t["additionalProperties"].get("type") == "object":
+        kind = "nested"
+    long = "--" + (param[:-1] if kind in ("dict", "nested") and param.endswith("s") else param).replace("_", "-")
+    opts = (long, *ALIASES.get(param, ()), *((SHORT[param],) if param in SHORT else ()))
+    return FlowOption(param, opts, kind, item=t.get("items", {}).get("type", "string"), help=_description(schema),
+                      default=default, required=required, choices=tuple(t.get("enum", ())))
+
+
+def flow_options(flow: Any) -> list[FlowOption]:
+    """Every parameter of ``flow`` as an option, in signature order."""
+    sig = inspect.signature(flow.fn)
+    props = flow.parameters.properties
+    out = []
+    for name, p in sig.parameters.items():
+        required = p.default is inspect.Parameter.empty
+        out.append(option_for(name, props[name], None if required else p.default, required))
+    return out
+
+
+def default_text(o: FlowOption) -> str | bool:
+    """How ``--help`` shows the flow's default (False: nothing to show)."""
+    if o.required or o.default is None or o.default == {} or o.default == []:
+        return False
+    if o.kind == "list":
+        return ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in o.default)
+    return str(o.default)
+
+
+# ---------------------------------------------------------------------------------------------- values from text
+
+def _item(o: FlowOption, text: str) -> Any:
+    if o.item == "integer":
+        return int(text)
+    if o.item == "number":
+        return float(text)
+    if o.item == "boolean":
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(text)
+        return low in ("true", "1", "yes")
+    return text.strip()
+
+
+def convert(o: FlowOption, raw: Any) -> Any:
+    """The flow value of an option's command-line value; bad text is a ``ValueError`` naming the option."""
+    from registry.specs import parse_kv, split_top_level
+
+    if o.kind == "list":
+        texts = [part for v in raw for part in split_top_level(v) if part.strip()]
+        try:
+            return [_item(o, t) for t in texts]
+        except ValueError:
+            given = ",".join(raw)
+            example = {"integer": "0,1,2", "number": "0.5,1,2", "boolean": "true,false"}.get(o.item, "a,b")
+            raise ValueError(f"{o.name} {given!r}: give comma-separated {_ITEM_WORDS.get(o.item, 'values')}, "
+                             f"e.g. {example}") from None
+    if o.kind == "dict":
+        return parse_kv(list(raw), o.name)
+    if o.kind == "nested":
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in parse_kv(list(raw), o.name).items():
+            outer, _, inner = key.partition(".")
+            if not outer or not inner:
+                raise ValueError(f"{o.name} {key}={value}: give <name>.<key>=value, e.g. {o.param[:-1]}.n=64")
+            out.setdefault(outer, {})[inner] = number_or_text(value)
+        return out
+    return raw
+
+
+def number_or_text(text: str) -> Any:
+    """An int or float when the text is one, else the text (the receiving component validates it)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+@dataclass
+class Call:
+    """One invocation of a generated command: the flow parameters (defaults filled in), the ones given on the
+    command line, and the values of the command's own extra options."""
+
+    params: dict[str, Any]
+    given: set[str]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _typer_param(o: FlowOption) -> inspect.Parameter:
+    if o.kind == "bool":
+        opts = tuple(f"{n}/--no-{n[2:]}" if n.startswith("--") else n for n in o.opts)
+        info = typer.Option(bool(o.default), *opts, help=o.help, show_default=True)
+        return inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=bool)
+    many = o.kind in ("list", "dict", "nested")
+    annotation = {"int": Optional[int], "float": Optional[float]}.get(o.kind, Optional[list[str]] if many
+                                                                    else Optional[str])
+    metavar = ("K=V" if o.kind != "list" else "LIST") if many else (o.choices and "|".join(o.choices) or None)
+    shown = default_text(o)  # the flow's default, for --help only: an option left out is not passed on
+    default = ... if o.required else ([shown] if many and shown else o.default if not many else None)
+    info = typer.Option(default, *o.opts, help=o.help + ("" if not many or o.kind == "list" else " (repeatable)"),
+                        show_default=shown is not False, metavar=metavar)
+    return inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def flow_command(app: typer.Typer, flow: Any, *, help: str | None = None,
+                 extras: dict[str, tuple[Any, Any]] | None = None,
+                 convert_with: dict[str, Callable[[list[str]], Any]] | None = None,
+                 prepare: Callable[[Call], None] | None = None,
+                 show: Callable[[Any, Call], None] | None = None) -> Callable[..., None]:
+    """Add ``attnflow <flow name>`` to ``app``: one option per flow parameter (``flow_options``).
+
+    Parameters
+    ----------
+    flow : prefect.Flow
+        The flow; the command is named after it.
+    help : str, optional
+        The command's help (default: the first paragraph of the flow's docstring).
+    extras : dict, optional
+        Options of the command itself, not of the flow (``--preset``): name -> (annotation, ``typer.Option``).
+    convert_with : dict, optional
+        Parameter name -> a function of the raw option values, where the generic conversion does not fit.
+    prepare : callable, optional
+        Called with the ``Call`` after the parameters passed the flow's type checks and before any server starts:
+        the command's domain validation (plans, model configs), preset expansion. It may edit ``call.params``.
+    show : callable, optional
+        Prints the flow's result (default: its table, if any).
+    """
+    from attnflow import cli
+
+    options = flow_options(flow)
+    by_param = {o.param: o for o in options}
+    extras = extras or {}
+    clash = set(extras) & set(by_param)
+    if clash:
+        raise TypeError(f"extra option(s) {sorted(clash)} of command {flow.name!r} shadow flow parameters")
+
+    def command(ctx: typer.Context, **values: Any) -> None:
+        typed = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # typer vendors click: compare the enum by name
+        given = {p for p in by_param if getattr(ctx.get_parameter_source(p), "name", None) in typed
+                 and values[p] is not None}
+        call = Call(params={o.param: o.default for o in options if not o.required}, given=given,
+                    extras={k: values[k] for k in extras})
+
+        def parse() -> None:
+            for p in given:
+                fn = (convert_with or {}).get(p)
+                call.params[p] = fn(values[p]) if fn else convert(by_param[p], values[p])
+
+        cli.guarded(parse)
+        cli.check_params(flow, call.params)  # types, choices, ranges: the flow's own, before any server
+        if prepare:
+            cli.guarded(lambda: prepare(call))
+            cli.check_params(flow, call.params)
+        out = cli.run_flow(flow, checked=True, **call.params)
+        (show or cli.show_result)(out, call)
+
+    sig = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    sig += [_typer_param(o) for o in options]
+    sig += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=ann)
+            for k, (ann, info) in extras.items()]
+    command.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
+    command.__name__ = re.sub(r"\W", "_", flow.name)
+    doc = help or (flow.description or "").split("\n\n")[0]
+    command.__doc__ = f"{' '.join(doc.split()).rstrip('.')} (runs the `{flow.name}` flow)."
+    app.command(flow.name)(command)
+    command.flow = flow  # type: ignore[attr-defined]  (for the drift test)
+    GENERATED[flow.name] = flow
+    return command
+
+
+#: command name -> the flow it was generated from
+GENERATED: dict[str, Any] = {}
