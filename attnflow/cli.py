@@ -14,8 +14,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
+from attnflow.flowcli import FlowGroup
+
 app = typer.Typer(
     name="attnflow",
+    cls=FlowGroup,
     help="Attention research methods as versioned components: Prefect flows, MLflow tracking, ONNX export.",
     no_args_is_help=True,
     add_completion=False,
@@ -145,12 +148,14 @@ def run_flow(flow_fn: Callable[..., Any], checked: bool = False, **params: Any) 
     return state.result()
 
 
-def print_table(table: dict[str, Any], name: str | None = None) -> None:
-    """A comparison table fitted to the terminal, its ``±`` explained, the whole table saved (path printed)."""
+def print_table(table: dict[str, Any], full: dict[str, Any] | None = None) -> None:
+    """A comparison table fitted to the terminal, its ``±`` explained; the whole table (``full``, when ``table`` is
+    a summary of it) saved as Markdown, its path printed."""
     from attnflow.output import print_table as show
     from attnflow.output import save_table
 
-    show(table, save_table(table, name or table.get("title") or "table"))
+    whole = full or table
+    show(table, save_table(whole, whole.get("title") or "table"))
 
 
 def show_result(out: Any, call: Any = None) -> None:
@@ -161,7 +166,7 @@ def show_result(out: Any, call: Any = None) -> None:
         return
     table = out.get("table")
     if isinstance(table, dict) and "columns" in table:
-        print_table(table)
+        print_table(table, out.get("full_table"))
     elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
         print_rows(table)  # the studies' row tables (sink-emergence, instability-proxies, arch-compare)
     elif isinstance(table, str):

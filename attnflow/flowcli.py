@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 #: short flags, the same meaning in every command that has the parameter
 SHORT: dict[str, str] = {"model": "-m", "component": "-c", "components": "-c", "task": "-t", "tasks": "-t",
@@ -152,9 +154,11 @@ class Call:
 
 
 def _typer_param(o: FlowOption) -> inspect.Parameter:
+    from rich.markup import escape  # help is rendered as rich markup: "name[@version]" must stay as written
+
     if o.kind == "bool":
         opts = tuple(f"{n}/--no-{n[2:]}" if n.startswith("--") else n for n in o.opts)
-        info = typer.Option(bool(o.default), *opts, help=o.help, show_default=True)
+        info = typer.Option(bool(o.default), *opts, help=escape(o.help), show_default=True)
         return inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=bool)
     many = o.kind in ("list", "dict", "nested")
     annotation = {"int": Optional[int], "float": Optional[float]}.get(o.kind, Optional[list[str]] if many
@@ -162,7 +166,7 @@ def _typer_param(o: FlowOption) -> inspect.Parameter:
     metavar = ("K=V" if o.kind != "list" else "LIST") if many else (o.choices and "|".join(o.choices) or None)
     shown = default_text(o)  # the flow's default, for --help only: an option left out is not passed on
     default = ... if o.required else ([shown] if many and shown else o.default if not many else None)
-    info = typer.Option(default, *o.opts, help=o.help + ("" if not many or o.kind == "list" else " (repeatable)"),
+    info = typer.Option(default, *o.opts, help=escape(o.help) + ("" if not many or o.kind == "list" else " (repeatable)"),
                         show_default=shown is not False, metavar=metavar)
     return inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
@@ -226,12 +230,90 @@ def flow_command(app: typer.Typer, flow: Any, *, help: str | None = None,
     command.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
     command.__name__ = re.sub(r"\W", "_", flow.name)
     doc = help or (flow.description or "").split("\n\n")[0]
-    command.__doc__ = f"{' '.join(doc.split()).rstrip('.')} (runs the `{flow.name}` flow)."
+    from rich.markup import escape
+
+    command.__doc__ = escape(f"{' '.join(doc.split()).rstrip('.')} (runs the `{flow.name}` flow).")
     app.command(flow.name)(command)
-    command.flow = flow  # type: ignore[attr-defined]  (for the drift test)
     GENERATED[flow.name] = flow
     return command
 
 
-#: command name -> the flow it was generated from
+#: command name -> the flow it was generated from (filled as commands are built)
 GENERATED: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------------------------------- lazy commands
+
+@dataclass
+class LazyFlowCommand:
+    """A generated command registered by name: the flow module is imported (torch and all) only when the command
+    runs or shows its own help; the command list shows the flow's docstring summary, read from its source."""
+
+    name: str
+    target: str  # "flows.compare:compare"
+    options: Callable[[], dict[str, Any]] | None = None  # -> keyword arguments of flow_command
+    built: Any = None
+
+    def summary(self) -> str:
+        import ast
+        import importlib.util
+
+        module, _, attr = self.target.partition(":")
+        origin = importlib.util.find_spec(module).origin
+        tree = ast.parse(open(origin, encoding="utf-8").read())
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == attr)
+        return " ".join((ast.get_docstring(fn) or "").split("\n\n")[0].split())
+
+    def placeholder(self) -> Any:
+        from typer.core import TyperCommand
+
+        from rich.markup import escape
+
+        return TyperCommand(name=self.name, help=escape(self.summary()))
+
+    def load(self) -> Any:
+        if self.built is None:
+            import importlib
+
+            module, _, attr = self.target.partition(":")
+            flow = getattr(importlib.import_module(module), attr)
+            if flow.name != self.name:
+                raise TypeError(f"command {self.name!r} runs flow {flow.name!r}: name them alike")
+            sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            flow_command(sub, flow, **(self.options() if self.options else {}))
+            self.built = typer.main.get_command(sub)
+            self.built.name = self.name
+        return self.built
+
+
+#: command name -> its lazily built flow command
+LAZY: dict[str, LazyFlowCommand] = {}
+
+
+def lazy_flow_command(name: str, target: str, options: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Register ``attnflow <name>`` as the command generated from the flow ``target`` ("module:function"), with
+    ``options()`` giving ``flow_command``'s keyword arguments (prepare, show, extras) when it is built."""
+    LAZY[name] = LazyFlowCommand(name, target, options)
+
+
+def load(name: str) -> Any:
+    """The built (click) command of a lazily registered flow command."""
+    return LAZY[name].load()
+
+
+class FlowGroup(TyperGroup):
+    """The root command group: lazily registered flow commands are listed with their summaries and built on use."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            return LAZY[cmd_name].placeholder()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in LAZY and name not in self.commands:
+            cmd = LAZY[name].load()
+        return name, cmd, rest

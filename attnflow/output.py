@@ -28,16 +28,20 @@ def _prefect_dir() -> str:
 
 
 class QuietPrefect(logging.Filter):
-    """Console log filter: drops Prefect's own INFO/DEBUG records (``Created task run ...``, ``Finished in state
-    Completed()``) and the tables a flow logs with ``tasks.report.log_table`` (the CLI prints its own); keeps the
-    flows' ``print`` lines, warnings and errors. The log file gets everything."""
+    """Console log filter: below WARNING, drops Prefect's own records (``Created task run ...``, ``Finished in state
+    Completed()``, the temporary server's start and stop), the lines tasks print (one per evaluation: the progress
+    bars already show it) and the tables a flow logs with ``tasks.report.log_table`` (the CLI prints its own). Keeps
+    the flows' own ``print`` lines, warnings and errors. The log file gets everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if VERBOSE["on"]:
+        if VERBOSE["on"] or record.levelno >= logging.WARNING:
             return True
-        if getattr(record, "attnflow_table", False):
+        if getattr(record, "attnflow_table", False) or record.name.startswith("prefect.task_runs"):
             return False
-        return record.levelno >= logging.WARNING or not record.pathname.startswith(_prefect_dir())
+        return not record.pathname.startswith(_prefect_dir())
+
+
+_QUIET = QuietPrefect()
 
 
 def log_path(flow_name: str) -> Path:
@@ -59,16 +63,16 @@ def console(flow_name: str, extra_filters: tuple[logging.Filter, ...] = ()) -> I
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s - %(message)s"))
     root = logging.getLogger()
     handlers = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
-    filters = (QuietPrefect(), *extra_filters)
     root.addHandler(file_handler)
     for h in handlers:
-        for f in filters:
+        h.addFilter(_QUIET)  # stays for the rest of the process: the server's shutdown lines come after the flow
+        for f in extra_filters:
             h.addFilter(f)
     try:
         yield path
     finally:
         for h in handlers:
-            for f in filters:
+            for f in extra_filters:
                 h.removeFilter(f)
         root.removeHandler(file_handler)
         file_handler.close()
@@ -172,30 +176,12 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 # ---------------------------------------------------------------------------------------------- MLflow links
 
-def mlflow_link(experiment: str, run_id: str | None = None) -> str | None:
-    """The MLflow UI page of a run, or of an experiment's runs table (``#/experiments/<id>/runs``: the runs table,
-    not the overview tab MLflow 3 opens by default). For a local store (sqlite/file), the address of
-    ``mlflow ui`` on its default port."""
-    from infra.settings import settings
-
-    uri = settings().tracking_uri
-    try:
-        from tasks.tracking import client
-
-        exp = client().get_experiment_by_name(experiment)
-    except Exception:  # noqa: BLE001 - a link is a convenience; the run itself is logged
-        return None
-    if exp is None:
-        return None
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{exp.experiment_id}/runs" + (f"/{run_id}" if run_id else "")
-
-
 def print_mlflow(experiment: str, run_id: str | None = None) -> None:
     """``MLflow: <link>`` (and how to start the UI when the store is local)."""
     from infra.settings import settings
+    from tasks.tracking import ui_link
 
-    link = mlflow_link(experiment, run_id)
+    link = ui_link(experiment, run_id)
     if not link:
         return
     typer.echo(f"MLflow run {run_id} (experiment '{experiment}'): {link}" if run_id

@@ -31,7 +31,7 @@ def export(
     benchmark: bool = True,
     speed_lengths: list[int] = [128, 512],  # noqa: B006
     speed_rounds: int = 3,
-    register: bool = True,
+    register_model: bool = True,
     reuse_export: bool = True,
     experiment: str = "export",
     trust_remote_code: bool = False,
@@ -58,7 +58,7 @@ def export(
         benchmark: Time ONNX Runtime against PyTorch (prefill, batch 1, 1 thread).
         speed_lengths: Sequence lengths of the speed measurement.
         speed_rounds: Interleaved timing rounds per length.
-        register: Register the verified export in the MLflow model registry.
+        register_model: Register the verified export in the MLflow model registry.
         reuse_export: Reuse graphs exported earlier for the same weights, component and options (cache).
         experiment: MLflow experiment.
         trust_remote_code: Allow model code from the hub (off by default).
@@ -80,7 +80,7 @@ def export(
     manifest = write_manifest(plan, loaded, exported, graphs, parity, speed)
     out_dir = finalize_export(exported, plan)
     # 8. MLflow run with the directory; registered only when parity passed.
-    logged = log_export(plan, manifest, out_dir, experiment, register)
+    logged = log_export(plan, manifest, out_dir, experiment, register_model)
     # 9. A failed parity check fails the flow; the directory and the FAILED run stay for inspection.
     require_parity(manifest, out_dir, logged)
     return {"out_dir": out_dir, "manifest": manifest, **logged}

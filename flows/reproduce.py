@@ -15,6 +15,7 @@ from prefect import flow
 
 from flows.params import Dtype
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
+from tasks.report import log_table
 from tasks.runs import set_outcome, tracked_run
 
 #: modules whose ``CLAIMS`` the flow runs; adding a module of claims is one line here
@@ -66,7 +67,8 @@ def reproduce(
         failed = [r["claim"] for r in results if r.get("error")]
         if failed:
             set_outcome(parent, "FAILED")
-    print(f"\n{text}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    log_table(text)
+    print(f"MLflow run: {parent} (experiment '{experiment}')")
     if failed:
         raise RuntimeError(f"claims {', '.join(failed)} failed (see their runs); the others are logged")
     return {"run_id": parent, "experiment": experiment, "results": results, "table": text}

@@ -21,7 +21,7 @@ from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, to_markdown
+from tasks.report import comparison_table, log_table, to_markdown
 from tasks.runs import tracked_run
 from tasks.tracking import log_comparison, log_evaluation, publish_components
 
@@ -93,11 +93,13 @@ def retrieval_heads(
                 log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
                 results.append(relabel(r, label))
         # 5. Side by side (random arms: mean ± std over draws) and the verdict against the paper's expectation.
-        table = comparison_table(results, title=f"retrieval heads: {loaded.name}")
+        table = comparison_table(results, title=f"retrieval heads: {loaded.name}",
+                                 spread="standard deviation over seeds and, for the random arms, over head draws")
         log_comparison(parent, table, results)
         verdict = retrieval_verdict(table, top_label, random_label)
         log_verdict(parent, sets, verdict)
-    print(f"\n{to_markdown(table)}\n\n{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    log_table(to_markdown(table))
+    print(f"{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
     return {"run_id": parent, "experiment": experiment, "sets": sets, "table": table, "verdict": verdict}
 
 

@@ -7,26 +7,27 @@ from typing import Any
 
 import typer
 
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check(call: Call) -> None:
+    from tasks.head_search import plan_search
+
+    p = call.params
+    if not p["gammas"] or min(p["gammas"]) <= 0:
+        raise ValueError(f"--gammas {','.join(map(str, p['gammas']))}: give positive numbers, e.g. 1.5,2,3,4")
+    plan_search.fn(p["model"], p["method"], p["task"], p["params"], p["layers"], p["objective"], p["trial_gamma"],
+                   p["trust_remote_code"])
+
+
+def show(out: dict[str, Any], call: Call) -> None:
+    from attnflow.output import print_mlflow
+
+    heads = ",".join(f"{lay}:{h}" for lay, h in out["heads"]) or "none"
+    typer.echo(f"selected heads: {heads}" + (f"  gamma={out['gamma']}" if out.get("gamma") else ""))
+    typer.echo(f"use them with: --param heads={out['ref']}")
+    print_mlflow(call.params["experiment"], out["run_id"])
+
 
 def register(app: typer.Typer) -> None:
-    from attnflow.flowcli import Call, flow_command
-    from flows.head_search import head_search
-
-    def check(call: Call) -> None:
-        from tasks.head_search import plan_search
-
-        p = call.params
-        if not p["gammas"] or min(p["gammas"]) <= 0:
-            raise ValueError(f"--gammas {','.join(map(str, p['gammas']))}: give positive numbers, e.g. 1.5,2,3,4")
-        plan_search.fn(p["model"], p["method"], p["task"], p["params"], p["layers"], p["objective"],
-                       p["trial_gamma"], p["trust_remote_code"])
-
-    def show(out: dict[str, Any], call: Call) -> None:
-        from attnflow.output import print_mlflow
-
-        heads = ",".join(f"{lay}:{h}" for lay, h in out["heads"]) or "none"
-        typer.echo(f"selected heads: {heads}" + (f"  gamma={out['gamma']}" if out.get("gamma") else ""))
-        typer.echo(f"use them with: --param heads={out['ref']}")
-        print_mlflow(call.params["experiment"], out["run_id"])
-
-    flow_command(app, head_search, prepare=check, show=show)
+    lazy_flow_command("head-search", "flows.head_search:head_search", lambda: {"prepare": check, "show": show})

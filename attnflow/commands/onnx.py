@@ -4,37 +4,38 @@ from __future__ import annotations
 
 import typer
 
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check_export(call: Call) -> None:
+    from tasks.export import plan_export
+
+    p = call.params
+    plan_export.fn(p["model"], p["component"], p["params"], p["optimize"], p["out"], p["attention_form"],
+                   p["parity_lengths"], p["parity_multiple"], p["speed_lengths"] if p["benchmark"] else [],
+                   p["trust_remote_code"], p["opset"])
+
+
+def show_export(result: dict, call: Call) -> None:
+    from attnflow.output import print_mlflow
+    from tasks.export import parity_summary
+
+    manifest = result["manifest"]
+    typer.echo(f"exported to {result['out_dir']}")
+    for graph in manifest["graphs"].values():
+        typer.echo(f"  {graph['file']:12s} attention {graph['attention']}, fused ops {graph['fused_ops'] or '-'}")
+    typer.echo(f"  parity: {parity_summary(manifest['parity'])}")
+    for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
+        typer.echo(f"  speed T={length}: onnxruntime {r['onnxruntime_ms']:.1f} ms vs torch {r['torch_ms']:.1f} ms "
+                   f"(x{r['ratio']:.2f}, 1 thread)")
+    if result.get("registered_version"):
+        typer.echo(f"  MLflow: {result['registered_name']} version {result['registered_version']}")
+    if result.get("run_id"):
+        print_mlflow(call.params["experiment"], result["run_id"])
+
 
 def register(app: typer.Typer) -> None:
-    from attnflow.flowcli import Call, flow_command
-    from flows.export import export
-
-    def check_export(call: Call) -> None:
-        from tasks.export import plan_export
-
-        p = call.params
-        plan_export.fn(p["model"], p["component"], p["params"], p["optimize"], p["out"], p["attention_form"],
-                       p["parity_lengths"], p["parity_multiple"], p["speed_lengths"] if p["benchmark"] else [],
-                       p["trust_remote_code"], p["opset"])
-
-    def show_export(result: dict, call: Call) -> None:
-        from attnflow.output import print_mlflow
-        from tasks.export import parity_summary
-
-        manifest = result["manifest"]
-        typer.echo(f"exported to {result['out_dir']}")
-        for kind, graph in manifest["graphs"].items():
-            typer.echo(f"  {graph['file']:12s} attention {graph['attention']}, fused ops {graph['fused_ops'] or '-'}")
-        typer.echo(f"  parity: {parity_summary(manifest['parity'])}")
-        for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
-            typer.echo(f"  speed T={length}: onnxruntime {r['onnxruntime_ms']:.1f} ms vs torch {r['torch_ms']:.1f} ms "
-                       f"(x{r['ratio']:.2f}, 1 thread)")
-        if result.get("registered_version"):
-            typer.echo(f"  MLflow: {result['registered_name']} version {result['registered_version']}")
-        if result.get("run_id"):
-            print_mlflow(call.params["experiment"], result["run_id"])
-
-    flow_command(app, export, prepare=check_export, show=show_export)
+    lazy_flow_command("export-onnx", "flows.export:export", lambda: {"prepare": check_export, "show": show_export})
 
     @app.command("generate")
     def generate(

@@ -8,31 +8,37 @@ from typing import Any, Optional
 
 import typer
 
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check(call: Call) -> None:
+    from flows.reproduce import available_claims
+    from tasks.claims_report import plan_claims
+
+    p = call.params
+    if call.extras["control_model"]:
+        p["options"] = {**p["options"], "sinks": {**p["options"].get("sinks", {}),
+                                                  "control_model": call.extras["control_model"]}}
+    plan_claims.fn(available_claims(), p["model"], p["claims"], p["seeds"], p["data"], p["options"])
+
+
+def show(out: dict[str, Any], call: Call) -> None:
+    from attnflow.output import print_mlflow
+
+    typer.echo(out["table"])
+    print_mlflow(out["experiment"], out["run_id"])
+
+
+def options() -> dict[str, Any]:
+    return {"prepare": check, "show": show, "convert_with": {"options": _options}, "extras": {
+        "control_model": (Optional[str], typer.Option(None, help="No-sink control model for the sinks claim "
+                                                             "(= --option sinks.control_model=MODEL).")),
+        "list_claims": (bool, typer.Option(False, "--list", is_eager=True, callback=_list_claims,
+                                           help="List the claims and their criteria, then exit."))}}
+
 
 def register(app: typer.Typer) -> None:
-    from attnflow.flowcli import Call, flow_command
-    from flows.reproduce import available_claims, reproduce
-
-    def check(call: Call) -> None:
-        from tasks.claims_report import plan_claims
-
-        p = call.params
-        if call.extras["control_model"]:
-            p["options"] = {**p["options"], "sinks": {**p["options"].get("sinks", {}),
-                                                      "control_model": call.extras["control_model"]}}
-        plan_claims.fn(available_claims(), p["model"], p["claims"], p["seeds"], p["data"], p["options"])
-
-    def show(out: dict[str, Any], call: Call) -> None:
-        from attnflow.output import print_mlflow
-
-        typer.echo(out["table"])
-        print_mlflow(out["experiment"], out["run_id"])
-
-    flow_command(app, reproduce, prepare=check, show=show, convert_with={"options": _options}, extras={
-        "control_model": (Optional[str], typer.Option(None, help="No-sink control model for the sinks claim "
-                                                                 "(= --option sinks.control_model=MODEL).")),
-        "list_claims": (bool, typer.Option(False, "--list", is_eager=True, callback=_list_claims,
-                                           help="List the claims and their criteria, then exit."))})
+    lazy_flow_command("reproduce", "flows.reproduce:reproduce", options)
 
 
 def _options(values: list[str]) -> dict[str, dict[str, Any]]:
