@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,18 +125,21 @@ def print_table(table: dict[str, Any], full_path: Path | None = None) -> None:
     label_w = max([len("component"), *map(len, table["rows"])]) + 3
     version_w = max([len("version"), *(len(table["versions"].get(r, "")) for r in table["rows"])]) + 3
     widths = [max([len(h), *(len(texts[r][i]) for r in table["rows"])]) + 3 for i, h in enumerate(headers)]
-    groups = column_groups(widths, label_w + version_w + 1, console.width)
+    # the version column is packed like a metric column: it shows in the first group only
+    groups = [[i - 1 for i in g] for g in column_groups([version_w, *widths], label_w + 1, console.width)]
     for n, group in enumerate(groups):
+        metrics = [i for i in group if i >= 0]
         title = table.get("title") if n == 0 else None
         if len(groups) > 1:
-            title = f"{title or ''}{' ' if title else ''}(columns {group[0] + 1}-{group[-1] + 1} of {len(cols)})"
+            title = f"{title or ''}{' ' if title else ''}(columns {metrics[0] + 1}-{metrics[-1] + 1} of {len(cols)})"
         t = Table(title=title, show_lines=False)
         t.add_column("component", no_wrap=True)
-        t.add_column("version", no_wrap=True)
-        for i in group:
+        if -1 in group:
+            t.add_column("version", no_wrap=True)
+        for i in metrics:
             t.add_column(headers[i], justify="right", no_wrap=True)
         for row in table["rows"]:
-            t.add_row(row, table["versions"].get(row, ""), *(texts[row][i] for i in group))
+            t.add_row(row, *([table["versions"].get(row, "")] if -1 in group else []), *(texts[row][i] for i in metrics))
         console.print(t, crop=False)
     caption = table_caption(table)
     if caption:
@@ -150,7 +154,7 @@ def save_table(table: dict[str, Any], name: str) -> Path:
     from tasks.report import to_markdown
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path = settings().home / "tables" / f"{name.replace('/', '_').replace(' ', '_')}-{stamp}.md"
+    path = settings().home / "tables" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_')}-{stamp}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {table.get('title', name)}\n\n{to_markdown(table)}\n")
     return path
