@@ -6,11 +6,12 @@ validate -> load -> export (prefill, + decode with a KV cache) -> ONNX Runtime f
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import Experiment, ModelName, Positive
 from tasks.export import (benchmark_onnx, export_onnx, finalize_export, log_export, optimize_onnx, plan_export,
                           require_parity, verify_parity, write_manifest)
 from tasks.models import load_model
@@ -18,22 +19,22 @@ from tasks.models import load_model
 
 @flow(name="export-onnx", log_prints=True)
 def export(
-    model: str = "demo",
+    model: ModelName = "demo",
     component: str = "baseline",
     params: dict[str, str] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     kv_cache: bool = False,
-    optimize: str = "ort-cpu",
+    optimize: Literal["none", "ort-cpu", "ort-gpu"] = "ort-cpu",
     out: Optional[str] = None,
-    attention_form: str = "bias",
+    attention_form: Literal["bias", "channels"] = "bias",
     opset: Optional[int] = None,
     parity_lengths: list[int] = [16, 64],  # noqa: B006
     parity_multiple: Optional[float] = None,
     benchmark: bool = True,
     speed_lengths: list[int] = [128, 512],  # noqa: B006
-    speed_rounds: int = 3,
+    speed_rounds: Positive = 3,
     register_model: bool = True,
     reuse_export: bool = True,
-    experiment: str = "export",
+    experiment: Experiment = "export",
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Export a model with a component applied to ONNX, check parity with PyTorch, fuse, time and register it.

@@ -16,7 +16,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.compare import compare
-from flows.params import ComparisonPreset
+from flows.params import ComparisonPreset, Experiment
 from flows.train_lm import train_lm
 from infra.settings import settings
 from registry.specs import Spec, load_preset, parse, parse_list
@@ -52,7 +52,7 @@ def preset_for(model: str | None, preset: str | None) -> dict[str, Any]:
 
 
 @flow(name="quickstart", log_prints=True)
-def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart", train_if_missing: bool = True,
+def quickstart(model: str = "", preset: str = "", experiment: Experiment = "quickstart", train_if_missing: bool = True,
                demo_preset: str = "demo", progress: bool = True) -> dict[str, Any]:
     """Sink profile, retrieval heads and a comparison of baseline, ZeroTuning, ACT and head masking on one model.
 

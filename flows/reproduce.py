@@ -13,7 +13,7 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import Dtype
+from flows.params import Dtype, Experiment, ModelName
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
 from tasks.report import log_table
 from tasks.runs import set_outcome, tracked_run
@@ -28,13 +28,13 @@ def available_claims() -> dict[str, Any]:
 
 @flow(name="reproduce", log_prints=True)
 def reproduce(
-    model: str = "demo",
+    model: ModelName = "demo",
     claims: list[str] = [],  # noqa: B006 - a Prefect parameter default, never mutated
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     data: dict[str, str] = {},  # noqa: B006
     options: dict[str, dict[str, Any]] = {},  # noqa: B006
     dtype: Dtype = "float32",
-    experiment: str = "reproduce",
+    experiment: Experiment = "reproduce",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the claims on a model; one MLflow run per claim nested under a parent with the summary table.

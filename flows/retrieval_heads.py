@@ -13,7 +13,7 @@ from typing import Any, Literal
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import BatchSize, Dtype
+from flows.params import BatchSize, Count, Dtype, Experiment, ModelName, Positive, Specs
 from registry.specs import parse
 from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
                             log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
@@ -30,16 +30,16 @@ DEFAULT_TASKS = ["needle", "passkey", "kv_retrieval"]
 
 @flow(name="retrieval-heads", log_prints=True)
 def retrieval_heads(
-    model: str = "demo",
+    model: ModelName = "demo",
     detect: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
-    top_k: int = 0,
-    n_random: int = 3,
+    top_k: Count = 0,
+    n_random: Positive = 3,
     seed: int = 0,
-    tasks: list[str] = DEFAULT_TASKS,
+    tasks: Specs = DEFAULT_TASKS,
     mask_mode: Literal["uniform", "zero"] = "uniform",
     mask_phase: Literal["all", "prefill", "decode"] = "all",
     batch_size: BatchSize = 16,
-    experiment: str = "retrieval-heads",
+    experiment: Experiment = "retrieval-heads",
     dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
