@@ -116,8 +116,11 @@ def check_params(flow_fn: Any, params: dict[str, Any]) -> None:
         problems = []
         for line in str(e).splitlines()[1:]:  # " - batch_size: Input should be greater than or equal to 1"
             loc, _, msg = line.strip().removeprefix("- ").partition(": ")
-            name = loc.split(".")[0]
-            shown = f" {params[name]!r}" if name in params else ""
+            name, _, field = loc.partition(".")
+            value = params.get(name)
+            if field and isinstance(value, dict) and field.split(".")[0] in value:  # a field of a model parameter
+                name, value = f"{name}__{field.split('.')[0]}", value[field.split(".")[0]]
+            shown = f" {value!r}" if value is not None or name in params else ""
             problems.append(f"{option_name(name)}{shown}: {msg[:1].lower()}{msg[1:]}")
         fail("; ".join(problems) or str(e))
     except ParameterBindError as e:

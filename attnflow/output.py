@@ -139,7 +139,8 @@ def print_table(table: dict[str, Any], full_path: Path | None = None) -> None:
         for i in metrics:
             t.add_column(headers[i], justify="right", no_wrap=True)
         for row in table["rows"]:
-            t.add_row(row, *([table["versions"].get(row, "")] if -1 in group else []), *(texts[row][i] for i in metrics))
+            version = [table["versions"].get(row, "")] if -1 in group else []
+            t.add_row(row, *version, *(texts[row][i] for i in metrics))
         console.print(t, crop=False)
     caption = table_caption(table)
     if caption:

@@ -17,8 +17,9 @@ from attnflow.cli import app
 from attnflow.flowcli import GENERATED, LAZY, load
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search", "export-onnx",
-            "report", "reproduce", "train-lm"}
+EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search",
+                             "export-onnx", "report", "reproduce", "train-lm")}
+EXPECTED |= {("pawn", n) for n in ("features", "train", "run", "evaluate")}
 
 
 def _expected_option(name: str, schema: dict) -> str:
@@ -29,21 +30,38 @@ def _expected_option(name: str, schema: dict) -> str:
 
 def test_the_commands_that_mirror_a_flow_are_generated_from_it():
     assert EXPECTED <= set(LAZY), sorted(EXPECTED - set(LAZY))
+    assert all(LAZY[k].group or LAZY[k].flow_names == (k[1],) for k in LAZY)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_command_matches_its_flow(name):
+def _expected(flow) -> dict[str, dict]:
+    """Flow parameter schemas by the command's parameter name; a pydantic-model parameter's fields as
+    ``<param>__<field>`` (each its own option)."""
+    out = {}
+    for param, s in flow.parameters.properties.items():
+        ref = s.get("$ref") or next((a.get("$ref") for a in s.get("allOf", [])), None)
+        if ref:
+            fields = flow.parameters.definitions[ref.rsplit("/", 1)[-1]]["properties"]
+            out.update({f"{param}__{f}": {**fs, "_name": f} for f, fs in fields.items()})
+        else:
+            out[param] = {**s, "_name": param}
+    return out
+
+
+@pytest.mark.parametrize("group, name", sorted(EXPECTED))
+def test_command_matches_its_flow(group, name):
     """Same option set, option names from the parameter names, help = the flow's parameter description (the text
     the Prefect UI shows), defaults = the flow's defaults."""
-    command = load(name)
-    flow = GENERATED[name]
-    assert flow.name == name
-    schema = flow.parameters.properties
+    command = load(name, group)
+    flow = LAZY[(group, name)].flow
+    assert flow.name == (name if not group else f"{group}-{name}" if name != "run" else group)
+    schema = _expected(flow)
     options = {p.name: p for p in command.params if p.name in schema}
     assert set(options) == set(schema), f"{name}: options {sorted(options)} vs flow parameters {sorted(schema)}"
     for param, s in schema.items():
         opt = options[param]
-        assert _expected_option(param, s) in opt.opts, (name, param, opt.opts)
+        if opt.param_type_name == "argument":
+            continue
+        assert _expected_option(s["_name"], s) in opt.opts, (name, param, opt.opts)
         description = " ".join(s.get("description", "").split())
         assert description, f"flow {name!r} documents no parameter {param!r} (its docstring's Args: section)"
         assert opt.help.replace("\\[", "[").startswith(description), (name, param, opt.help)
@@ -72,8 +90,8 @@ def test_short_flags_mean_one_thing_across_commands():
                     meanings.setdefault(short, set()).add(longs[0].rstrip("s") if longs else p.name)
 
     root = typer.main.get_command(app)
-    for name in LAZY:
-        root.commands[name] = load(name)
+    for group, name in LAZY:
+        (root.commands[group] if group else root).commands[name] = load(name, group)
     walk(root)
     clashes = {s: m for s, m in meanings.items() if len(m) > 1}
     assert not clashes, clashes
@@ -96,8 +114,8 @@ def test_flow_command_and_deployment_share_one_name():
         by_flow.setdefault(_flow_of(d["entrypoint"]).name, []).append(d["name"])
     for flow_name, names in by_flow.items():
         assert flow_name in names, f"flow {flow_name!r} is deployed only as {names}: name one deployment after it"
-    for name in LAZY:
-        assert name in by_flow, f"command {name!r} has no deployment named after its flow"
+    for group, name in LAZY:
+        assert group or name in by_flow, f"command {name!r} has no deployment named after its flow"
 
 
 def test_prefect_yaml_carries_only_overrides():
