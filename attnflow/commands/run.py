@@ -80,5 +80,7 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown flow {name!r}; flows: {', '.join(sorted(found))}")
         for o in flow_options(found[name]):
             shown = default_text(o)
-            typer.echo(f"{o.param:20s} {o.kind:6s} {'(required)' if o.required else f'= {shown}' if shown else ''}")
+            kind = "|".join(o.choices) if o.choices else o.kind
+            where = f"{o.parent}." if o.parent else ""
+            typer.echo(f"{where + o.param:20s} {kind:6s} {'(required)' if o.required else f'= {shown}' if shown else ''}")
             typer.echo(f"{'':20s} {o.help}")
