@@ -203,7 +203,8 @@ def flow_command(app: typer.Typer, flow: Any, *, name: str | None = None, help: 
                  extras: dict[str, tuple[Any, Any]] | None = None,
                  convert_with: dict[str, Callable[[list[str]], Any]] | None = None,
                  prepare: Callable[[Call], None] | None = None,
-                 show: Callable[[Any, Call], None] | None = None) -> Callable[..., None]:
+                 show: Callable[[Any, Call], None] | None = None,
+                 run: Callable[[Call], Any] | None = None) -> Callable[..., None]:
     """Add ``attnflow <flow name>`` to ``app``: one option per flow parameter (``flow_options``).
 
     Parameters
@@ -225,6 +226,9 @@ def flow_command(app: typer.Typer, flow: Any, *, name: str | None = None, help: 
         the command's domain validation (plans, model configs), preset expansion. It may edit ``call.params``.
     show : callable, optional
         Prints the flow's result (default: its table, if any).
+    run : callable, optional
+        Does the flow's work in this process instead of running the flow (``pawn prep``: one cached task, no
+        Prefect server); gets the ``Call``, returns what ``show`` prints.
     """
     from attnflow import cli
 
@@ -263,7 +267,7 @@ def flow_command(app: typer.Typer, flow: Any, *, name: str | None = None, help: 
         if prepare:
             cli.guarded(lambda: prepare(call))
             cli.check_params(flow, call.params)
-        out = cli.run_flow(flow, checked=True, **call.params)
+        out = cli.guarded(lambda: run(call)) if run else cli.run_flow(flow, checked=True, **call.params)
         (show or cli.show_result)(out, call)
 
     sig = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]

@@ -24,24 +24,6 @@ import typer
 
 from attnflow.flowcli import Call, flow_group, lazy_flow_command
 
-VALID_FRAC = typer.Option(0.15, help="Validation fraction (by pair) of sources without a split field.")
-TEST_FRAC = typer.Option(0.15, help="Test fraction of sources without a split field (ignored with --test).")
-LIMIT = typer.Option(0, help="At most this many records (or pairs) per source; 0 = all.")
-TEXT_FIELD = typer.Option("text", help="Field holding the text.")
-LABEL_FIELD = typer.Option("label", help="Field holding the label (0/1, human/machine, ai).")
-INVERT = typer.Option(False, "--invert-labels", help="The label field says 1 = human (as in MAGE).")
-DROP_EMPTY = typer.Option(False, "--drop-empty", help="Drop empty texts instead of failing.")
-STRIP = typer.Option(False, "--strip-shared-prefix", help="Pair files: cut the prompt words human and machine share.")
-
-
-def _prep(valid_frac: float, test_frac: float, limit: int, text_field: str, label_field: str, invert: bool,
-          drop_empty: bool, strip: bool) -> Any:
-    from tasks.pawn_data import PrepOptions
-
-    return PrepOptions(valid_frac=valid_frac, test_frac=test_frac, limit_per_source=limit, text_field=text_field,
-                       label_field=label_field, invert_labels=invert, drop_empty=drop_empty, strip_shared_prefix=strip)
-
-
 def _records(files: list[str], text_field: str) -> tuple[list[str], list[str]]:
     """Texts and ids to score from txt (one text per paragraph) / JSONL / CSV / Parquet files, or '-' (stdin)."""
     from components import data as data_sources
@@ -84,6 +66,20 @@ def _write(rows: list[dict[str, Any]], fmt: str, out: Optional[str]) -> None:
 
 
 # --- the commands generated from the pawn flows: checks before any server, and what they print ----------------
+
+def _run_prep(call: Call) -> dict[str, Any]:
+    """``pawn prep`` runs the prep task in this process (no Prefect server): sources -> one Parquet file."""
+    from tasks.pawn_data import prepare_detection_data, source_fingerprints
+
+    p, opts = call.params, call.params["prep"]
+    return prepare_detection_data.fn(p["sources"], source_fingerprints(p["sources"]), opts.fields(), opts.valid_frac,
+                                     opts.test_frac, p["split"], opts.limit_per_source, opts.invert_labels,
+                                     opts.drop_empty, opts.strip_shared_prefix, p["out"])
+
+
+def _show_prep(info: dict[str, Any], call: Call) -> None:
+    typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators")}))
+
 
 def _check_features(call: Call) -> None:
     from tasks.models import check_model
@@ -143,24 +139,8 @@ def register(app: typer.Typer) -> None:
                            no_args_is_help=True, cls=flow_group("pawn"))
     app.add_typer(pawn_app, name="pawn")
 
-    @pawn_app.command("prep")
-    def prep(sources: list[str] = typer.Argument(..., help="Data sources."),
-             out: Optional[str] = typer.Option(None, help="Output Parquet (default: under ATTNFLOW_HOME/data)."),
-             split: str = typer.Option("auto", help="auto, or train/valid/test for every row."),
-             valid_frac: float = VALID_FRAC, test_frac: float = TEST_FRAC, limit: int = LIMIT,
-             text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, invert_labels: bool = INVERT,
-             drop_empty: bool = DROP_EMPTY, strip_shared_prefix: bool = STRIP) -> None:
-        """Turn human/machine text sources into one Parquet file (id, text, label, domain, generator, split)."""
-        from attnflow.cli import guarded
-        from tasks.pawn_data import prepare_detection_data, source_fingerprints
-
-        opts = guarded(lambda: _prep(valid_frac, test_frac, limit, text_field, label_field, invert_labels,
-                                     drop_empty, strip_shared_prefix))
-        info = guarded(lambda: prepare_detection_data.fn(
-            sources, source_fingerprints(sources), opts.fields(), opts.valid_frac, opts.test_frac, split,
-            opts.limit_per_source, opts.invert_labels, opts.drop_empty, opts.strip_shared_prefix, out))
-        typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators")}))
-
+    lazy_flow_command("prep", "flows.pawn:pawn_prep", lambda: {
+        "arguments": ("sources",), "run": _run_prep, "show": _show_prep}, group="pawn")
     lazy_flow_command("features", "flows.pawn:pawn_features", lambda: {
         "arguments": ("data",), "prepare": _check_features, "show": _show_features}, group="pawn")
     lazy_flow_command("train", "flows.pawn:pawn_train", lambda: {"prepare": _check_train, "show": _show_train},
@@ -176,7 +156,8 @@ def register(app: typer.Typer) -> None:
                                         "directory."),
               fmt: str = typer.Option("json", "--format", "-f", help="json or csv."),
               out: Optional[str] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
-              text_field: str = TEXT_FIELD, batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
+              text_field: str = typer.Option("text", help="Field holding the text."),
+              batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
         """Score texts with the exported ONNX graphs in ONNX Runtime: score (0..1), label (machine|human)."""
         from attnflow.cli import fail, guarded
         from tasks.pawn_export import OnnxScorer, resolve_model

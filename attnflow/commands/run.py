@@ -82,5 +82,6 @@ def register(app: typer.Typer) -> None:
             shown = default_text(o)
             kind = "|".join(o.choices) if o.choices else o.kind
             where = f"{o.parent}." if o.parent else ""
-            typer.echo(f"{where + o.param:20s} {kind:6s} {'(required)' if o.required else f'= {shown}' if shown else ''}")
+            default = "(required)" if o.required else f"= {shown}" if shown else ""
+            typer.echo(f"{where + o.param:20s} {kind:6s} {default}")
             typer.echo(f"{'':20s} {o.help}")
