@@ -5,12 +5,11 @@ Feature modules may add commands by defining ``register(app)`` in ``attnflow/com
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import pkgutil
 import sys
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -50,20 +49,6 @@ class _NoTraceback(logging.Filter):
             record.exc_info, record.exc_text = None, None
         return True
 
-
-@contextlib.contextmanager
-def _quiet_tracebacks() -> Iterator[None]:
-    """While a flow runs from the CLI, Prefect's console handler prints messages without tracebacks (the API and
-    the Prefect UI still get them)."""
-    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
-    quiet = _NoTraceback()
-    for h in handlers:
-        h.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(quiet)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported as one line, exit code 2."""
