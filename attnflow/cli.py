@@ -5,17 +5,19 @@ Feature modules may add commands by defining ``register(app)`` in ``attnflow/com
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import pkgutil
 import sys
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
+from attnflow.flowcli import FlowGroup
+
 app = typer.Typer(
     name="attnflow",
+    cls=FlowGroup,
     help="Attention research methods as versioned components: Prefect flows, MLflow tracking, ONNX export.",
     no_args_is_help=True,
     add_completion=False,
@@ -28,9 +30,15 @@ DEBUG = {"on": False}
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", envvar="ATTNFLOW_DEBUG",
-                                     help="Show full tracebacks (attnflow's and failed Prefect task runs').")) -> None:
+                                     help="Show full tracebacks (attnflow's and failed Prefect task runs')."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", envvar="ATTNFLOW_VERBOSE",
+                                       help="Show Prefect's own INFO logs on the console (always in the log file "
+                                            "printed at the end).")) -> None:
     """Attention research methods as versioned components: Prefect flows, MLflow tracking, ONNX export."""
+    from attnflow.output import VERBOSE
+
     DEBUG["on"] = debug
+    VERBOSE["on"] = verbose
 
 
 class _NoTraceback(logging.Filter):
@@ -41,20 +49,6 @@ class _NoTraceback(logging.Filter):
             record.exc_info, record.exc_text = None, None
         return True
 
-
-@contextlib.contextmanager
-def _quiet_tracebacks() -> Iterator[None]:
-    """While a flow runs from the CLI, Prefect's console handler prints messages without tracebacks (the API and
-    the Prefect UI still get them)."""
-    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
-    quiet = _NoTraceback()
-    for h in handlers:
-        h.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(quiet)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported as one line, exit code 2."""
@@ -107,8 +101,11 @@ def check_params(flow_fn: Any, params: dict[str, Any]) -> None:
         problems = []
         for line in str(e).splitlines()[1:]:  # " - batch_size: Input should be greater than or equal to 1"
             loc, _, msg = line.strip().removeprefix("- ").partition(": ")
-            name = loc.split(".")[0]
-            shown = f" {params[name]!r}" if name in params else ""
+            name, _, field = loc.partition(".")
+            value = params.get(name)
+            if field and isinstance(value, dict) and field.split(".")[0] in value:  # a field of a model parameter
+                name, value = f"{name}__{field.split('.')[0]}", value[field.split(".")[0]]
+            shown = f" {value!r}" if value is not None or name in params else ""
             problems.append(f"{option_name(name)}{shown}: {msg[:1].lower()}{msg[1:]}")
         fail("; ".join(problems) or str(e))
     except ParameterBindError as e:
@@ -117,14 +114,16 @@ def check_params(flow_fn: Any, params: dict[str, Any]) -> None:
         flows_logger.disabled = disabled
 
 
-def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
-    """Check the parameters (no server yet), run a Prefect flow, print where its results went, exit non-zero if it
-    failed."""
-    check_params(flow_fn, params)
+def run_flow(flow_fn: Callable[..., Any], checked: bool = False, **params: Any) -> Any:
+    """Check the parameters (no server yet; ``checked``: the caller did), run a Prefect flow with its log in a file
+    (``attnflow.output.console``), exit non-zero if it failed."""
+    if not checked:
+        check_params(flow_fn, params)
+    from attnflow.output import console
     from infra.ephemeral import guard_temporary_server
 
     guard_temporary_server()  # a temporary Prefect server stops with this process, even after kill -9
-    with _quiet_tracebacks():
+    with console(flow_fn.name, (_NoTraceback(),)):
         state = flow_fn(**params, return_state=True)
     if not state.is_completed():
         try:
@@ -137,26 +136,32 @@ def run_flow(flow_fn: Callable[..., Any], **params: Any) -> Any:
     return state.result()
 
 
-def print_table(table: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def print_table(table: dict[str, Any], full: dict[str, Any] | None = None) -> None:
+    """A comparison table fitted to the terminal, its ``±`` explained; the whole table (``full``, when ``table`` is
+    a summary of it) saved as Markdown, its path printed."""
+    from attnflow.output import print_table as show
+    from attnflow.output import save_table
 
-    t = Table(title=table.get("title"), show_lines=False)
-    t.add_column("component", overflow="fold")  # fold, never cut to "…", in a narrow terminal
-    t.add_column("version", overflow="fold")
-    for col in table["columns"]:
-        arrow = "↑" if table["higher_is_better"].get(col, True) else "↓"
-        t.add_column(f"{col} {arrow}", justify="right", overflow="fold")
-    for row in table["rows"]:
-        cells = []
-        for col in table["columns"]:
-            c = table["cells"][row].get(col)
-            cells.append("-" if c is None else f"{c['mean']:.4g}" + (f" ± {c['std']:.2g}" if c["n"] > 1 else ""))
-        t.add_row(row, table["versions"].get(row, ""), *cells)
-    console = Console()
-    if not console.is_terminal:  # piped or logged: no terminal width to respect, print the table whole
-        console = Console(width=max(console.width, 240))
-    console.print(t)
+    whole = full or table
+    show(table, save_table(whole, whole.get("title") or "table"))
+
+
+def show_result(out: Any, call: Any = None) -> None:
+    """The default view of a flow's result: its table (comparison or rows), then the MLflow link."""
+    from attnflow.output import print_mlflow, print_rows
+
+    if not isinstance(out, dict):
+        return
+    table = out.get("table")
+    if isinstance(table, dict) and "columns" in table:
+        print_table(table, out.get("full_table"))
+    elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
+        print_rows(table)  # the studies' row tables (sink-emergence, instability-proxies, arch-compare)
+    elif isinstance(table, str):
+        typer.echo(table)
+    experiment = out.get("experiment") or (call.params.get("experiment") if call else None)
+    if experiment and (out.get("run_id") or out.get("mlflow_run_id")):
+        print_mlflow(experiment, out.get("run_id") or out.get("mlflow_run_id"))
 
 
 def parse_ints(text: str, option: str = "--seeds") -> list[int]:
@@ -222,95 +227,6 @@ def methods_markdown(infos: list[Any]) -> str:
         paper = f"[{i.paper}]({i.paper_url})" if i.paper_url else (i.paper or "-")
         lines.append(f"| `{i.name}` | {i.family} | {i.version} | {paper} | {i.summary} |")
     return "\n".join(lines)
-
-
-@app.command()
-def evaluate(
-    model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
-    component: str = typer.Option("baseline", help="Component name or name@version."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Component parameter key=value (repeatable)."),
-    task: str = typer.Option("kv_retrieval", help="Task (benchmark) name or spec."),
-    task_param: list[str] = typer.Option([], "--task-param", help="Task parameter key=value (repeatable)."),
-    seeds: str = typer.Option("0", help="Comma-separated data seeds."),
-    batch_size: int = typer.Option(16),
-    experiment: str = typer.Option("evaluate", help="MLflow experiment."),
-    dtype: str = typer.Option("float32"),
-    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
-) -> None:
-    """Evaluate one component on one task (runs the `evaluate` flow)."""
-    from registry.specs import Spec, parse, parse_kv
-    from tasks.plan import plan_request
-
-    def prepare():
-        params, tparams = parse_kv(param), parse_kv(task_param, "--task-param")
-        comp, bench = parse(component), parse(task)
-        seed_list = parse_ints(seeds)
-        plan_request.fn(model, [Spec(comp.name, comp.version, {**comp.params, **params}).text()],
-                        [Spec(bench.name, bench.version, {**bench.params, **tparams}).text()], seed_list,
-                        trust_remote_code=trust_remote_code)
-        return params, tparams, seed_list
-
-    params, tparams, seed_list = guarded(prepare)
-    from flows.evaluate import evaluate as evaluate_flow
-
-    out = run_flow(evaluate_flow, model=model, component=component, params=params, task=task,
-                   task_params=tparams, seeds=seed_list, batch_size=batch_size, experiment=experiment,
-                   dtype=dtype, trust_remote_code=trust_remote_code)
-    print_table(out["table"])
-
-
-@app.command()
-def compare(
-    model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
-    components: list[str] = typer.Option([], "--components", "-c",
-                                         help="Comma-separated component specs, e.g. baseline,zerotuning(gamma=4)."),
-    tasks: list[str] = typer.Option([], "--tasks", "-t", help="Comma-separated task specs."),
-    preset: Optional[str] = typer.Option(None, help="A preset from registry/presets (or a YAML path)."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated data seeds (default 0)."),
-    batch_size: int = typer.Option(16),
-    experiment: str = typer.Option("compare", help="MLflow experiment."),
-    dtype: str = typer.Option("float32"),
-    trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
-) -> None:
-    """Compare components on tasks for one model (runs the `compare` flow)."""
-    from flows.compare import DEFAULT_COMPONENTS, DEFAULT_TASKS
-    from flows.params import ComparisonPreset
-    from registry.specs import load_preset
-    from tasks.plan import plan_request
-
-    def prepare():
-        cfg = load_preset(preset, ComparisonPreset) if preset else {}
-        comps = split_list(components) or cfg.get("components") or DEFAULT_COMPONENTS
-        tks = split_list(tasks) or cfg.get("tasks") or DEFAULT_TASKS
-        seed_list = parse_ints(seeds) if seeds else cfg.get("seeds") or [0]
-        plan_request.fn(model, comps, tks, seed_list, trust_remote_code=trust_remote_code)
-        return comps, tks, seed_list
-
-    comps, tks, seed_list = guarded(prepare)
-    from flows.compare import compare as compare_flow
-
-    out = run_flow(compare_flow, model=model, components=comps, tasks=tks, seeds=seed_list,
-                   batch_size=batch_size, experiment=experiment, dtype=dtype, trust_remote_code=trust_remote_code)
-    print_table(out["table"])
-
-
-@app.command()
-def quickstart(
-    model: str = typer.Option("", help="Model to tour (default: the preset's, smollm2-135m; 'demo' for the "
-                                       "bundled toy model)."),
-    preset: str = typer.Option("", help="Quickstart preset (registry/presets/<name>.yaml or a path; default "
-                                        "quickstart, or quickstart-demo for --model demo)."),
-    experiment: str = typer.Option("quickstart", help="MLflow experiment."),
-) -> None:
-    """Offline tour on a real model: sink profile, retrieval heads, then baseline vs ZeroTuning, ACT and head
-    masking, in one table and in MLflow."""
-    from flows.quickstart import preset_for
-
-    guarded(lambda: preset_for(model or None, preset or None))
-    from flows.quickstart import quickstart as flow
-
-    out = run_flow(flow, model=model, preset=preset, experiment=experiment)
-    print_table(out["table"])
 
 
 def _load_command_modules() -> None:

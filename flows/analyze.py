@@ -12,7 +12,7 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import Dtype
+from flows.params import Dtype, Experiment, ModelName
 from registry.specs import parse
 from tasks.analysis import analysis_data, log_analysis, plan_analysis, run_analysis, summary_text
 from tasks.models import load_model
@@ -21,10 +21,10 @@ from tasks.tracking import publish_components
 
 @flow(name="analyze", log_prints=True)
 def analyze(
-    model: str = "demo",
+    model: ModelName = "demo",
     analyzer: str = "sink_metric",
     params: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
-    experiment: str = "analyze",
+    experiment: Experiment = "analyze",
     dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,

@@ -1,4 +1,4 @@
-"""export: a model with a component applied -> ONNX graphs verified against PyTorch, fused, timed, registered.
+"""export-onnx: a model with a component applied -> ONNX graphs verified against PyTorch, fused, timed, registered.
 
 validate -> load -> export (prefill, + decode with a KV cache) -> ONNX Runtime fusions -> parity -> speed
 -> manifest -> MLflow run + registered model ``attnflow.onnx.<model>.<component>``.
@@ -6,34 +6,35 @@ validate -> load -> export (prefill, + decode with a KV cache) -> ONNX Runtime f
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import Experiment, ModelName, Positive
 from tasks.export import (benchmark_onnx, export_onnx, finalize_export, log_export, optimize_onnx, plan_export,
                           require_parity, verify_parity, write_manifest)
 from tasks.models import load_model
 
 
-@flow(name="export", log_prints=True)
+@flow(name="export-onnx", log_prints=True)
 def export(
-    model: str = "demo",
+    model: ModelName = "demo",
     component: str = "baseline",
     params: dict[str, str] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     kv_cache: bool = False,
-    optimize: str = "ort-cpu",
+    optimize: Literal["none", "ort-cpu", "ort-gpu"] = "ort-cpu",
     out: Optional[str] = None,
-    attention_form: str = "bias",
+    attention_form: Literal["bias", "channels"] = "bias",
     opset: Optional[int] = None,
     parity_lengths: list[int] = [16, 64],  # noqa: B006
     parity_multiple: Optional[float] = None,
     benchmark: bool = True,
     speed_lengths: list[int] = [128, 512],  # noqa: B006
-    speed_rounds: int = 3,
-    register: bool = True,
+    speed_rounds: Positive = 3,
+    register_model: bool = True,
     reuse_export: bool = True,
-    experiment: str = "export",
+    experiment: Experiment = "export",
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Export a model with a component applied to ONNX, check parity with PyTorch, fuse, time and register it.
@@ -58,7 +59,7 @@ def export(
         benchmark: Time ONNX Runtime against PyTorch (prefill, batch 1, 1 thread).
         speed_lengths: Sequence lengths of the speed measurement.
         speed_rounds: Interleaved timing rounds per length.
-        register: Register the verified export in the MLflow model registry.
+        register_model: Register the verified export in the MLflow model registry.
         reuse_export: Reuse graphs exported earlier for the same weights, component and options (cache).
         experiment: MLflow experiment.
         trust_remote_code: Allow model code from the hub (off by default).
@@ -80,7 +81,7 @@ def export(
     manifest = write_manifest(plan, loaded, exported, graphs, parity, speed)
     out_dir = finalize_export(exported, plan)
     # 8. MLflow run with the directory; registered only when parity passed.
-    logged = log_export(plan, manifest, out_dir, experiment, register)
+    logged = log_export(plan, manifest, out_dir, experiment, register_model)
     # 9. A failed parity check fails the flow; the directory and the FAILED run stay for inspection.
     require_parity(manifest, out_dir, logged)
     return {"out_dir": out_dir, "manifest": manifest, **logged}

@@ -16,6 +16,8 @@ ModelName = Annotated[str, Field(min_length=1)]
 Specs = Annotated[list[str], Field(min_length=1)]
 Seeds = Annotated[list[int], Field(min_length=1)]
 Experiment = Annotated[str, Field(min_length=1, max_length=250)]
+Count = Annotated[int, Field(ge=0)]  # 0 allowed ("all", "none")
+Positive = Annotated[int, Field(ge=1)]
 
 
 class ComparisonPreset(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import Dtype
 from tasks import runs
 from tasks.models import load_model
 from tasks.pawn_cache import build_feature_cache, check_compatible
@@ -42,7 +43,7 @@ def pawn_prep(sources: list[str], out: Optional[str] = None, split: str = "auto"
 @flow(name="pawn-features", log_prints=True)
 def pawn_features(data: list[str], model: str = "demo", max_length: int = 512, batch_size: int = 16,
                   shard_size: int = 256, performer: Optional[str] = None, cache_dir: Optional[str] = None,
-                  prep: PrepOptions = PrepOptions(), dtype: str = "float32",  # noqa: B008
+                  prep: PrepOptions = PrepOptions(), dtype: Dtype = "float32",  # noqa: B008
                   progress: bool = True) -> dict[str, Any]:
     """Build (or resume, or verify) the feature cache of a dataset: the backbone runs once per text.
 
@@ -109,7 +110,7 @@ def train_and_evaluate(*, train: list[str], test: list[str], model: str, detecto
 def pawn_train(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B006 - Prefect parameter defaults
                detectors: list[str] = DEFAULT_DETECTORS, prep: PrepOptions = PrepOptions(),  # noqa: B006,B008
                max_length: int = 512, batch_size: int = 16, performer: Optional[str] = None,
-               experiment: str = "pawn", dtype: str = "float32", progress: bool = True) -> dict[str, Any]:
+               experiment: str = "pawn", dtype: Dtype = "float32", progress: bool = True) -> dict[str, Any]:
     """Fit PAWN heads and baselines from one feature cache and compare them (no export).
 
     Args:
@@ -137,7 +138,7 @@ def pawn_train(train: list[str], test: list[str] = [], model: str = "demo",  # n
 def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B006 - Prefect parameter defaults
          detectors: list[str] = DEFAULT_DETECTORS, prep: PrepOptions = PrepOptions(),  # noqa: B006,B008
          max_length: int = 512, batch_size: int = 16, performer: Optional[str] = None, experiment: str = "pawn",
-         register_model: bool = True, out: Optional[str] = None, dtype: str = "float32",
+         register_model: bool = True, out: Optional[str] = None, dtype: Dtype = "float32",
          progress: bool = True) -> dict[str, Any]:
     """End to end: prep, feature cache, PAWN heads and baselines, evaluation, ONNX export of the best head,
     registration as attnflow.pawn.<backbone> (alias champion).
@@ -180,7 +181,7 @@ def pawn(train: list[str], test: list[str] = [], model: str = "demo",  # noqa: B
 
 @flow(name="pawn-evaluate", log_prints=True)
 def pawn_evaluate(detector: str, data: list[str], prep: PrepOptions = PrepOptions(),  # noqa: B008
-                  batch_size: int = 16, experiment: str = "pawn-evaluate", dtype: str = "float32",
+                  batch_size: int = 16, experiment: str = "pawn-evaluate", dtype: Dtype = "float32",
                   progress: bool = True) -> dict[str, Any]:
     """Evaluate a trained PAWN detector on new labelled data (features cached; threshold from training).
 

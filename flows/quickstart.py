@@ -16,7 +16,7 @@ import infra.settings  # noqa: F401  (environment defaults before Prefect reads 
 from prefect import flow
 
 from flows.compare import compare
-from flows.params import ComparisonPreset
+from flows.params import ComparisonPreset, Experiment
 from flows.train_lm import train_lm
 from infra.settings import settings
 from registry.specs import Spec, load_preset, parse, parse_list, resolved
@@ -27,7 +27,7 @@ from tasks.demo import ensure_registered, find_demo
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, primary_columns, to_markdown
+from tasks.report import comparison_table, log_table, primary_columns, to_markdown
 from tasks.runs import tracked_run
 from tasks.tracking import log_comparison, log_evaluation, publish_components
 
@@ -52,7 +52,7 @@ def preset_for(model: str | None, preset: str | None) -> dict[str, Any]:
 
 
 @flow(name="quickstart", log_prints=True)
-def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart", train_if_missing: bool = True,
+def quickstart(model: str = "", preset: str = "", experiment: Experiment = "quickstart", train_if_missing: bool = True,
                demo_preset: str = "demo", progress: bool = True) -> dict[str, Any]:
     """Sink profile, retrieval heads and a comparison of baseline, ZeroTuning, ACT and head masking on one model.
 
@@ -76,7 +76,6 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
     if not (sinks or detect):  # the comparison alone (the demo preset's fixed head sets)
         out = compare(model=model, components=cfg["components"], tasks=cfg["tasks"], seeds=cfg.get("seeds", [seed]),
                       experiment=experiment, dtype=dtype, progress=progress)
-        _print_mlflow_hint(experiment)
         return out
     plan = plan_request(model, cfg["components"], cfg["tasks"], [seed])
     versions = publish_components([*(parse(s).ref for s in (sinks, detect) if s), "head_mask", *plan.refs])
@@ -105,8 +104,8 @@ def quickstart(model: str = "", preset: str = "", experiment: str = "quickstart"
                 results.append(relabel(r, label))
         table = comparison_table(results, title=f"quickstart: {loaded.name}")
         log_comparison(parent, table, results)
-    print(f"\n{to_markdown(table)}\n\nMLflow run: {parent} (experiment '{experiment}')")
-    _print_mlflow_hint(experiment)
+    log_table(to_markdown(table))
+    print(f"MLflow run: {parent} (experiment '{experiment}')")
     return {"table": primary_columns(table), "full_table": table, "run_id": parent, "experiment": experiment,
             "model": model}
 
@@ -137,9 +136,3 @@ def _ensure_demo(train_if_missing: bool, demo_preset: str, progress: bool) -> No
         out_dir = str(settings().models_dir / "demo-lm")
         model_dir = train_lm(preset=demo_preset, out=out_dir, register_model=False, progress=progress)["model_dir"]
     ensure_registered(model_dir)
-
-
-def _print_mlflow_hint(experiment: str) -> None:
-    store = settings().tracking_uri
-    print(f"\nOpen the MLflow UI on these runs:\n  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n"
-          f"then http://127.0.0.1:5000 -> experiment '{experiment}' (or `attnflow up` for the full local stack).")

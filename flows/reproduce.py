@@ -13,8 +13,9 @@ from typing import Any
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import Dtype
+from flows.params import Dtype, Experiment, ModelName
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
+from tasks.report import log_table
 from tasks.runs import set_outcome, tracked_run
 
 #: modules whose ``CLAIMS`` the flow runs; adding a module of claims is one line here
@@ -27,13 +28,13 @@ def available_claims() -> dict[str, Any]:
 
 @flow(name="reproduce", log_prints=True)
 def reproduce(
-    model: str = "demo",
+    model: ModelName = "demo",
     claims: list[str] = [],  # noqa: B006 - a Prefect parameter default, never mutated
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     data: dict[str, str] = {},  # noqa: B006
     options: dict[str, dict[str, Any]] = {},  # noqa: B006
     dtype: Dtype = "float32",
-    experiment: str = "reproduce",
+    experiment: Experiment = "reproduce",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the claims on a model; one MLflow run per claim nested under a parent with the summary table.
@@ -66,7 +67,8 @@ def reproduce(
         failed = [r["claim"] for r in results if r.get("error")]
         if failed:
             set_outcome(parent, "FAILED")
-    print(f"\n{text}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    log_table(text)
+    print(f"MLflow run: {parent} (experiment '{experiment}')")
     if failed:
         raise RuntimeError(f"claims {', '.join(failed)} failed (see their runs); the others are logged")
     return {"run_id": parent, "experiment": experiment, "results": results, "table": text}

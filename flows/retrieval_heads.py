@@ -13,7 +13,7 @@ from typing import Any, Literal
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import BatchSize, Dtype
+from flows.params import BatchSize, Count, Dtype, Experiment, ModelName, Positive, Specs
 from registry.specs import parse, resolved
 from tasks.analysis import (analysis_data, check_head_budget, choose_head_sets, head_mask_spec, log_analysis,
                             log_verdict, plan_analysis, relabel, retrieval_verdict, run_analysis, summary_text)
@@ -21,7 +21,7 @@ from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, to_markdown
+from tasks.report import comparison_table, log_table, to_markdown
 from tasks.runs import tracked_run
 from tasks.tracking import log_comparison, log_evaluation, publish_components
 
@@ -30,16 +30,16 @@ DEFAULT_TASKS = ["needle", "passkey", "kv_retrieval"]
 
 @flow(name="retrieval-heads", log_prints=True)
 def retrieval_heads(
-    model: str = "demo",
+    model: ModelName = "demo",
     detect: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
-    top_k: int = 0,
-    n_random: int = 3,
+    top_k: Count = 0,
+    n_random: Positive = 3,
     seed: int = 0,
-    tasks: list[str] = DEFAULT_TASKS,
+    tasks: Specs = DEFAULT_TASKS,
     mask_mode: Literal["uniform", "zero"] = "uniform",
     mask_phase: Literal["all", "prefill", "decode"] = "all",
     batch_size: BatchSize = 16,
-    experiment: str = "retrieval-heads",
+    experiment: Experiment = "retrieval-heads",
     dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
@@ -94,11 +94,13 @@ def retrieval_heads(
                 log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
                 results.append(relabel(r, label))
         # 5. Side by side (random arms: mean ± std over draws) and the verdict against the paper's expectation.
-        table = comparison_table(results, title=f"retrieval heads: {loaded.name}")
+        table = comparison_table(results, title=f"retrieval heads: {loaded.name}",
+                                 spread="standard deviation over seeds and, for the random arms, over head draws")
         log_comparison(parent, table, results)
         verdict = retrieval_verdict(table, top_label, random_label)
         log_verdict(parent, sets, verdict)
-    print(f"\n{to_markdown(table)}\n\n{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    log_table(to_markdown(table))
+    print(f"{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
     return {"run_id": parent, "experiment": experiment, "sets": sets, "table": table, "verdict": verdict}
 
 

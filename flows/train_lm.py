@@ -14,6 +14,7 @@ from typing import Any, Optional
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
+from flows.params import Experiment
 from infra.settings import settings
 from tasks.lm import (evaluate_suite, log_final, prepare_run, prepare_tokenizer, profile_attention, register_lm,
                       resolve_preset, save_model, suite_specs, train_model)
@@ -32,7 +33,7 @@ def train_lm(
     corpus_field: str = "text",
     overrides: dict[str, Any] = {},  # noqa: B006 - a Prefect parameter default, never mutated
     register_model: bool = True,
-    experiment: str = "train-lm",
+    experiment: Experiment = "train-lm",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train an LM from a preset; re-running the same command resumes from the last checkpoint.

@@ -15,9 +15,15 @@ from typing import Any
 from prefect import task
 
 
+#: what ``±`` is in a comparison table (``spread``); a report's ``±`` is a 95% confidence interval instead
+SPREAD_SEEDS = "standard deviation over seeds"
+
+
 @task(task_run_name="comparison table")
-def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -> dict[str, Any]:
-    """Aggregate evaluation results into a component x metric table."""
+def comparison_table(results: list[dict[str, Any]], title: str = "comparison",
+                     spread: str = SPREAD_SEEDS) -> dict[str, Any]:
+    """Aggregate evaluation results into a component x metric table; ``spread`` says what the cells' ``std`` is
+    computed over (printed as the table's caption)."""
     rows: list[str] = []
     columns: list[str] = []
     values: dict[str, dict[str, list[float]]] = {}
@@ -42,7 +48,7 @@ def comparison_table(results: list[dict[str, Any]], title: str = "comparison") -
             values.setdefault(row, {}).setdefault(col, []).append(float(value))
     cells = {row: {col: summarize(v) for col, v in values.get(row, {}).items()} for row in rows}
     return {"title": title, "rows": rows, "columns": columns, "cells": cells, "higher_is_better": higher,
-            "versions": versions}
+            "versions": versions, "spread": spread}
 
 
 def task_column(bench: dict[str, Any]) -> str:
@@ -77,7 +83,21 @@ def to_markdown(table: dict[str, Any]) -> str:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {row} | {table['versions'].get(row, '')} | " + " | ".join(cells) + " |")
+    if any(c["n"] > 1 for r in table["cells"].values() for c in r.values()):
+        lines += ["", f"± = {table.get('spread', SPREAD_SEEDS)}; (±x) = difference from the baseline row."]
     return "\n".join(lines)
+
+
+def log_table(text: str) -> None:
+    """Log a result table to the flow run's log (Prefect UI, a worker's console) marked as a table: ``attnflow``
+    commands print their own, fitted to the terminal, and leave this one to the log file."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().info(text, extra={"attnflow_table": True})
+    except MissingContextError:  # called outside a flow run
+        print(text)
 
 
 def to_csv_rows(table: dict[str, Any]) -> list[dict[str, Any]]:

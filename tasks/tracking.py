@@ -68,14 +68,35 @@ def artifact_root() -> str | None:
     return s.artifact_root.as_uri() if s.uses_local_mlflow else None
 
 
+def ui_link(experiment: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment's runs table (``#/experiments/<id>/runs``; MLflow 3 otherwise opens an
+    experiment on its overview tab), or of one run (``.../runs/<run_id>``). A local store (sqlite, files) gets the
+    address ``mlflow ui`` / ``attnflow up`` serve it on (port 5000). None when the experiment does not exist."""
+    uri = settings().tracking_uri
+    try:
+        exp = client().get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - a link is a convenience; the runs are logged either way
+        return None
+    if exp is None:
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{exp.experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+
+
+#: MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str) -> str:
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     root = artifact_root()
     try:
-        return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return c.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException:
         return c.get_experiment_by_name(name).experiment_id
 

@@ -1,68 +1,41 @@
-"""`attnflow export-onnx` (runs the `export` flow) and `attnflow generate` (ONNX Runtime text generation)."""
+"""`attnflow export-onnx` (generated from the `export-onnx` flow), `attnflow generate` (ONNX Runtime generation)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
+
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check_export(call: Call) -> None:
+    from tasks.export import plan_export
+
+    p = call.params
+    plan_export.fn(p["model"], p["component"], p["params"], p["optimize"], p["out"], p["attention_form"],
+                   p["parity_lengths"], p["parity_multiple"], p["speed_lengths"] if p["benchmark"] else [],
+                   p["trust_remote_code"], p["opset"])
+
+
+def show_export(result: dict, call: Call) -> None:
+    from attnflow.output import print_mlflow
+    from tasks.export import parity_summary
+
+    manifest = result["manifest"]
+    typer.echo(f"exported to {result['out_dir']}")
+    for graph in manifest["graphs"].values():
+        typer.echo(f"  {graph['file']:12s} attention {graph['attention']}, fused ops {graph['fused_ops'] or '-'}")
+    typer.echo(f"  parity: {parity_summary(manifest['parity'])}")
+    for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
+        typer.echo(f"  speed T={length}: onnxruntime {r['onnxruntime_ms']:.1f} ms vs torch {r['torch_ms']:.1f} ms "
+                   f"(x{r['ratio']:.2f}, 1 thread)")
+    if result.get("registered_version"):
+        typer.echo(f"  MLflow: {result['registered_name']} version {result['registered_version']}")
+    if result.get("run_id"):
+        print_mlflow(call.params["experiment"], result["run_id"])
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export-onnx")
-    def export_onnx(
-        model: str = typer.Option("demo", help="Hub id, local model directory, or 'demo'."),
-        component: str = typer.Option("baseline", help="Component name, name@version or spec (ONNX-exportable)."),
-        param: list[str] = typer.Option([], "--param", "-p", help="Component parameter key=value (repeatable)."),
-        kv_cache: bool = typer.Option(False, "--kv-cache", help="Also export decode.onnx (past/present key-values)."),
-        optimize: str = typer.Option("ort-cpu", help="ONNX Runtime fusions: none, ort-cpu or ort-gpu."),
-        out: Optional[str] = typer.Option(None, help="Export directory (default ATTNFLOW_HOME/onnx/...)."),
-        attention_form: str = typer.Option("bias", help="Key biases as an additive mask (bias) or extra channels."),
-        opset: Optional[int] = typer.Option(None, help="ONNX opset, 18-23 (default 20; 23 = standard Attention op)."),
-        parity_lengths: str = typer.Option("16,64", help="Comma-separated sequence lengths of the parity check."),
-        parity_multiple: Optional[float] = typer.Option(
-            None, help="Allowed |ORT - torch| as a multiple of PyTorch's own float32 error (vs float64); default "
-                       "the calibrated gate of docs/onnx.md."),
-        benchmark: bool = typer.Option(True, "--benchmark/--no-benchmark", help="Time ONNX Runtime vs PyTorch."),
-        speed_lengths: str = typer.Option("128,512", help="Comma-separated sequence lengths of the timing."),
-        register_model: bool = typer.Option(True, "--register/--no-register", help="Register in MLflow."),
-        reuse_export: bool = typer.Option(True, "--reuse-export/--fresh-export",
-                                          help="Reuse graphs exported earlier for the same model, component, options."),
-        experiment: str = typer.Option("export", help="MLflow experiment."),
-        trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
-    ) -> None:
-        """Export a model with a component applied to ONNX: parity-checked, fused, timed, registered in MLflow."""
-        from attnflow.cli import guarded, run_flow
-        from registry.specs import parse_kv
-        from tasks.export import parity_summary, plan_export
-
-        def prepare():
-            params = parse_kv(param)
-            lengths = _ints(parity_lengths, "--parity-lengths")
-            speeds = _ints(speed_lengths, "--speed-lengths") if benchmark else []
-            plan_export.fn(model, component, params, optimize, out, attention_form, lengths, parity_multiple, speeds,
-                           trust_remote_code, opset)
-            return params, lengths, speeds
-
-        params, lengths, speeds = guarded(prepare)
-        from flows.export import export as flow
-
-        result = run_flow(flow, model=model, component=component, params=params, kv_cache=kv_cache,
-                          optimize=optimize, out=out, attention_form=attention_form, opset=opset,
-                          parity_lengths=lengths, parity_multiple=parity_multiple, benchmark=benchmark,
-                          speed_lengths=speeds or [128], register=register_model, reuse_export=reuse_export,
-                          experiment=experiment,
-                          trust_remote_code=trust_remote_code)
-        manifest = result["manifest"]
-        typer.echo(f"exported to {result['out_dir']}")
-        for kind, graph in manifest["graphs"].items():
-            typer.echo(f"  {graph['file']:12s} attention {graph['attention']}, fused ops {graph['fused_ops'] or '-'}")
-        typer.echo(f"  parity: {parity_summary(manifest['parity'])}")
-        for length, r in (manifest["speed"] or {"lengths": {}})["lengths"].items():
-            typer.echo(f"  speed T={length}: onnxruntime {r['onnxruntime_ms']:.1f} ms vs torch {r['torch_ms']:.1f} ms "
-                       f"(x{r['ratio']:.2f}, 1 thread)")
-        if result.get("registered_version"):
-            typer.echo(f"  MLflow: {result['registered_name']} version {result['registered_version']} "
-                       f"(run {result['run_id']})")
+    lazy_flow_command("export-onnx", "flows.export:export", lambda: {"prepare": check_export, "show": show_export})
 
     @app.command("generate")
     def generate(
@@ -116,13 +89,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"greedy tokens match the patched PyTorch model: {'yes' if same else 'NO'}")
             if not same:
                 raise typer.Exit(code=1)
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{what} {text!r}: expected comma-separated integers") from None
 
 
 def _torch_tokens(manifest: dict, enc: dict, max_new_tokens: int, gen: dict) -> list[list[int]]:

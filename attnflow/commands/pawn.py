@@ -4,7 +4,10 @@
     attnflow pawn features --model M DATA...                   build / resume / verify the feature cache
     attnflow pawn train --model M --train DATA... [--test DATA...] [-d "pawn(seed=1),gltr"]
     attnflow pawn run   --model M --train DATA... [--test DATA...]   train + ONNX export + register (champion)
-    attnflow pawn evaluate --model attnflow.pawn.demo-lm DATA...     a trained detector on new labelled data
+    attnflow pawn evaluate --detector attnflow.pawn.demo-lm DATA...  a trained detector on new labelled data
+
+features, train, run and evaluate are generated from the flows pawn-features, pawn-train, pawn and pawn-evaluate
+(``attnflow.flowcli``): their options are the flows' parameters, the fields of ``PrepOptions`` among them.
     attnflow pawn score --model attnflow.pawn.demo-lm FILE... [--format json|csv] [--out scores.json]
 """
 
@@ -19,33 +22,7 @@ from typing import Any, Optional
 
 import typer
 
-MODEL = typer.Option("demo", "--model", "-m", help="Backbone: hub id, local model directory, or 'demo'.")
-TRAIN = typer.Option(..., "--train", help="Training data source (repeatable; a file, hf:<id>, a pair JSON).")
-TEST = typer.Option([], "--test", help="Test data source (repeatable); default: a held-out split of --train.")
-DETECTORS = typer.Option([], "--detectors", "-d", help="Comma-separated detector specs (default: PAWN + every "
-                         "baseline), e.g. 'pawn(seed=1),pawn(lr=0.0005),gltr,binoculars'.")
-MAX_LENGTH = typer.Option(512, help="Tokens per text; longer texts are truncated (and flagged).")
-BATCH = typer.Option(16, help="Texts per backbone forward.")
-PERFORMER = typer.Option(None, help="Second model with the same tokenizer, for two-model Binoculars.")
-EXPERIMENT = typer.Option("pawn", help="MLflow experiment.")
-DTYPE = typer.Option("float32", help="Backbone dtype: float32, bfloat16 or float16.")
-VALID_FRAC = typer.Option(0.15, help="Validation fraction (by pair) of sources without a split field.")
-TEST_FRAC = typer.Option(0.15, help="Test fraction of sources without a split field (ignored with --test).")
-LIMIT = typer.Option(0, help="At most this many records (or pairs) per source; 0 = all.")
-TEXT_FIELD = typer.Option("text", help="Field holding the text.")
-LABEL_FIELD = typer.Option("label", help="Field holding the label (0/1, human/machine, ai).")
-INVERT = typer.Option(False, "--invert-labels", help="The label field says 1 = human (as in MAGE).")
-DROP_EMPTY = typer.Option(False, "--drop-empty", help="Drop empty texts instead of failing.")
-STRIP = typer.Option(False, "--strip-shared-prefix", help="Pair files: cut the prompt words human and machine share.")
-
-
-def _prep(valid_frac: float, test_frac: float, limit: int, text_field: str, label_field: str, invert: bool,
-          drop_empty: bool, strip: bool) -> Any:
-    from tasks.pawn_data import PrepOptions
-
-    return PrepOptions(valid_frac=valid_frac, test_frac=test_frac, limit_per_source=limit, text_field=text_field,
-                       label_field=label_field, invert_labels=invert, drop_empty=drop_empty, strip_shared_prefix=strip)
-
+from attnflow.flowcli import Call, flow_group, lazy_flow_command
 
 def _records(files: list[str], text_field: str) -> tuple[list[str], list[str]]:
     """Texts and ids to score from txt (one text per paragraph) / JSONL / CSV / Parquet files, or '-' (stdin)."""
@@ -88,121 +65,89 @@ def _write(rows: list[dict[str, Any]], fmt: str, out: Optional[str]) -> None:
         typer.echo(text)
 
 
+# --- the commands generated from the pawn flows: checks before any server, and what they print ----------------
+
+def _run_prep(call: Call) -> dict[str, Any]:
+    """``pawn prep`` runs the prep task in this process (no Prefect server): sources -> one Parquet file."""
+    from tasks.pawn_data import prepare_detection_data, source_fingerprints
+
+    p, opts = call.params, call.params["prep"]
+    return prepare_detection_data.fn(p["sources"], source_fingerprints(p["sources"]), opts.fields(), opts.valid_frac,
+                                     opts.test_frac, p["split"], opts.limit_per_source, opts.invert_labels,
+                                     opts.drop_empty, opts.strip_shared_prefix, p["out"])
+
+
+def _show_prep(info: dict[str, Any], call: Call) -> None:
+    typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators")}))
+
+
+def _check_features(call: Call) -> None:
+    from tasks.models import check_model
+    from tasks.pawn_data import read_sources
+    from tasks.pawn_plan import check_options
+
+    p = call.params
+    check_options(p["max_length"], p["batch_size"], p["prep"], True)
+    check_model(p["model"])
+    if p["performer"]:
+        check_model(p["performer"])
+    _check_data(p["data"], p["prep"], read_sources)
+
+
+def _show_features(out: dict[str, Any], call: Call) -> None:
+    typer.echo(json.dumps({k: out[k] for k in ("dir", "key", "n_rows", "n_tokens", "bytes", "n_truncated",
+                                               "computed_shards", "rebuilt_shards")}))
+
+
+def _check_train(call: Call) -> None:
+    from tasks.pawn_data import read_sources
+    from tasks.pawn_plan import plan_pawn
+
+    p = call.params
+    plan_pawn.fn(p["model"], p["detectors"], p["train"], p["test"], p["prep"], p["max_length"], p["batch_size"],
+                 p["performer"])
+    _check_data(p["train"] + p["test"], p["prep"], read_sources)
+
+
+def _show_train(out: dict[str, Any], call: Call) -> None:
+    from attnflow.cli import show_result
+
+    show_result({**out, "experiment": call.params["experiment"]}, call)
+
+
+def _show_run(out: dict[str, Any], call: Call) -> None:
+    _show_train(out, call)
+    typer.echo(f"detector: {out['model_dir']}" + (f" (registered {out['registered']} version "
+                                                   f"{out['registered_version']}, alias champion)"
+                                                   if out["registered"] else ""))
+
+
+def _check_evaluate(call: Call) -> None:
+    from tasks.pawn_data import read_sources
+    from tasks.pawn_export import resolve_model
+
+    resolve_model(call.params["detector"])
+    _check_data(call.params["data"], call.params["prep"], read_sources)
+
+
+def _show_evaluate(out: dict[str, Any], call: Call) -> None:
+    _show_train(out, call)
+
+
 def register(app: typer.Typer) -> None:
     pawn_app = typer.Typer(help="AI-text detection: PAWN heads and zero-shot baselines on a frozen LM's features.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, cls=flow_group("pawn"))
     app.add_typer(pawn_app, name="pawn")
 
-    @pawn_app.command("prep")
-    def prep(sources: list[str] = typer.Argument(..., help="Data sources."),
-             out: Optional[str] = typer.Option(None, help="Output Parquet (default: under ATTNFLOW_HOME/data)."),
-             split: str = typer.Option("auto", help="auto, or train/valid/test for every row."),
-             valid_frac: float = VALID_FRAC, test_frac: float = TEST_FRAC, limit: int = LIMIT,
-             text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, invert_labels: bool = INVERT,
-             drop_empty: bool = DROP_EMPTY, strip_shared_prefix: bool = STRIP) -> None:
-        """Turn human/machine text sources into one Parquet file (id, text, label, domain, generator, split)."""
-        from attnflow.cli import guarded
-        from tasks.pawn_data import prepare_detection_data, source_fingerprints
-
-        opts = guarded(lambda: _prep(valid_frac, test_frac, limit, text_field, label_field, invert_labels,
-                                     drop_empty, strip_shared_prefix))
-        info = guarded(lambda: prepare_detection_data.fn(
-            sources, source_fingerprints(sources), opts.fields(), opts.valid_frac, opts.test_frac, split,
-            opts.limit_per_source, opts.invert_labels, opts.drop_empty, opts.strip_shared_prefix, out))
-        typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators")}))
-
-    @pawn_app.command("features")
-    def features(data: list[str] = typer.Argument(..., help="Data sources or a prepared Parquet file."),
-                 model: str = MODEL, max_length: int = MAX_LENGTH, batch_size: int = BATCH,
-                 shard_size: int = typer.Option(256, help="Texts per Parquet shard (the unit of resumption)."),
-                 performer: Optional[str] = PERFORMER,
-                 cache_dir: Optional[str] = typer.Option(None, help="Explicit cache directory."),
-                 dtype: str = DTYPE, limit: int = LIMIT, text_field: str = TEXT_FIELD,
-                 label_field: str = LABEL_FIELD, invert_labels: bool = INVERT, drop_empty: bool = DROP_EMPTY) -> None:
-        """Build the feature cache (resumes after an interruption; corrupted shards are rebuilt)."""
-        from attnflow.cli import guarded, run_flow
-        from tasks.models import check_model
-        from tasks.pawn_data import read_sources
-        from tasks.pawn_plan import check_options
-
-        opts = _prep(0.15, 0.15, limit, text_field, label_field, invert_labels, drop_empty, False)
-        guarded(lambda: (check_options(max_length, batch_size, opts, True), check_model(model),
-                         check_model(performer) if performer else None, _check_data(data, opts, read_sources)))
-        from flows.pawn import pawn_features
-
-        out = run_flow(pawn_features, data=data, model=model, max_length=max_length, batch_size=batch_size,
-                       shard_size=shard_size, performer=performer, cache_dir=cache_dir, prep=opts, dtype=dtype)
-        typer.echo(json.dumps({k: out[k] for k in ("dir", "key", "n_rows", "n_tokens", "bytes", "n_truncated",
-                                                   "computed_shards", "rebuilt_shards")}))
-
-    def _train(flow_name: str, train: list[str], test: list[str], model: str, detectors: list[str],
-               max_length: int, batch_size: int, performer: Optional[str], experiment: str, dtype: str,
-               opts: Any, **extra: Any) -> dict[str, Any]:
-        from attnflow.cli import guarded, print_table, run_flow, split_list
-        from flows import pawn as flows_pawn
-        from tasks.pawn_data import read_sources
-        from tasks.pawn_plan import plan_pawn
-
-        dets = split_list(detectors) or flows_pawn.DEFAULT_DETECTORS
-        guarded(lambda: (plan_pawn.fn(model, dets, train, test, opts, max_length, batch_size, performer),
-                         _check_data(train + test, opts, read_sources)))
-        out = run_flow(getattr(flows_pawn, flow_name), train=train, test=test, model=model, detectors=dets,
-                       prep=opts, max_length=max_length, batch_size=batch_size, performer=performer,
-                       experiment=experiment, dtype=dtype, **extra)
-        print_table(out["table"])
-        typer.echo(f"MLflow run: {out['run_id']} (experiment '{experiment}')")
-        return out
-
-    @pawn_app.command("train")
-    def train(train: list[str] = TRAIN, test: list[str] = TEST, model: str = MODEL, detectors: list[str] = DETECTORS,
-              max_length: int = MAX_LENGTH, batch_size: int = BATCH, performer: Optional[str] = PERFORMER,
-              experiment: str = EXPERIMENT, dtype: str = DTYPE, valid_frac: float = VALID_FRAC,
-              test_frac: float = TEST_FRAC, limit: int = LIMIT, text_field: str = TEXT_FIELD,
-              label_field: str = LABEL_FIELD, invert_labels: bool = INVERT, drop_empty: bool = DROP_EMPTY,
-              strip_shared_prefix: bool = STRIP) -> None:
-        """Fit PAWN heads and baselines from one feature cache and compare them (runs the pawn-train flow)."""
-        opts = _prep(valid_frac, test_frac, limit, text_field, label_field, invert_labels, drop_empty,
-                     strip_shared_prefix)
-        _train("pawn_train", train, test, model, detectors, max_length, batch_size, performer, experiment, dtype,
-               opts)
-
-    @pawn_app.command("run")
-    def run(train: list[str] = TRAIN, test: list[str] = TEST, model: str = MODEL, detectors: list[str] = DETECTORS,
-            max_length: int = MAX_LENGTH, batch_size: int = BATCH, performer: Optional[str] = PERFORMER,
-            experiment: str = EXPERIMENT, dtype: str = DTYPE, valid_frac: float = VALID_FRAC,
-            test_frac: float = TEST_FRAC, limit: int = LIMIT, text_field: str = TEXT_FIELD,
-            label_field: str = LABEL_FIELD, invert_labels: bool = INVERT, drop_empty: bool = DROP_EMPTY,
-            strip_shared_prefix: bool = STRIP,
-            out: Optional[str] = typer.Option(None, help="Directory of the exported detector."),
-            register_model: bool = typer.Option(True, "--register/--no-register", help="Register in MLflow.")) -> None:
-        """End to end: train, evaluate, export the best PAWN head to ONNX, register it (runs the pawn flow)."""
-        opts = _prep(valid_frac, test_frac, limit, text_field, label_field, invert_labels, drop_empty,
-                     strip_shared_prefix)
-        res = _train("pawn", train, test, model, detectors, max_length, batch_size, performer, experiment, dtype,
-                     opts, register_model=register_model, out=out)
-        typer.echo(f"detector: {res['model_dir']}" + (f" (registered {res['registered']} version "
-                                                       f"{res['registered_version']}, alias champion)"
-                                                       if res["registered"] else ""))
-
-    @pawn_app.command("evaluate")
-    def evaluate(data: list[str] = typer.Argument(..., help="Labelled data sources (all used as test data)."),
-                 model: str = typer.Option(..., "--model", "-m", help="Registered name[@alias|/version] or a "
-                                           "detector directory."),
-                 batch_size: int = BATCH, experiment: str = typer.Option("pawn-evaluate", help="MLflow experiment."),
-                 dtype: str = DTYPE, limit: int = LIMIT, text_field: str = TEXT_FIELD,
-                 label_field: str = LABEL_FIELD, invert_labels: bool = INVERT, drop_empty: bool = DROP_EMPTY) -> None:
-        """Evaluate a trained PAWN detector on new labelled data (runs the pawn-evaluate flow)."""
-        from attnflow.cli import guarded, print_table, run_flow
-        from tasks.pawn_data import read_sources
-        from tasks.pawn_export import resolve_model
-
-        opts = _prep(0.0, 0.0, limit, text_field, label_field, invert_labels, drop_empty, False)
-        guarded(lambda: (resolve_model(model), _check_data(data, opts, read_sources)))
-        from flows.pawn import pawn_evaluate
-
-        out = run_flow(pawn_evaluate, detector=model, data=data, prep=opts, batch_size=batch_size,
-                       experiment=experiment, dtype=dtype)
-        print_table(out["table"])
+    lazy_flow_command("prep", "flows.pawn:pawn_prep", lambda: {
+        "arguments": ("sources",), "run": _run_prep, "show": _show_prep}, group="pawn")
+    lazy_flow_command("features", "flows.pawn:pawn_features", lambda: {
+        "arguments": ("data",), "prepare": _check_features, "show": _show_features}, group="pawn")
+    lazy_flow_command("train", "flows.pawn:pawn_train", lambda: {"prepare": _check_train, "show": _show_train},
+                      group="pawn")
+    lazy_flow_command("run", "flows.pawn:pawn", lambda: {"prepare": _check_train, "show": _show_run}, group="pawn")
+    lazy_flow_command("evaluate", "flows.pawn:pawn_evaluate", lambda: {
+        "arguments": ("data",), "prepare": _check_evaluate, "show": _show_evaluate}, group="pawn")
 
     @pawn_app.command("score")
     def score(files: list[str] = typer.Argument(..., help="txt (one text per paragraph), JSONL, CSV or Parquet "
@@ -211,7 +156,8 @@ def register(app: typer.Typer) -> None:
                                         "directory."),
               fmt: str = typer.Option("json", "--format", "-f", help="json or csv."),
               out: Optional[str] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
-              text_field: str = TEXT_FIELD, batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
+              text_field: str = typer.Option("text", help="Field holding the text."),
+              batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
         """Score texts with the exported ONNX graphs in ONNX Runtime: score (0..1), label (machine|human)."""
         from attnflow.cli import fail, guarded
         from tasks.pawn_export import OnnxScorer, resolve_model

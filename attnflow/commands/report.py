@@ -1,33 +1,32 @@
-"""`attnflow report`: the side-by-side comparison of an experiment's runs, logged to MLflow and printed."""
+"""`attnflow report`: the side-by-side comparison of an experiment's runs, logged to MLflow and printed (generated
+from the `report` flow)."""
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any
 
 import typer
 
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check(call: Call) -> None:
+    bad = [i for i in call.params["run_ids"] if not re.fullmatch(r"[0-9a-f]{32}", i)]
+    if bad:
+        raise ValueError(f"--run-ids: {', '.join(map(repr, bad))} is not an MLflow run id (32 hex characters)")
+
+
+def show(out: dict[str, Any], call: Call) -> None:
+    from attnflow.cli import fail
+    from attnflow.output import print_mlflow
+
+    p = call.params
+    if not out["n_runs"]:
+        fail(f"no finished evaluation runs in experiment {p['experiment']!r}"
+             + (f" for model {p['model']!r}" if p["model"] else "") + (" among the given runs" if p["run_ids"] else ""))
+    print_mlflow(p["experiment"], out["run_id"])  # the flow printed the report (its ± is a 95% CI, as it says)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("report")
-    def report(
-        experiment: str = typer.Option("compare", help="MLflow experiment to report on."),
-        run_ids: list[str] = typer.Option([], "--run-ids", help="Comma-separated run ids (a comparison's parent run "
-                                          "stands for its evaluation runs); default: every run of the experiment."),
-        model: Optional[str] = typer.Option(None, help="Only runs of this model (short name, e.g. demo-lm)."),
-        baseline: str = typer.Option("baseline", help="Component the deltas are computed against."),
-        log: bool = typer.Option(True, "--log/--no-log", help="Log the report to MLflow as a run."),
-    ) -> None:
-        """Components x tasks with 95% CIs across seeds and deltas vs baseline, per component version (MLflow)."""
-        from attnflow.cli import fail, run_flow, split_list
-
-        ids = split_list(run_ids)
-        bad = [i for i in ids if not re.fullmatch(r"[0-9a-f]{32}", i)]
-        if bad:
-            fail(f"--run-ids: {', '.join(map(repr, bad))} is not an MLflow run id (32 hex characters)")
-        from flows.report import report as flow
-
-        out = run_flow(flow, experiment=experiment, run_ids=ids, model=model, baseline=baseline, log=log)
-        if not out["n_runs"]:
-            fail(f"no finished evaluation runs in experiment {experiment!r}"
-                 + (f" for model {model!r}" if model else "") + (" among the given runs" if ids else ""))
+    lazy_flow_command("report", "flows.report:report", lambda: {"prepare": check, "show": show})

@@ -27,26 +27,15 @@ def discover_flows() -> dict[str, Any]:
     return found
 
 
+#: old flow names still accepted by ``attnflow run`` (deprecated)
+RENAMED = {"export": "export-onnx"}
+
+
 def _value(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    """A list of row dicts as a table (columns in first-seen order; floats to 4 significant digits)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    t = Table(show_lines=False)
-    for col in columns:
-        t.add_column(str(col))
-    for row in rows:
-        t.add_row(*("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                    for c in columns))
-    Console(width=200).print(t)
 
 
 def register(app: typer.Typer) -> None:
@@ -57,10 +46,13 @@ def register(app: typer.Typer) -> None:
                                         "when they can ('[0,1]', '3', 'true'), else as strings."),
     ) -> None:
         """Run any attnflow flow with parameters (the same flows the Prefect deployments run)."""
-        from attnflow.cli import fail, guarded, run_flow
+        from attnflow.cli import fail, guarded, run_flow, show_result
         from registry.specs import parse_kv
 
         flows_ = discover_flows()
+        if flow in RENAMED:
+            typer.secho(f"note: flow {flow!r} is now {RENAMED[flow]!r}; the old name will go", err=True)
+            flow = RENAMED[flow]
         if flow not in flows_:
             fail(f"unknown flow {flow!r}; flows: {', '.join(sorted(flows_))}")
         params = {k: _value(v) for k, v in guarded(lambda: parse_kv(param)).items()}
@@ -68,19 +60,28 @@ def register(app: typer.Typer) -> None:
         unknown = sorted(set(params) - valid)
         if unknown:
             fail(f"flow {flow!r} has no parameter(s) {', '.join(unknown)}; parameters: {', '.join(sorted(valid))}")
-        result = run_flow(flows_[flow], **params)
-        table = result.get("table") if isinstance(result, dict) else None
-        if isinstance(table, dict) and "columns" in table:  # a comparison table (compare, retrieval-heads)
-            from attnflow.cli import print_table
-
-            print_table(table)
-        elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
-            print_rows(table)  # the studies' row tables (sink-emergence, instability-proxies, arch-compare)
+        show_result(run_flow(flows_[flow], **params))
 
     @app.command("flows")
-    def list_flows() -> None:
-        """List the flows `attnflow run` can start, with their parameters."""
-        for name, f in sorted(discover_flows().items()):
-            params = ", ".join(f.parameters.properties)
-            typer.echo(f"{name:24s} {(f.description or '').splitlines()[0] if f.description else ''}")
-            typer.echo(f"{'':24s} parameters: {params}")
+    def list_flows(
+        name: str = typer.Argument("", help="Show this flow's parameters (type, default, description)."),
+    ) -> None:
+        """List the flows `attnflow run` can start (one line each), or one flow's parameters."""
+        from attnflow.cli import fail
+        from attnflow.flowcli import default_text, flow_options
+
+        found = discover_flows()
+        if not name:
+            for n, f in sorted(found.items()):
+                typer.echo(f"{n:24s} {(f.description or '').splitlines()[0] if f.description else ''}")
+            typer.echo("\n`attnflow flows <name>` lists a flow's parameters; `attnflow run <name> --param key=value`.")
+            return
+        if name not in found:
+            fail(f"unknown flow {name!r}; flows: {', '.join(sorted(found))}")
+        for o in flow_options(found[name]):
+            shown = default_text(o)
+            kind = "|".join(o.choices) if o.choices else o.kind
+            where = f"{o.parent}." if o.parent else ""
+            default = "(required)" if o.required else f"= {shown}" if shown else ""
+            typer.echo(f"{where + o.param:20s} {kind:6s} {default}")
+            typer.echo(f"{'':20s} {o.help}")

@@ -52,14 +52,15 @@ def _cli_env(home: Path) -> dict[str, str]:
 
 
 def _compare(home: Path, model: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "attnflow", "compare", "--model", str(model), "--components", ",".join(COMPONENTS),
+    cmd = [sys.executable, "-m", "attnflow", "--verbose", "compare", "--model", str(model), "--components", ",".join(COMPONENTS),
            "--tasks", TASK, "--experiment", EXPERIMENT]
     return subprocess.Popen(cmd, cwd=REPO, env=_cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
 def _evaluated(output: str) -> int:
-    """Evaluations actually executed in a run: tasks/evaluate.py prints '<component> on <task>: ... (N.Ns)'."""
+    """Evaluations actually executed in a run: tasks/evaluate.py prints '<component> on <task>: ... (N.Ns)' (on the
+    console with --verbose)."""
     return sum(1 for line in output.splitlines() if " on kv_retrieval" in line and "accuracy=" in line)
 
 

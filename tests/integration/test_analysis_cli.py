@@ -19,9 +19,9 @@ runner = CliRunner()
         (["analyze", "-a", "sink_metric", "-p", "eps=x"], "sink_metric.eps: 'x' is not a number"),
         (["analyze", "-a", "path_patching", "-p", "receivers=5:0"], "path_patching.receivers: 5:0 out of range"),
         (["analyze", "-a", "head_importance", "-p", "task=kv_retrieval(n_pairs=0)"], "n_pairs=0 is out of range"),
-        (["retrieval-heads", "--mask-mode", "half"], "'half' is not one of 'uniform', 'zero'"),
+        (["retrieval-heads", "--mask-mode", "half"], "--mask-mode 'half': input should be 'uniform' or 'zero'"),
         (["retrieval-heads", "--top-k", "5"], "top_k=5 leaves fewer than 5 other heads"),
-        (["retrieval-heads", "-d", "lengths=0"], "retrieval_score.lengths=0 is out of range"),
+        (["retrieval-heads", "--detect", "lengths=0"], "retrieval_score.lengths=0 is out of range"),
         (["retrieval-heads", "-t", "nope"], "unknown benchmark component 'nope'"),
     ],
 )

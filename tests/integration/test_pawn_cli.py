@@ -30,7 +30,7 @@ def files(tmp_path_factory):
     (["train", "--train", "{d}/ok.jsonl", "--max-length", "1"], "max_length=1 must be at least 2"),
     (["run", "--train", "{d}/ok.jsonl", "--test-frac", "0"], "no test data"),
     (["features", "{d}/ok.jsonl", "--model", "./missing/model"], "model path './missing/model' does not exist"),
-    (["evaluate", "{d}/ok.jsonl", "--model", "attnflow.pawn.nothing"], "neither a PAWN detector directory"),
+    (["evaluate", "{d}/ok.jsonl", "--detector", "attnflow.pawn.nothing"], "neither a PAWN detector directory"),
     (["score", "{d}/ok.jsonl", "--model", "{d}"], "is not a PAWN detector directory (no pawn.json)"),
     (["score", "{d}/ok.jsonl", "--model", "{d}", "--format", "xml"], "--format 'xml' must be json or csv"),
 ])

@@ -172,6 +172,10 @@ def test_failed_task_logs_lose_their_traceback_on_the_console_unless_debug(monke
     assert cli._NoTraceback().filter(loud) and loud.exc_info is exc_info
     console = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
     assert console
-    with cli._quiet_tracebacks():
+    from attnflow.output import console as flow_console
+
+    with flow_console("test", (cli._NoTraceback(),)) as log:  # what run_flow wraps a flow in
         assert all(any(isinstance(f, cli._NoTraceback) for f in h.filters) for h in console)
+        logging.getLogger("prefect.attnflow_test").info("into the log file")
     assert not any(isinstance(f, cli._NoTraceback) for h in console for f in h.filters)
+    assert "into the log file" in log.read_text()
