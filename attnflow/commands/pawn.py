@@ -211,7 +211,8 @@ def register(app: typer.Typer) -> None:
                                         "directory."),
               fmt: str = typer.Option("json", "--format", "-f", help="json or csv."),
               out: Optional[str] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
-              text_field: str = TEXT_FIELD, batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
+              text_field: str = TEXT_FIELD,
+              batch_size: int = typer.Option(16, help="Texts per ONNX Runtime batch.")) -> None:
         """Score texts with the exported ONNX graphs in ONNX Runtime: score (0..1), label (machine|human)."""
         from attnflow.cli import fail, guarded
         from tasks.pawn_export import OnnxScorer, resolve_model

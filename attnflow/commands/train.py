@@ -11,7 +11,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train-lm")
     def train_lm(
         preset: str = typer.Option("demo", help="Preset in registry/presets/lm (demo, tiny) or a YAML path."),
-        out: Optional[str] = typer.Option(None, help="Output model directory (default ATTNFLOW_HOME/models/<preset>-lm)."),
+        out: Optional[str] = typer.Option(
+            None, help="Output model directory (default ATTNFLOW_HOME/models/<preset>-lm)."),
         steps: Optional[int] = typer.Option(None, help="Override train.steps."),
         seed: Optional[int] = typer.Option(None, help="Override train.seed."),
         corpus: Optional[str] = typer.Option(None, help="Text corpus to mix in: file, hf:<id>, builtin:stories."),

@@ -41,7 +41,7 @@ def _submit(page, cfg, by_deployment: dict, before: set, screenshots) -> list[di
     page.on("response", lambda r: api_errors.append(f"{r.status} {r.request.method} {r.url}")
             if "/api/" in r.url and r.status >= 400 else None)
     page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-    clicks = 0
+    clicks, clicked_at = 0, 0.0
     new: list[dict] = []
     deadline = time.monotonic() + 120
     while not new and time.monotonic() < deadline:

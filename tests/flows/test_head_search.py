@@ -48,7 +48,8 @@ def test_act_search_cached_per_head_then_used_by_reference(tiny_llama_dir):
     assert all(s == ("Cached" if "heads=0:" in n or n.startswith("score baseline") else "Completed")
                for n, s in states.items()), states
     out = wider.result()
-    assert [r["gain"] for r in out["selection"]["gains"][:4]] == [r["gain"] for r in first.result()["selection"]["gains"]]
+    first_gains = [r["gain"] for r in first.result()["selection"]["gains"]]
+    assert [r["gain"] for r in out["selection"]["gains"][:4]] == first_gains
     assert len(out["heads"]) == 2  # min_gain=-1 admits every head; top_k keeps the best two
 
     # a later run takes the head set by reference
