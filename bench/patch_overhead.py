@@ -48,9 +48,11 @@ VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "act 2/8 heads": ("act(heads=*:1;*:5)", None),
     "act 2/8 heads tau=0.002": ("act(heads=*:1;*:5, tau=0.002)", None),
     "act 2/8 heads [materialised]": ("act(heads=*:1;*:5)", "materialize"),
-    # PASTA on every head: one span of ~100 tokens (sparse bias), and the same through the extra-channel form
+    # PASTA on every head: one span of ~100 tokens (a sparse bias, which the dispatcher puts in the extra-channel
+    # form, the cheaper one for a key set that large), the dense form, and the sparse bias corrected from the lse
     "pasta": ("pasta(alpha=0.5, spans=40:440)", None),
     "pasta [channels]": ("pasta(alpha=0.5, spans=40:440, sparse_max=0)", None),
+    "pasta [lse correction]": ("pasta(alpha=0.5, spans=40:440)", "lse"),
 }
 
 
