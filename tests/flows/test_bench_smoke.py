@@ -12,6 +12,6 @@ from tests.helpers.threads import one_thread  # noqa: F401
 
 
 @pytest.mark.parametrize("name", sorted(FLOW_BENCHES))
-def test_bench_smoke(name, monkeypatch, capsys):
-    out = run_smoke(name, monkeypatch, capsys)
+def test_bench_smoke(name, monkeypatch):
+    out = run_smoke(name, monkeypatch)
     assert re.search(SMOKE_LINES[name], out), out[-3000:]

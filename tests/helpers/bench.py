@@ -5,6 +5,8 @@ flows tier's Prefect test server. SMOKE_LINES: per script, a pattern its output 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import runpy
 import sys
 from pathlib import Path
@@ -27,10 +29,13 @@ SMOKE_LINES = {
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 
 
-def run_smoke(name: str, monkeypatch, capsys) -> str:
+def run_smoke(name: str, monkeypatch) -> str:
+    """What ``python bench/<name>.py --smoke`` prints. stdout goes to a buffer that stays open (not capsys, whose
+    stream closes after the test while Prefect's console log handler may still hold it)."""
     path = BENCH / f"{name}.py"
     monkeypatch.setattr(sys, "argv", [str(path), "--smoke"])
     monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts put the repository first
-    capsys.readouterr()
-    runpy.run_path(str(path), run_name="__main__")
-    return capsys.readouterr().out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(path), run_name="__main__")
+    return out.getvalue()

@@ -20,6 +20,6 @@ def test_every_bench_script_has_a_smoke_run():
 
 
 @pytest.mark.parametrize("name", sorted(set(SMOKE_LINES) - FLOW_BENCHES))
-def test_bench_smoke(name, monkeypatch, capsys):
-    out = run_smoke(name, monkeypatch, capsys)
+def test_bench_smoke(name, monkeypatch):
+    out = run_smoke(name, monkeypatch)
     assert re.search(SMOKE_LINES[name], out), out[-3000:]
