@@ -207,6 +207,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="pawn-bench-", dir=RESULTS))
         main_files = sorted((DATA / "exp_main").glob("*.json"))
         gpt_files = sorted((DATA / "exp_gpt3to4").glob("*.json"))
+    args.n_files = (len(main_files), len(gpt_files))
     data = {"main": prepared(main_files, args.pairs_main, work / "main.parquet", "auto"),
             "gpt": prepared(gpt_files, args.pairs_gpt, work / "gpt.parquet", "auto"),
             "main_test": prepared(main_files, args.pairs_main, work / "main_test.parquet", "test"),
@@ -239,8 +240,9 @@ def main() -> None:
 def render(rows: dict[str, Any], args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# PAWN benchmark ({platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
              f"{seconds / 60:.0f} min)", "",
-             f"Data: fast-detect-gpt, first {args.pairs_main} pairs per exp_main file (15 files) and "
-             f"{args.pairs_gpt} per exp_gpt3to4 file (9 files); texts cut to {args.max_length} tokens; shared "
+             f"Data: {'generated smoke pairs' if args.smoke else 'fast-detect-gpt'}, first {args.pairs_main} pairs "
+             f"per exp_main file ({args.n_files[0]} files) and {args.pairs_gpt} per exp_gpt3to4 file "
+             f"({args.n_files[1]} files); texts cut to {args.max_length} tokens; shared "
              "prompt kept; threshold and early stopping on a 15% validation split of the training side.", "",
              "| backbone | extract / bare forward | extraction tok/s | epoch from cache vs recompute | "
              "cache bytes/token |", "|---|---|---|---|---|"]
