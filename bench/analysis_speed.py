@@ -13,6 +13,7 @@ a machine shared with other jobs; every variant runs ``--rounds`` times interlea
 
     python bench/analysis_speed.py --model smollm2-135m            # default needle grid
     python bench/analysis_speed.py --model demo --lengths 20,40 --depths 0,1    # quick check
+    python bench/analysis_speed.py --smoke     # demo model, one 30-token needle, 4 new tokens (seconds)
 """
 
 from __future__ import annotations
@@ -120,7 +121,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--no-retrieval", action="store_true", help="only the evaluation part")
     ap.add_argument("--json", default="")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.lengths, args.depths, args.n_per_cell, args.max_new_tokens = "demo", "30", "0.5", "1", "4"
+        args.eval, args.batch_size, args.rounds = "needle(lengths=30, depths=0.5, n_per_cell=2, max_new_tokens=4)", 2, 1
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, dtype=args.dtype)
     grid = {"lengths": args.lengths, "depths": args.depths, "n_per_cell": args.n_per_cell,

@@ -6,6 +6,7 @@ runs forward + backward of sum(output); the time is the CPU time (``time.process
 length and the lightning / SDPA speed ratio.
 
     python bench/kernel_speed.py [--lengths 256,512,1024,2048,4096,8192] [--rounds 3] [--json out.json]
+    python bench/kernel_speed.py --smoke          # 512 tokens per batch, n = 64 and 128, one round (seconds)
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from components.kernels.lightning import alibi_slopes, lightning_tiled, linear_a
 TOKENS, HEADS, DIM = 8192, 4, 64
 
 
-def step(kind: str, n: int, block: int) -> float:
+def step(kind: str, n: int, block: int, tokens: int = TOKENS) -> float:
     """CPU seconds of one forward + backward at length n."""
     gen = torch.Generator().manual_seed(n)
-    q, k, v = (torch.randn(TOKENS // n, HEADS, n, DIM, generator=gen).mul_(0.1).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(tokens // n, HEADS, n, DIM, generator=gen).mul_(0.1).requires_grad_() for _ in range(3))
     slopes = torch.tensor(alibi_slopes(HEADS))
     t0 = time.process_time()
     if kind == "sdpa":
@@ -49,7 +50,12 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--naive-max", type=int, default=2048, help="longest length for the quadratic lightning form")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="tokens per batch")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.lengths, args.rounds, args.tokens, args.naive_max = "64,128", 1, 512, 128
     torch.set_num_threads(1)
     lengths = [int(x) for x in args.lengths.split(",")]
     kinds = ["sdpa", "lightning", "lightning-naive"]
@@ -59,15 +65,15 @@ def main() -> None:
             for kind in kinds:
                 if kind == "lightning-naive" and n > args.naive_max:
                     continue
-                t = step(kind, n, args.block)
+                t = step(kind, n, args.block, args.tokens)
                 best[(kind, n)] = min(best.get((kind, n), float("inf")), t)
-    print(f"torch {torch.__version__}, 1 thread, {TOKENS} tokens per batch, {HEADS} heads, d={DIM}, "
+    print(f"torch {torch.__version__}, 1 thread, {args.tokens} tokens per batch, {HEADS} heads, d={DIM}, "
           f"block {args.block}, fastest of {args.rounds} rounds (CPU time)")
     print(f"{'n':>6} {'sdpa tok/s':>12} {'lightning tok/s':>16} {'naive tok/s':>12} {'lightning/sdpa':>15}")
     rows = []
     for n in lengths:
-        sd, li = TOKENS / best[("sdpa", n)], TOKENS / best[("lightning", n)]
-        nv = TOKENS / best[("lightning-naive", n)] if ("lightning-naive", n) in best else None
+        sd, li = args.tokens / best[("sdpa", n)], args.tokens / best[("lightning", n)]
+        nv = args.tokens / best[("lightning-naive", n)] if ("lightning-naive", n) in best else None
         rows.append({"n": n, "sdpa_tok_s": sd, "lightning_tok_s": li, "naive_tok_s": nv, "ratio": li / sd})
         print(f"{n:>6} {sd:>12,.0f} {li:>16,.0f} {'-' if nv is None else f'{nv:,.0f}':>12} {li / sd:>14.2f}x")
     if args.json:

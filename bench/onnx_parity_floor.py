@@ -12,6 +12,7 @@ ratio is when everything is correct:
 
     python bench/onnx_parity_floor.py                             # tiny models only (about 2 minutes)
     python bench/onnx_parity_floor.py --model /path/to/stories260k
+    python bench/onnx_parity_floor.py --smoke                     # one tiny Llama, baseline, T = 16
 """
 
 from __future__ import annotations
@@ -74,7 +75,13 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--families", nargs="+", default=["llama", "qwen2", "mistral", "gpt2"])
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 6])
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    specs = SPECS
+    if args.smoke:
+        args.model, args.lengths, args.families, args.layers = None, [16], ["llama"], [2]
+        specs = {"baseline": None}
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="onnx-floor-"))
     rows = {}
@@ -83,12 +90,12 @@ def main() -> None:
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-            for name, spec in SPECS.items():
+            for name, spec in specs.items():
                 rows[f"{args.model.name} {name}"] = measure(f"{args.model.name} {name}", model, spec, root,
                                                             args.lengths)
         for family in args.families:
             for layers in args.layers:
-                for name, spec in SPECS.items():
+                for name, spec in specs.items():
                     if family == "gpt2" and spec is not None:
                         continue  # GPT-2's conv1d attention: the other families cover the patches
                     model = tiny_model(family, layers=layers)

@@ -15,6 +15,7 @@ over rounds and ratio = median over rounds of (variant / stock torch SDPA in the
 
     python bench/onnx_speed.py                        # T = 512, 2048, 3 rounds
     python bench/onnx_speed.py --lengths 512 --rounds 2 --json out.json
+    python bench/onnx_speed.py --smoke                # hidden-64 model, unpatched only, T = 32, 1 round
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ PATCHES: dict[str, str | None] = {
 GOALS = {512: 0.85, 2048: 0.95}
 
 
-def patch_list() -> dict[str, str | None]:
+def patch_list(smoke: bool = False) -> dict[str, str | None]:
     """The variants to time; a registered patch that cannot be exported is skipped with a line saying why."""
-    out = dict(PATCHES)
+    out = {"unpatched": None} if smoke else dict(PATCHES)  # smoke: one export (dynamo export takes the time)
     try:  # ACT (issue #4) when it is registered, with its example parameters
         info = registry.get("act", family="patch")
     except LookupError:
@@ -116,18 +117,23 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.lengths, args.rounds = [32], 1
     torch.set_num_threads(1)
-    model = build_model()
+    model = build_model(tiny=args.smoke)
+    vocab = int(model.config.vocab_size)
     root = Path(tempfile.mkdtemp(prefix="onnx-speed-"))
     try:
         variants: dict[str, object] = {}
-        for label, spec in patch_list().items():
+        for label, spec in patch_list(args.smoke).items():
             variants.update(variants_for(model, label, spec, export_variant(model, spec, root)))
         base = "unpatched | torch sdpa"
         results: dict[int, dict[str, dict[str, float]]] = {}
         for T in args.lengths:
-            ids = torch.randint(0, 4096, (1, T), generator=torch.Generator().manual_seed(T))
+            ids = torch.randint(0, vocab, (1, T), generator=torch.Generator().manual_seed(T))
             for fn in variants.values():  # warm-up
                 fn(ids)
             times: dict[str, list[float]] = {k: [] for k in variants}

@@ -10,6 +10,7 @@ same patch through the fallback path (eager softmax), to show what the fast path
 
     python bench/patch_overhead.py                      # T = 512, 1024, 2048, 5 rounds
     python bench/patch_overhead.py --lengths 512 --rounds 3 --json out.json
+    python bench/patch_overhead.py --smoke              # hidden-64 model, T = 64, 1 round (seconds)
 """
 
 from __future__ import annotations
@@ -48,35 +49,43 @@ VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "act 2/8 heads": ("act(heads=*:1;*:5)", None),
     "act 2/8 heads tau=0.002": ("act(heads=*:1;*:5, tau=0.002)", None),
     "act 2/8 heads [materialised]": ("act(heads=*:1;*:5)", "materialize"),
-    # PASTA on every head: one span of ~100 tokens (sparse bias), and the same through the extra-channel form
+    # PASTA on every head: one span of ~100 tokens (a sparse bias, which the dispatcher puts in the extra-channel
+    # form, the cheaper one for a key set that large), the dense form, and the sparse bias corrected from the lse
     "pasta": ("pasta(alpha=0.5, spans=40:440)", None),
     "pasta [channels]": ("pasta(alpha=0.5, spans=40:440, sparse_max=0)", None),
+    "pasta [lse correction]": ("pasta(alpha=0.5, spans=40:440)", "lse"),
 }
 
 
-def build_model() -> torch.nn.Module:
+VOCAB = 4096
+TINY_VOCAB = 512  # --smoke
+
+
+def build_model(tiny: bool = False) -> torch.nn.Module:
+    """The benchmark model; ``tiny``: hidden 64 (smoke runs; 4 layers x 8 heads either way, so the variants apply)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096)
+    size = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4) if tiny else \
+        dict(vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=4)
+    cfg = LlamaConfig(**size, num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096)
     return LlamaForCausalLM(cfg).eval()
 
 
-@functools.lru_cache(maxsize=1)
-def bench_tokenizer():
+@functools.lru_cache(maxsize=2)
+def bench_tokenizer(vocab_size: int = VOCAB):
     from components.benchmarks import _text
     from components.lm.tokenizer import train_tokenizer
 
-    return train_tokenizer(_text.stories(0, 1500), vocab_size=4096)
+    return train_tokenizer(_text.stories(0, 1500 if vocab_size >= VOCAB else 200), vocab_size=vocab_size)
 
 
-def build_text(length: int) -> tuple[str, object, torch.Tensor]:
+def build_text(length: int, vocab_size: int = VOCAB) -> tuple[str, object, torch.Tensor]:
     """A story text of exactly ``length`` tokens under a BPE tokenizer trained for the model's vocabulary (patches
     that read the prompt text, such as PASTA, get it through session.set_inputs)."""
     from components.benchmarks import _text
 
-    tok = bench_tokenizer()
+    tok = bench_tokenizer(vocab_size)
     text = " ".join(_text.stories(1, 4000))
     enc = tok(text, return_offsets_mapping=True)
     for cut in range(length, length - 20, -1):  # a cut that re-tokenizes to the same tokens
@@ -116,16 +125,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.lengths, args.rounds = [64], 1
+    vocab = TINY_VOCAB if args.smoke else VOCAB
     torch.set_num_threads(1)
-    model = build_model()
+    model = build_model(tiny=args.smoke)
     variants = {k: v for k, v in VARIANTS.items() if args.only is None or k in args.only or k == "sdpa (stock)"}
     results: dict[int, dict[str, float]] = {}
     ratios: dict[int, dict[str, float]] = {}
     for T in args.lengths:
-        text, tok, ids = build_text(T)
+        text, tok, ids = build_text(T, vocab)
         inputs = {"texts": [text], "tokenizer": tok}
-        warm_text, _, warm_ids = build_text(64)
+        warm_text, _, warm_ids = build_text(64, vocab)
         for spec, force in variants.values():  # warm-up
             time_variant(model, warm_ids, spec, force, {"texts": [warm_text], "tokenizer": tok})
         times: dict[str, list[float]] = {k: [] for k in variants}

@@ -20,6 +20,8 @@ Measured (1 thread, ``time.process_time``, interleaved rounds, minimum over roun
 
     python bench/pawn.py                                   # everything (~20-30 min on 2 busy cores)
     python bench/pawn.py --backbones stories260k --pairs-main 20 --pairs-gpt 30
+    python bench/pawn.py --smoke      # demo model, generated pairs (built-in stories vs the same words shuffled),
+                                      # 32 tokens, PAWN for 2 epochs and one baseline; report in a temp directory
 """
 
 from __future__ import annotations
@@ -152,6 +154,30 @@ def backbones(names: list[str]) -> list[LoadedModel]:
     return out
 
 
+def smoke_sources(work: Path, pairs: int = 8) -> tuple[list[Path], list[Path]]:
+    """Fast-DetectGPT-shaped files generated on the spot for ``--smoke`` (two per side): human = built-in template
+    stories, machine = the same words shuffled (a synthetic, detectable machine side). Nothing is read from
+    ../shared."""
+    import json
+    import random
+
+    from components.benchmarks import _text
+
+    sides = []
+    for side, offset in (("exp_main", 0), ("exp_gpt3to4", 100)):
+        files = []
+        for f in range(2):
+            human = [" ".join(_text.stories(offset + f * pairs + i, 1)[0].split()[:24]) for i in range(pairs)]
+            rng = random.Random(offset + f)
+            machine = [" ".join(rng.sample(t.split(), len(t.split()))) for t in human]
+            path = work / side / f"smoke{f}.raw_data.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"original": human, "sampled": machine}))
+            files.append(path)
+        sides.append(files)
+    return sides[0], sides[1]
+
+
 def fmt(x: float, nd: int = 3) -> str:
     return "-" if x != x else f"{x:.{nd}f}"
 
@@ -166,10 +192,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-gpt2-shape", action="store_true", help="skip the 124M timing-only backbone")
     ap.add_argument("--out", default=str(RESULTS / "pawn.md"))
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="pawn-bench-", dir=RESULTS))
-    main_files, gpt_files = sorted((DATA / "exp_main").glob("*.json")), sorted((DATA / "exp_gpt3to4").glob("*.json"))
+    detectors = [PAWN_DEFAULT, PAWN_SMALL_DATA] + BASELINES
+    if args.smoke:
+        work = Path(tempfile.mkdtemp(prefix="pawn-smoke-"))
+        args.backbones, args.pairs_main, args.pairs_gpt, args.max_length = "demo", 8, 8, 32
+        args.speed_texts, args.rounds, args.no_gpt2_shape, args.out = 30, 1, True, str(work / "pawn.md")
+        detectors = ["pawn(batch_size=8, epochs=2, patience=1)", "log_likelihood"]
+        main_files, gpt_files = smoke_sources(work)
+    else:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="pawn-bench-", dir=RESULTS))
+        main_files = sorted((DATA / "exp_main").glob("*.json"))
+        gpt_files = sorted((DATA / "exp_gpt3to4").glob("*.json"))
+    args.n_files = (len(main_files), len(gpt_files))
     data = {"main": prepared(main_files, args.pairs_main, work / "main.parquet", "auto"),
             "gpt": prepared(gpt_files, args.pairs_gpt, work / "gpt.parquet", "auto"),
             "main_test": prepared(main_files, args.pairs_main, work / "main_test.parquet", "test"),
@@ -178,7 +216,6 @@ def main() -> None:
     speed_texts = [r["text"] for r in read_prepared(data["speed"])]
     loaded = backbones([b.strip() for b in args.backbones.split(",") if b.strip()])
     rows: dict[str, Any] = {}
-    detectors = [PAWN_DEFAULT, PAWN_SMALL_DATA] + BASELINES
     started = time.time()
     for lm in loaded:
         print(f"\n== {lm.name}: extraction vs bare forward on {len(speed_texts)} texts")
@@ -203,15 +240,17 @@ def main() -> None:
 def render(rows: dict[str, Any], args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# PAWN benchmark ({platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
              f"{seconds / 60:.0f} min)", "",
-             f"Data: fast-detect-gpt, first {args.pairs_main} pairs per exp_main file (15 files) and "
-             f"{args.pairs_gpt} per exp_gpt3to4 file (9 files); texts cut to {args.max_length} tokens; shared "
+             f"Data: {'generated smoke pairs' if args.smoke else 'fast-detect-gpt'}, first {args.pairs_main} pairs "
+             f"per exp_main file ({args.n_files[0]} files) and {args.pairs_gpt} per exp_gpt3to4 file "
+             f"({args.n_files[1]} files); texts cut to {args.max_length} tokens; shared "
              "prompt kept; threshold and early stopping on a 15% validation split of the training side.", "",
              "| backbone | extract / bare forward | extraction tok/s | epoch from cache vs recompute | "
              "cache bytes/token |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         b = r.get("main->gpt", {}).get("_cache", {}).get("bytes_per_token", r["cache"]["bytes_per_token"])
         lines.append(f"| {name} | x{r['speed']['ratio']:.2f} | {r['speed']['tok_per_s']:,.0f} | "
-                     f"x{r['cache']['speedup']:.1f} (load {r['cache']['load_s']:.2f}s + epoch {r['cache']['epoch_s']:.2f}s"
+                     f"x{r['cache']['speedup']:.1f} (load {r['cache']['load_s']:.2f}s"
+                     f" + epoch {r['cache']['epoch_s']:.2f}s"
                      f" vs extract {r['cache']['extract_s']:.2f}s, {r['cache']['texts']} texts) | {b:.0f} |")
     lines += ["", "| backbone | detector | main->gpt3to4 AUROC | macro-F1 | macro-recall | R@1%FPR | R@5%FPR | "
               "gpt3to4->main AUROC | macro-F1 | macro-recall | R@1%FPR | R@5%FPR |", "|---" * 12 + "|"]

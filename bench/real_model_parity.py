@@ -10,6 +10,7 @@ vocabulary), of the decode-step logits, and whether the greedy next tokens agree
 directories (docs/real-models.md).
 
     python bench/real_model_parity.py --model /path/to/smollm2-135m --model /path/to/gemma3-270m
+    python bench/real_model_parity.py --smoke     # the demo model in assets/, 48 tokens, 1 decode step, 2 patches
 """
 
 from __future__ import annotations
@@ -128,12 +129,21 @@ def show(r: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", required=True, help="a model directory (repeatable)")
+    ap.add_argument("--model", action="append", help="a model directory (repeatable; required without --smoke)")
     ap.add_argument("--tokens", type=int, default=640)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--patches", default=";".join(PATCHES), help="';'-separated patch specs")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        from components.modeling import resolve
+
+        args.model, args.tokens, args.steps = [resolve("demo").location], 48, 1
+        args.patches = "zerotuning(gamma=2);pasta(alpha=0.5, spans=-100:)"
+    elif not args.model:
+        ap.error("--model is required (a model directory; repeatable)")
     torch.manual_seed(0)
     rows = []
     for path in args.model:

@@ -8,6 +8,7 @@ with the shared data: corpus = ../shared/data/corpus/sotu.txt (perplexity, sink 
 
     python bench/reproduce.py --models smollm2-135m,gemma3-270m --seeds 0,1,2
     python bench/reproduce.py --models smollm2-135m --claims sinks --json out.json
+    python bench/reproduce.py --smoke      # the sinks claim on the demo model (its own control), 4 samples
 """
 
 from __future__ import annotations
@@ -53,7 +54,15 @@ def main() -> None:
     ap.add_argument("--experiment", default="bench-reproduce")
     ap.add_argument("--option", action="append", default=[], help="claim option claim.key=value (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="write every ClaimResult here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        from components.modeling import resolve
+
+        demo = resolve("demo").location
+        args.models, args.claims, args.experiment = demo, "sinks", "bench-reproduce-smoke"
+        args.option = [*args.option, "sinks.n_samples=4", f"sinks.control_model={demo}"]
     import torch
 
     torch.set_num_threads(args.threads)
@@ -67,6 +76,8 @@ def main() -> None:
         if found:
             data[key] = str(found[0])
     options = {"sinks": {"control_model": str(data_dir / "models" / "stories260k")}}
+    if args.smoke:  # built-in text only
+        data, options = {}, {}
     for item in args.option:  # claim.key=value; numbers as numbers
         key, value = item.split("=", 1)
         claim, name = key.split(".", 1)

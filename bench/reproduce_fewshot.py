@@ -6,6 +6,8 @@ table row per claim; ``--json`` keeps every figure. Criteria and sizes: docs/rep
 
     ATTNFLOW_HOME=... python bench/reproduce_fewshot.py --model smollm2-135m --seeds 0,1,2
     python bench/reproduce_fewshot.py --model demo --claims pasta --seeds 0,1
+    python bench/reproduce_fewshot.py --smoke     # the pasta claim (built-in prompts) on the demo model, 1 per
+                                                  # instruction, 4 new tokens; the other claims need ../shared data
 """
 
 from __future__ import annotations
@@ -73,7 +75,11 @@ def main() -> None:
     ap.add_argument("--incremental", action="store_true",
                     help="run each classification claim on the first 1, 2, ... datasets (cached evaluations make "
                          "the re-runs cheap), printing and saving each, so a stopped run still leaves results")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.claims, args.seeds, args.datasets = "demo", "pasta", "0,1", ""
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     import torch
 
@@ -81,7 +87,7 @@ def main() -> None:
     from infra.settings import settings
     from tasks.claims_fewshot import CLAIMS
 
-    data = convert(args.shared, settings().cache_dir / "claims-shared-data", args.max_words)
+    data = {} if args.smoke else convert(args.shared, settings().cache_dir / "claims-shared-data", args.max_words)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     keys = args.datasets.split(",")
@@ -89,6 +95,8 @@ def main() -> None:
             for i in (range(1, len(keys) + 1) if args.incremental and name != "pasta" else [len(keys)])]
     for name, use in runs:
         opts = {} if name == "pasta" else {**json.loads(args.options), "datasets": use}
+        if args.smoke:
+            opts = {"per_instruction": 1, "max_new_tokens": 4}
         r = CLAIMS[name].run(args.model, seeds=seeds, data=data, dtype=args.dtype, progress=False, **opts)
         r["datasets"] = use if name != "pasta" else []
         results.append(r)

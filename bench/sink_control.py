@@ -7,6 +7,7 @@ position 0 at 256 tokens), so it checks that the metric does not invent sinks; t
 
     python bench/sink_control.py                                   # demo (if present) + stories260k, T = 64 and 256
     python bench/sink_control.py --models demo --lengths 64 --json out.json
+    python bench/sink_control.py --smoke          # demo model, generated stories only, T = 32, 4 samples
 
 Reads ../shared (ATTNFLOW_SHARED); the product never does.
 """
@@ -69,7 +70,11 @@ def main() -> None:
     ap.add_argument("--lengths", default="64,256")
     ap.add_argument("--n-samples", type=int, default=100)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.models, args.lengths, args.n_samples = "demo", "32", 4
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="sink-control-"))
     out = []
@@ -82,7 +87,8 @@ def main() -> None:
             continue
         for t in (int(x) for x in args.lengths.split(",")):
             sources = ["builtin:stories"]  # generated stories: the demo model's own training text
-            if TINYSTORIES.is_file():  # real text: TinyStories validation, paragraphs merged to > T words
+            # real text: TinyStories validation, paragraphs merged to > T words (not in smoke runs: ../shared)
+            if TINYSTORIES.is_file() and not args.smoke:
                 sources.append(long_paragraphs(TINYSTORIES, t + 16, tmp))
             for source in sources:
                 r = profile(ref, source, t, args.n_samples)

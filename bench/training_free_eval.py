@@ -12,6 +12,7 @@ ATTNFLOW_HOME (experiments ``bench-head-search`` and ``bench-training-free``). P
 
     python bench/training_free_eval.py --model demo
     python bench/training_free_eval.py --model shared:stories260k --seeds 0,1,2 --json out.json
+    python bench/training_free_eval.py --smoke    # demo model, kv_retrieval with 6 rows, heads of layer 3
 """
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ def resolve_model(ref: str) -> str:
     return ref
 
 
-def run_task(model: str, name: str, seeds: list[int], workers: int) -> dict:
+def run_task(model: str, name: str, seeds: list[int], workers: int, smoke: bool = False) -> dict:
     from flows.compare import compare
     from flows.head_search import head_search
 
     spec, calib, pasta = TASKS[name]
-    act = head_search(model=model, method="act", task=calib, workers=workers, experiment="bench-head-search")
-    zt = {obj: head_search(model=model, method="zerotuning", task=calib, objective=obj,
-                           grid={"gamma": [1.5, 2.0, 4.0]}, workers=workers, experiment="bench-head-search")
+    layers = "all"
+    if smoke:  # a few rows, the heads of the demo model's last layer, one gamma
+        spec, calib, layers = f"{name}(n_examples=6)", f"{name}(n_examples=6)", "3:*"
+    gammas = [1.5] if smoke else [1.5, 2.0, 4.0]
+    act = head_search(model=model, method="act", task=calib, layers=layers, workers=workers,
+                      experiment="bench-head-search")
+    zt = {obj: head_search(model=model, method="zerotuning", task=calib, objective=obj, grid={"gamma": gammas},
+                           layers=layers, workers=workers, experiment="bench-head-search")
           for obj in ("accuracy", "entropy")}
     components = ["baseline", f"act(heads={act['ref']})", "act", "zerotuning(gamma=2)", pasta,
                   "soft_injection(n_shots=4)"]
@@ -73,7 +79,11 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes, seconds, no ../shared and no downloads: checks the script runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.seeds, args.tasks = "demo", "0", "kv_retrieval"
     import torch
 
     torch.set_num_threads(1)
@@ -83,7 +93,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {}
     for name in args.tasks.split(","):
-        results[name] = run_task(model, name, seeds, args.workers)
+        results[name] = run_task(model, name, seeds, args.workers, smoke=args.smoke)
         r = results[name]
         zt = "; ".join(f"{obj}: {z['group']}-effective {z['heads']}, gamma {z['gamma']} (grid {z['grid']})"
                        for obj, z in r["zt"].items())

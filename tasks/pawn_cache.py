@@ -65,8 +65,9 @@ def identity(loaded: LoadedModel, data_fp: str, max_length: int, performer: Load
 
 
 def cache_key(ident: dict) -> str:
-    parts = [ident["backbone"]["fingerprint"], ident["backbone"]["dtype"], (ident["performer"] or {}).get("fingerprint"),
-             ident["dataset"]["fingerprint"], ident["extractor"]["version"], ident["extractor"]["max_length"]]
+    parts = [ident["backbone"]["fingerprint"], ident["backbone"]["dtype"],
+             (ident["performer"] or {}).get("fingerprint"), ident["dataset"]["fingerprint"],
+             ident["extractor"]["version"], ident["extractor"]["max_length"]]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -183,8 +184,8 @@ def build(loaded: LoadedModel, data_path: str, *, max_length: int = 512, batch_s
     seconds = time.perf_counter() - start
     if todo:
         print(f"feature cache {key}: computed {len(todo)} shard(s), {done_tokens:,} tokens in {seconds:.1f}s "
-              f"({done_tokens / max(seconds, 1e-9):,.0f} tok/s); {manifest['bytes'] / max(manifest['n_tokens'], 1):.0f} "
-              f"bytes/token")
+              f"({done_tokens / max(seconds, 1e-9):,.0f} tok/s); "
+              f"{manifest['bytes'] / max(manifest['n_tokens'], 1):.0f} bytes/token")
     else:
         print(f"feature cache {key}: all {manifest['n_shards']} shard(s) reused from {out}")
     return {**manifest, "dir": str(out), "computed_shards": todo, "rebuilt_shards": corrupt}

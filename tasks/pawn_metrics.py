@@ -49,8 +49,10 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
     both = len(set(labels.tolist())) == 2
     out = {
         "auroc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "macro_f1": float(f1_score(labels, pred, average="macro", labels=[0, 1], zero_division=0)) if both else float("nan"),
-        "macro_recall": float(recall_score(labels, pred, average="macro", labels=[0, 1], zero_division=0)) if both else float("nan"),
+        "macro_f1": float(f1_score(labels, pred, average="macro", labels=[0, 1], zero_division=0))
+        if both else float("nan"),
+        "macro_recall": float(recall_score(labels, pred, average="macro", labels=[0, 1], zero_division=0))
+        if both else float("nan"),
         "recall_machine": float(pred[labels == 1].mean()) if (labels == 1).any() else float("nan"),
         "recall_human": float(1 - pred[labels == 0].mean()) if (labels == 0).any() else float("nan"),
         "recall_at_1fpr": recall_at_fpr(scores, labels, 0.01),

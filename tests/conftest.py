@@ -1,7 +1,12 @@
 """Test-wide setup: a throw-away ATTNFLOW_HOME (MLflow SQLite store, Prefect home, caches) per test session.
 
-Tiers: tests/unit (no models), tests/integration (tiny models built from configs), tests/flows (real Prefect
-test server + real MLflow store). Nothing downloads anything.
+Tiers, one directory each, and every test carries its tier's marker (``pytest -m "not e2e"``): tests/unit (no
+models), tests/integration (tiny models built from configs), tests/flows (real Prefect test server + real MLflow
+store), tests/db (a PostgreSQL server), tests/e2e (the local stack in headless Chromium), tests/real (a pulled
+model). Only tests/real downloads anything.
+
+Under pytest-xdist with ``--dist loadfile`` (``make test``) each test file runs whole on one worker, and the e2e
+tier as a whole on one worker (``pytest_xdist_make_scheduler`` below), so its stack starts once per session.
 """
 
 from __future__ import annotations
@@ -55,3 +60,46 @@ def _mlflow_tracking_uri_isolated():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+TIERS = ("unit", "integration", "flows", "db", "e2e", "real")
+#: tiers whose files share one xdist worker (their package-scoped fixtures start once per session)
+ONE_WORKER_TIERS = ("e2e",)
+
+
+def xdist_scope_of(nodeid: str) -> str:
+    """The unit of work a test belongs to under ``--dist loadfile``: its tier directory for one-worker tiers
+    (``tests/e2e``), else its file (xdist's own loadfile scope)."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in ONE_WORKER_TIERS:
+        return "/".join(parts[:2])
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the one-worker tiers kept whole. (``xdist_group`` + ``--dist loadgroup`` would do
+    this, but pytest-xdist 3.8 tags node ids through ``item._nodeid``, which pytest 9 no longer reads, so the groups
+    are silently ignored there.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class TierScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope_of(nodeid)
+
+    return TierScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries its tier's marker: the directory under tests/ it is in."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = Path(item.path).resolve().relative_to(root).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(tier)

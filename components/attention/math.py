@@ -107,6 +107,21 @@ def lse_correctable(bias: KeyBias) -> bool:
     return bias.index is not None and float(bias.coef.min()) >= LSE_MIN_BIAS * (1 + 1e-6)
 
 
+# Cost of the two exact forms of a sparse bias with K keys (padded width of ``index``) over S keys, per head and
+# query row: the correction builds (T, K) logits, probabilities and weights in float32 and a (T, K) x (K, D)
+# product, so it grows with K; the channel form copies q, k, v with one more head-dim channel and runs the kernel
+# at head dim D + 1, so it grows with S. Measured on one attention call (1 thread, 8 heads, head dim 64, causal):
+# at S = 2048 the correction costs 3.0 ms at K = 1 and 11.5 ms at K = 64, the channel 9-12 ms; at S = 512
+# 1.6-5.9 ms (K = 1-64) against 1.2-2.2 ms. The correction is kept while K <= S / LSE_KEYS_PER_CHANNEL (ZeroTuning's
+# one key from S = 64 on); larger sets (PASTA's spans) take the channel form, also in decode steps.
+LSE_KEYS_PER_CHANNEL = 64
+
+
+def lse_cheaper(bias: KeyBias, kv_len: int) -> bool:
+    """Is correcting this sparse bias after the kernel cheaper than one extra channel? (see LSE_KEYS_PER_CHANNEL)"""
+    return bias.index is not None and bias.index.shape[1] * LSE_KEYS_PER_CHANNEL <= kv_len
+
+
 def correct_sparse_biases(
     out: torch.Tensor,
     lse: torch.Tensor,

@@ -8,14 +8,17 @@ Nested scopes compose: inner patches run after outer ones.
 Routing per attention call, fastest first:
 
 1. fast path: fused SDPA with ``is_causal`` kept; query scales; dense key biases as extra channels; sparse key
-   biases >= -log 2 corrected exactly from the kernel's log-sum-exp (more negative ones as extra channels, which stay
-   at float32's noise floor, see ``math.LSE_MIN_BIAS``); probability edits that implement ``post_attention``
-   (e.g. ACT, computing its statistics only for its heads); head-output edits.
+   biases >= -log 2 on at most 1/64 of the keys corrected exactly from the kernel's log-sum-exp (more negative ones
+   as extra channels, which stay at float32's noise floor, see ``math.LSE_MIN_BIAS``; larger key sets as extra
+   channels too, which cost less then, see ``math.LSE_KEYS_PER_CHANNEL``); probability edits that implement
+   ``post_attention`` (e.g. ACT, computing its statistics only for its heads); head-output edits.
 2. materialised path (the fallback): when attention weights are requested (``output_attentions=True``), for
    ``softcap`` models, when a patch edits probabilities without a fast form, when two probability editors share a
    layer, or when forced (``force="materialize"``). Returns the probabilities.
 
 ``force="channels"`` keeps every key bias in the extra-channel form (the form used under torch.export);
+``force="lse"`` corrects every sparse bias >= -log 2 from the log-sum-exp, however many keys it has (tests and
+benchmarks of that form);
 ``force="bias"`` folds key biases into an additive float mask instead (slower in PyTorch, but ONNX Runtime fuses it
 into ``GroupQueryAttention``, see docs/onnx.md).
 """
@@ -39,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from components.patches.base import AttentionPatch
 
 IMPLEMENTATION = "attnflow"
-Force = Literal["channels", "bias", "materialize"] | None
+Force = Literal["lse", "channels", "bias", "materialize"] | None
 
 
 class UnsupportedModelError(TypeError):
@@ -223,8 +226,10 @@ def attnflow_attention(
 def _fast(query, key, value, call: CallInfo, biases: list[KeyBias], prob_editors, force: Force) -> torch.Tensor:
     """Fused SDPA plus exact corrections."""
     use_lse = am.lse_available(query) and force not in ("channels", "bias")
-    # sparse biases below -log 2 take the channel form: see am.LSE_MIN_BIAS (precision)
-    sparse = [b for b in biases if am.lse_correctable(b)] if use_lse else []
+    # sparse biases below -log 2 take the channel form: see am.LSE_MIN_BIAS (precision); so do large key sets, for
+    # which the channel is the cheaper exact form (am.LSE_KEYS_PER_CHANNEL), unless force="lse"
+    sparse = [b for b in biases if am.lse_correctable(b) and (force == "lse" or am.lse_cheaper(b, call.kv_len))] \
+        if use_lse else []
     dense = [b for b in biases if b not in sparse]
     d = value.shape[-1]
     q, k, v, mask, is_causal = query, key, value, call.mask, call.is_causal

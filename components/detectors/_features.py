@@ -18,7 +18,8 @@ The vocabulary can be large (128k for Llama 3), so nothing of size (T, V) is eve
 backbone's body runs once per batch, then the output projection runs over chunks of up to 1024 positions (about
 8 x ``chunk_elements`` logits) and the metrics over pieces of about ``chunk_elements`` logits, in float32. Texts
 always start with a BOS token (the tokenizer's, else its EOS, as is usual for GPT-2), so the first real token is
-scored too; texts longer than ``max_length`` tokens are truncated and flagged. ``EXTRACTOR_VERSION`` is part of every feature-cache key: bump it whenever the numbers change.
+scored too; texts longer than ``max_length`` tokens are truncated and flagged. ``EXTRACTOR_VERSION`` is part of
+every feature-cache key: bump it whenever the numbers change.
 """
 
 from __future__ import annotations

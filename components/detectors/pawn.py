@@ -222,7 +222,8 @@ class PAWN(Detector):
         head = self.build(train.hidden_size)
         opt = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         total = self.epochs * math.ceil(len(train) / self.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
         history: list[dict] = []
         best_key, best_state, stale = None, None, 0
         for epoch in range(1, self.epochs + 1):

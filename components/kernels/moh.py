@@ -4,7 +4,8 @@ Softmax attention per head, then a per-token weighted sum of head outputs instea
 
     O = sum_i g_i H^i W_O^i
     shared heads (h_s, always on):  g_s = alpha_1 * h_s * softmax(W_s x)
-    routed heads (h - h_s):         p = softmax(W_r x); keep the top-k, renormalise over them, times k; g_r = alpha_2 * that
+    routed heads (h - h_s):         p = softmax(W_r x); keep the top-k, renormalise over them, times k;
+                                    g_r = alpha_2 * that
     [alpha_1, alpha_2] = 2 * softmax(W_h x)
     load balance:  L_b = E^2 * mean_i(P_i f_i) over the E = h - h_s routed heads (P_i = mean gate probability,
                    f_i = share of tokens routed to head i), averaged over layers, weight beta = 0.01

@@ -1,12 +1,12 @@
 """Train a small byte-level BPE tokenizer with the Hugging Face ``tokenizers`` library and save it as a fast
 tokenizer, so the model directory loads with ``AutoTokenizer.from_pretrained``.
 
-Digits are split one per token by default (``number_tokens`` 0 or 1). With ``number_tokens=n`` every digit string of 1..n digits (leading
-zeros included) is one token, and longer numbers are split left to right into chunks of n digits, as the
-``\\d{1,3}`` pre-tokenization of GPT-4's cl100k and Llama 3 does for n=3: a 3-digit value or a 5-digit pass key is
-then one or two tokens to retrieve instead of three or five. (Implemented as added tokens, which the tokenizer
-matches longest-first before the BPE model sees the text.) A ``<s>`` BOS token is prepended to every encoded text
-(a fixed first token, where attention sinks usually form).
+Digits are split one per token by default (``number_tokens`` 0 or 1). With ``number_tokens=n`` every digit string
+of 1..n digits (leading zeros included) is one token, and longer numbers are split left to right into chunks of n
+digits, as the ``\\d{1,3}`` pre-tokenization of GPT-4's cl100k and Llama 3 does for n=3: a 3-digit value or a
+5-digit pass key is then one or two tokens to retrieve instead of three or five. (Implemented as added tokens, which the
+tokenizer matches longest-first before the BPE model sees the text.) A ``<s>`` BOS token is prepended to every
+encoded text (a fixed first token, where attention sinks usually form).
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ as BOS never do). The prompt texts come from the scoring code (``session.set_inp
 Fast path: a key bias on the fused kernel. Since adding a constant to every visible logit changes nothing, the
 bias is applied to whichever set is smaller: +log(alpha) on O, or -log(alpha) on the other real keys (spans and
 generated tokens). Up to ``sparse_max`` keys it is a sparse bias; above that, one extra head-dim channel (dense
-form). How a sparse bias is applied depends on its sign (``LSE_MIN_BIAS`` in ``components/attention/math.py``):
+form). The dispatcher applies a sparse bias on more than 1/64 of the keys as the same extra channel, the cheaper
+exact form then (``LSE_KEYS_PER_CHANNEL`` in ``components/attention/math.py``); so a span of 100 tokens in a
+2048-token prompt takes the channel form. Otherwise a sparse bias depends on its sign (``LSE_MIN_BIAS``):
 
 - bias >= -log 2 (+log(alpha) with alpha >= 1/2 on O, or -log(alpha) with alpha <= 2 on the other keys): corrected
   after the fused kernel from its float32 log-sum-exp, exact in real arithmetic:

@@ -52,8 +52,8 @@ def _cli_env(home: Path) -> dict[str, str]:
 
 
 def _compare(home: Path, model: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "attnflow", "--verbose", "compare", "--model", str(model), "--components", ",".join(COMPONENTS),
-           "--tasks", TASK, "--experiment", EXPERIMENT]
+    cmd = [sys.executable, "-m", "attnflow", "--verbose", "compare", "--model", str(model),
+           "--components", ",".join(COMPONENTS), "--tasks", TASK, "--experiment", EXPERIMENT]
     return subprocess.Popen(cmd, cwd=REPO, env=_cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

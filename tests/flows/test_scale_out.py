@@ -34,15 +34,3 @@ def test_dask_sweep_runs_on_two_workers_and_equals_sequential(tiny_llama_dir):
     states = task_states(parallel.state_details.flow_run_id)
     assert all(s == "Completed" for n, s in states.items() if n.startswith("evaluate")), states
     assert parallel.result()["table"] == sequential.result()["table"] | {"title": parallel.result()["table"]["title"]}
-
-
-def test_runner_setting_is_validated(monkeypatch):
-    monkeypatch.setenv("ATTNFLOW_TASK_RUNNER", "spark")
-    with pytest.raises(ValueError, match="ATTNFLOW_TASK_RUNNER='spark'"):
-        task_runner()
-    monkeypatch.setenv("ATTNFLOW_TASK_RUNNER", "dask")
-    assert is_parallel(task_runner())
-    monkeypatch.setenv("ATTNFLOW_TASK_RUNNER", "thread")
-    assert not is_parallel(task_runner())
-    with pytest.raises(ValueError, match="at least 1"):
-        local_cluster_kwargs(0)

@@ -1,7 +1,8 @@
 """Every attention path agrees with the float64 materialised reference (issue 17, item 5).
 
 Every registered patch (and pairs of patches on one layer) x every forced form of the dispatcher (none = fused
-SDPA with sparse corrections, ``channels``, ``bias``, ``materialize``) x ``output_attentions``, on a left-padded
+SDPA, each sparse bias in its cheaper exact form; ``lse`` = sparse biases corrected from the log-sum-exp whatever
+their size; ``channels``, ``bias``, ``materialize``) x ``output_attentions``, on a left-padded
 batch whose rows have different numbers of biased keys (PASTA's spans are ragged per row), prefill and two
 KV-cache decode steps: logits (and the returned attention probabilities) equal the reference within 1e-5.
 
@@ -38,7 +39,7 @@ from tests.integration.test_zerotuning import zt_reference
 TEXTS = ["abc [xyz:345 and a very long span of words that goes on and on] end",
          "the cat sat on a mat and [a dog] ran far away", "once upon [a time] there [was] a dog"]
 PATCHES = {info.name for info in registry.latest("patch")}
-FORMS = [None, "channels", "bias", "materialize"]
+FORMS = [None, "lse", "channels", "bias", "materialize"]
 DECODE = torch.tensor([[5, 17], [40, 3], [9, 250]])  # two decode steps per row (fixed tokens)
 
 

@@ -113,3 +113,36 @@ def test_unsupported_model_is_named():
     with pytest.raises(UnsupportedModelError, match="Linear cannot be patched"):
         with applied(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_sparse_bias_takes_the_cheaper_exact_form(monkeypatch):
+    """A sparse bias on at most 1/64 of the keys is corrected from the log-sum-exp; a larger one (PASTA's spans)
+    takes the extra-channel form, which costs less then; ``force="lse"`` keeps the correction. Both are exact."""
+    from components.attention import math as am
+
+    corrected: list[int] = []  # K of every sparse bias corrected from the lse
+    real = am.correct_sparse_biases
+
+    def spy(out, lse, q, k, v, biases, call, extra_logits=None):
+        corrected.extend(b.index.shape[1] for b in biases)
+        return real(out, lse, q, k, v, biases, call, extra_logits=extra_logits)
+
+    monkeypatch.setattr(am, "correct_sparse_biases", spy)
+    model, tok = tiny_model("llama"), tokenizer()
+    text = " ".join(["once upon a time a dog ran far away and abc:012 xyz:345."] * 12)
+    ids = tok([text], return_tensors="pt")["input_ids"]
+    assert ids.shape[1] >= 128
+    zt = registry.get("zerotuning").create({"gamma": "2"})  # one key (the first)
+    pasta = registry.get("pasta").create({"alpha": "0.5", "spans": "0:60"})  # ~15 keys: > S / 64
+    logits = {}
+    with torch.no_grad():
+        for name, patch, force in [("zt", zt, None), ("pasta", pasta, None), ("pasta_lse", pasta, "lse")]:
+            corrected.clear()
+            with patch.applied(model, force=force) as session:
+                session.set_inputs(texts=[text], tokenizer=tok)
+                logits[name] = model(input_ids=ids).logits
+            logits[name + "_k"] = list(corrected)
+    assert logits["zt_k"] == [1, 1]  # both layers, from the lse
+    assert logits["pasta_k"] == []  # the channel form
+    assert len(logits["pasta_lse_k"]) == 2 and min(logits["pasta_lse_k"]) * am.LSE_KEYS_PER_CHANNEL > ids.shape[1]
+    assert (logits["pasta"] - logits["pasta_lse"]).abs().max().item() <= TOL

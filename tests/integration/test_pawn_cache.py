@@ -24,14 +24,16 @@ def setup(tmp_path_factory):
     src.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t, "label": i % 2})
                              for i, t in enumerate(human_texts(22))))
     o = PrepOptions()
-    info = prepare_detection_data.fn([str(src)], source_fingerprints([str(src)]), o.fields(), out=str(d / "data.parquet"))
+    info = prepare_detection_data.fn([str(src)], source_fingerprints([str(src)]), o.fields(),
+                                     out=str(d / "data.parquet"))
     a = load_model.fn(str(save_tiny(d / "tiny-a", "llama", seed=0)))
     b = load_model.fn(str(save_tiny(d / "tiny-b", "llama", seed=1)))
     return {"dir": d, "data": info["path"], "a": a, "b": b}
 
 
 def build(setup, model="a", **kw):
-    return pawn_cache.build(setup[model], setup["data"], max_length=24, batch_size=4, shard_size=6, progress=False, **kw)
+    return pawn_cache.build(setup[model], setup["data"], max_length=24, batch_size=4, shard_size=6, progress=False,
+                            **kw)
 
 
 def test_build_manifest_and_roundtrip(setup):

@@ -76,8 +76,9 @@ def test_cmha_rephasing_plus_rope_equals_the_cmha_score_formula():
     delta = torch.randn(1, d // 2, generator=gen, dtype=torch.float64)
     bias = torch.randn(1, d // 2, generator=gen, dtype=torch.float64)
     # reference: s_mn = sum_c |q_c||k_c| cos(delta_c (phi_q - phi_k) + b_c + (m - n) g_c) / sqrt(d)
-    rq, pq = torch.view_as_complex(torch.stack([q[:, :4], q[:, 4:]], -1).contiguous()).abs(), torch.atan2(q[:, 4:], q[:, :4])
-    rk, pk = torch.view_as_complex(torch.stack([k[:, :4], k[:, 4:]], -1).contiguous()).abs(), torch.atan2(k[:, 4:], k[:, :4])
+    rq = torch.view_as_complex(torch.stack([q[:, :4], q[:, 4:]], -1).contiguous()).abs()
+    rk = torch.view_as_complex(torch.stack([k[:, :4], k[:, 4:]], -1).contiguous()).abs()
+    pq, pk = torch.atan2(q[:, 4:], q[:, :4]), torch.atan2(k[:, 4:], k[:, :4])
     g = 10000.0 ** (-torch.arange(0, d // 2, dtype=torch.float64) * 2 / d)
     m = torch.arange(t, dtype=torch.float64)
     phase = delta[0] * (pq[:, None] - pk[None]) + bias[0] + (m[:, None] - m[None])[..., None] * g

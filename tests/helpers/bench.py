@@ -1,0 +1,41 @@
+"""Run a bench/ script with ``--smoke`` in this process (``runpy``, as ``__main__``) and return what it printed.
+
+In-process, so a smoke run pays no interpreter, torch or Prefect start-up of its own; the flow benchmarks use the
+flows tier's Prefect test server. SMOKE_LINES: per script, a pattern its output must contain (its result line)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import runpy
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+SMOKE_LINES = {
+    "kernel_speed": r"(?m)^\s+128\s+[\d,]+\s+[\d,]+\s+\S+\s+[\d.]+x$",
+    "patch_overhead": r"(?m)^pasta\s+\d+ ms x\s*[\d.]+$",
+    "onnx_speed": r"(?m)^unpatched \| ort fused\s+\d+ ms x\s*[\d.]+$",
+    "onnx_parity_floor": r"(?m)^# 1 correct exports: err/floor max [\d.e+-]+",
+    "analysis_speed": r"(?m)^ratio analysis / greedy decode: [\d.]+.*\n.*\(ratio [\d.]+\)$",
+    "sink_control": r"(?m)^demo\s+builtin:stories\s+T=32 .*Sink_1=\s*[\d.]+%",
+    "real_model_parity": r"(?m)^\s+pasta\(.*\): fast vs materialised .* next-token agree (True|False)",
+    "pawn": r"(?m)^\| demo-lm \| x[\d.]+ \| [\d,]+ \| x[\d.]+ .*\n(.*\n)*\| demo-lm \| log_likelihood \| [\d.]+ \|",
+    "reproduce": r"(?m)^## .*demo-lm \(.*seeds 0,1,2.*\)\n\n(.*\n)*.*sinks",
+    "reproduce_fewshot": r"(?m)^\| pasta \(\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|",
+    "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
+}
+FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
+
+
+def run_smoke(name: str, monkeypatch) -> str:
+    """What ``python bench/<name>.py --smoke`` prints. stdout goes to a buffer that stays open (not capsys, whose
+    stream closes after the test while Prefect's console log handler may still hold it)."""
+    path = BENCH / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--smoke"])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts put the repository first
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(path), run_name="__main__")
+    return out.getvalue()
