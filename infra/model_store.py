@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra import settings
+from infra.processes import process_alive
 
 Progress = Callable[[str], None]
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
@@ -169,16 +170,6 @@ def dir_size(path: Path) -> int:
 # -- atomic directories ----------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale(final: Path) -> list[Path]:
     """Remove temp dirs of ``final`` left by pulls whose process is gone (killed, crashed); returns them."""
     removed = []
@@ -187,7 +178,7 @@ def clean_stale(final: Path) -> list[Path]:
             pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
         except ValueError:
             pid = -1
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed

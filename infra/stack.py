@@ -102,15 +102,9 @@ def _save_state(home: Path, state: dict[str, Any]) -> None:
 
 def _alive(rec: dict[str, Any] | None) -> bool:
     """The recorded process still runs (same PID *and* start time, so a reused PID does not count)."""
-    if not rec:
-        return False
-    try:
-        import psutil
+    from infra.processes import process_alive
 
-        p = psutil.Process(rec["pid"])
-        return abs(p.create_time() - rec["create_time"]) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, missing psutil
-        return False
+    return bool(rec) and process_alive(rec["pid"], rec["create_time"], tolerance=1.0)
 
 
 def _pid_runs(pid: int, needle: str) -> bool:

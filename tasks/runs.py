@@ -18,6 +18,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from infra.processes import process_alive
 from tasks import tracking
 
 _LOCK = threading.Lock()
@@ -111,22 +112,6 @@ def settle() -> list[str]:
     except Exception:  # noqa: BLE001 - never block opening a run; the next start tries again
         pass
     return done
-
-
-def process_alive(pid: int, started: float | None) -> bool:
-    """``pid`` runs and (when ``started`` is known) is the same process: same start time, so a reused PID does
-    not count; a zombie counts as gone."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(p.create_time() - started) < 2.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:  # AccessDenied: it exists
-        return True
 
 
 def mark_orphans(client: Any = None) -> list[str]:
