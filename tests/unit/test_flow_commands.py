@@ -18,7 +18,8 @@ from attnflow.flowcli import GENERATED, LAZY, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search",
-                             "export-onnx", "report", "reproduce", "train-lm")}
+                             "export-onnx", "report", "reproduce", "train-lm", "sink-emergence", "arch-compare",
+                             "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis")}
 EXPECTED |= {("pawn", n) for n in ("prep", "features", "train", "run", "evaluate")}
 
 
@@ -106,6 +107,25 @@ def _flow_of(entrypoint: str):
 
     path, fn = entrypoint.split(":")
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
+
+
+def test_every_flow_has_a_command_of_its_name():
+    """Each flow of flows/ is reachable as ``attnflow <flow name>`` (or ``attnflow pawn <step>`` for the pawn-*
+    flows), generated from it."""
+    import importlib
+    import pkgutil
+
+    from prefect import Flow
+
+    import flows
+
+    names = {c.flow_names[0] for c in LAZY.values()}
+    found = set()
+    for mod in pkgutil.iter_modules(flows.__path__):
+        module = importlib.import_module(f"flows.{mod.name}")
+        found |= {v.name for v in vars(module).values() if isinstance(v, Flow) and v.__module__ == module.__name__}
+    assert found, "no flows found"
+    assert not found - names, f"flows without a command: {sorted(found - names)}"
 
 
 def test_flow_command_and_deployment_share_one_name():
