@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
             state = start(cfg, deploy=deploy, echo=typer.echo)
         except StackError as e:
             fail(str(e))
-        typer.echo(f"\nPrefect UI  {state['prefect_url']}\nMLflow UI   {state['mlflow_url']}")
+        from attnflow.output import runs_table_url
+
+        typer.echo(f"\nPrefect UI  {state['prefect_url']}\nMLflow UI   {runs_table_url(state['mlflow_url'])}")
         if state.get("deployments"):
             typer.echo(f"deployments: {', '.join(state['deployments'])}")
         typer.echo(f"logs: {cfg.stack_dir / 'logs'}\nattnflow commands run with this ATTNFLOW_HOME use the stack; "

@@ -258,5 +258,23 @@ def test_console_hides_prefect_info_but_keeps_prints_and_warnings(monkeypatch):
     task_print.name = "prefect.task_runs"
     assert not f.filter(task_print)
     assert not f.filter(rec(str(ROOT / "flows" / "compare.py"), attnflow_table=True))
+    assert not f.filter(rec(str(ROOT / "tasks" / "report.py"), attnflow_link=True))  # the CLI prints the link
     monkeypatch.setitem(output.VERBOSE, "on", True)
     assert f.filter(rec(inside)) and f.filter(rec(inside, attnflow_table=True))
+
+
+def test_up_links_the_mlflow_runs_table(tmp_path):
+    """`attnflow up` prints an address that opens a runs table (``#/experiments/<id>/runs``), not an experiment's
+    overview tab; with no experiment yet, the experiments list."""
+    from mlflow.tracking import MlflowClient
+
+    from attnflow.output import runs_table_url
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert runs_table_url(store) == f"{store}/#/experiments"
+    client = MlflowClient(tracking_uri=store)
+    other = client.create_experiment("analyze", artifact_location=(tmp_path / "a").as_uri())
+    assert runs_table_url(store) == f"{store}/#/experiments/{other}/runs"
+    compare = client.create_experiment("compare", artifact_location=(tmp_path / "c").as_uri())
+    assert runs_table_url(store) == f"{store}/#/experiments/{compare}/runs"
+    assert runs_table_url("http://127.0.0.1:9/") == "http://127.0.0.1:9/#/experiments"  # unreachable: the list
