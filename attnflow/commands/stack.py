@@ -13,8 +13,8 @@ def register(app: typer.Typer) -> None:
         deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Deploy prefect.yaml once the server is up."),
         timeout: float = typer.Option(600, help="Seconds to wait for each service to become healthy."),
         database: str = typer.Option("", envvar="ATTNFLOW_DATABASE", show_default=False,
-                                     help=r"postgresql://USER\[:PASSWORD]@HOST\[:PORT]\[/NAME]: Prefect and MLflow keep "
-                                          "their data in databases NAME_prefect and NAME_mlflow on that server "
+                                     help=r"postgresql://USER\[:PASSWORD]@HOST\[:PORT]\[/NAME]: Prefect and MLflow "
+                                          "keep their data in databases NAME_prefect and NAME_mlflow on that server "
                                           "(created when missing; NAME defaults to attnflow). Default: SQLite "
                                           "under ATTNFLOW_HOME. See docs/deploy.md."),
     ) -> None:
