@@ -278,3 +278,20 @@ def test_up_links_the_mlflow_runs_table(tmp_path):
     compare = client.create_experiment("compare", artifact_location=(tmp_path / "c").as_uri())
     assert runs_table_url(store) == f"{store}/#/experiments/{compare}/runs"
     assert runs_table_url("http://127.0.0.1:9/") == "http://127.0.0.1:9/#/experiments"  # unreachable: the list
+
+
+def test_every_command_shows_its_help():
+    """`attnflow <command> --help` renders for every command and sub-command (help text is rich markup: a literal
+    ``[/NAME]`` once made `attnflow up --help` fail)."""
+    root = typer.main.get_command(app)
+    paths = []
+    for name, cmd in root.commands.items():
+        paths += [[name, sub] for sub in cmd.commands] if hasattr(cmd, "commands") else [[name]]
+    paths += [[group, name] if group else [name] for group, name in LAZY]
+    runner = CliRunner()
+    failed = {}
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"])
+        if res.exit_code != 0 or "Usage" not in res.output:
+            failed[" ".join(path)] = res.output[-300:]
+    assert not failed, failed
