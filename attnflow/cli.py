@@ -147,7 +147,7 @@ def print_table(table: dict[str, Any], full: dict[str, Any] | None = None) -> No
 
 
 def show_result(out: Any, call: Any = None) -> None:
-    """The default view of a flow's result: its table (comparison or rows), then the MLflow link."""
+    """The default view of a flow's result: its table (comparison or rows), its verdict text, then the MLflow link."""
     from attnflow.output import print_mlflow, print_rows
 
     if not isinstance(out, dict):
@@ -159,6 +159,9 @@ def show_result(out: Any, call: Any = None) -> None:
         print_rows(table)  # the studies' row tables (sink-emergence, instability-proxies, arch-compare)
     elif isinstance(table, str):
         typer.echo(table)
+    verdict = out.get("verdict")
+    if isinstance(verdict, dict) and verdict.get("text"):  # retrieval-heads: the flow leaves it to its log
+        typer.echo(verdict["text"])
     experiment = out.get("experiment") or (call.params.get("experiment") if call else None)
     if experiment and (out.get("run_id") or out.get("mlflow_run_id")):
         print_mlflow(experiment, out.get("run_id") or out.get("mlflow_run_id"))

@@ -31,13 +31,15 @@ def _prefect_dir() -> str:
 class QuietPrefect(logging.Filter):
     """Console log filter: below WARNING, drops Prefect's own records (``Created task run ...``, ``Finished in state
     Completed()``, the temporary server's start and stop), the lines tasks print (one per evaluation: the progress
-    bars already show it) and the tables a flow logs with ``tasks.report.log_table`` (the CLI prints its own). Keeps
-    the flows' own ``print`` lines, warnings and errors. The log file gets everything."""
+    bars already show it), the tables a flow logs with ``tasks.report.log_table`` and the ``MLflow run: ...`` lines
+    it logs with ``tasks.report.log_run_link`` (the CLI prints its own table and link to the runs table). Keeps the
+    flows' own ``print`` lines, warnings and errors. The log file gets everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if VERBOSE["on"] or record.levelno >= logging.WARNING:
             return True
-        if getattr(record, "attnflow_table", False) or record.name.startswith("prefect.task_runs"):
+        if getattr(record, "attnflow_table", False) or getattr(record, "attnflow_link", False) \
+                or record.name.startswith("prefect.task_runs"):
             return False
         return not record.pathname.startswith(_prefect_dir())
 
@@ -194,3 +196,25 @@ def print_mlflow(experiment: str, run_id: str | None = None) -> None:
     uri = settings().tracking_uri
     if not uri.startswith(("http://", "https://")):
         typer.echo(f"  (start the UI with `attnflow up`, or `mlflow ui --backend-store-uri {uri} --port 5000`)")
+
+
+def runs_table_url(server: str, prefer: tuple[str, ...] = ("quickstart", "compare")) -> str:
+    """The address on an MLflow server ``server`` (``http://host:port``) that opens a runs table: the first of
+    ``prefer`` that exists, else the experiment updated last (``Default`` aside), else the experiments list. MLflow 3
+    opens an experiment's bare address on its overview tab; ``#/experiments/<id>/runs`` is its runs table."""
+    base = server.rstrip("/")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=base)
+        for name in prefer:
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                return f"{base}/#/experiments/{exp.experiment_id}/runs"
+        recent = [e for e in client.search_experiments(order_by=["last_update_time DESC"], max_results=10)
+                  if e.name != "Default"]
+        if recent:
+            return f"{base}/#/experiments/{recent[0].experiment_id}/runs"
+    except Exception:  # noqa: BLE001 - a link is a convenience; the server's own health check passed
+        pass
+    return f"{base}/#/experiments"

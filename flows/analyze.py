@@ -16,6 +16,7 @@ from flows.params import Dtype, Experiment, ModelName
 from registry.specs import parse
 from tasks.analysis import analysis_data, log_analysis, plan_analysis, run_analysis, summary_text
 from tasks.models import load_model
+from tasks.report import log_run_link
 from tasks.tracking import publish_components
 
 
@@ -51,7 +52,8 @@ def analyze(
     record = run_analysis(loaded, spec, data_path, progress=progress)
     # 5. Log everything to one MLflow run.
     run_id = log_analysis(record, experiment, versions)
-    print(f"\n{summary_text(record)}\n\nMLflow run: {run_id} (experiment '{experiment}')")
+    print(f"\n{summary_text(record)}")
+    log_run_link(run_id, experiment)
     return {"run_id": run_id, "experiment": experiment, "spec": spec, "metrics": record["result"]["metrics"],
             "heads": record["result"]["heads"]}
 

@@ -16,7 +16,7 @@ from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import Plan, plan_request
-from tasks.report import comparison_table, log_table, to_markdown
+from tasks.report import comparison_table, log_run_link, log_table, to_markdown
 from tasks.runs import tracked_run
 from tasks.sweep import map_calls
 from tasks.tracking import log_comparison, log_evaluation, publish_components
@@ -51,7 +51,7 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
         table = comparison_table(results, title=f"{experiment}: {loaded.name}")
         log_comparison(parent, table, results)
     log_table(to_markdown(table))
-    print(f"MLflow run: {parent} (experiment '{experiment}')")
+    log_run_link(parent, experiment)
     return {"table": table, "run_id": parent, "experiment": experiment}
 
 

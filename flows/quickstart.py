@@ -27,7 +27,7 @@ from tasks.demo import ensure_registered, find_demo
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, log_table, primary_columns, to_markdown
+from tasks.report import comparison_table, log_run_link, log_table, primary_columns, to_markdown
 from tasks.runs import tracked_run
 from tasks.tracking import log_comparison, log_evaluation, publish_components
 
@@ -105,7 +105,7 @@ def quickstart(model: str = "", preset: str = "", experiment: Experiment = "quic
         table = comparison_table(results, title=f"quickstart: {loaded.name}")
         log_comparison(parent, table, results)
     log_table(to_markdown(table))
-    print(f"MLflow run: {parent} (experiment '{experiment}')")
+    log_run_link(parent, experiment)
     return {"table": primary_columns(table), "full_table": table, "run_id": parent, "experiment": experiment,
             "model": model}
 

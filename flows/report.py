@@ -13,7 +13,7 @@ from prefect import flow
 
 from flows.params import Experiment
 from tasks.mlflow_report import evaluation_runs, log_report
-from tasks.report import report_markdown, report_tables
+from tasks.report import log_run_link, report_markdown, report_tables
 
 
 @flow(name="report", log_prints=True)
@@ -45,7 +45,9 @@ def report(
         markdown, run_id = logged["markdown"], logged["run_id"]
     else:
         markdown, run_id = report_markdown(experiment, tables), None
-    print(markdown + (f"\n\nMLflow run: {run_id} (experiment '{experiment}')" if run_id else ""))
+    print(markdown)
+    if run_id:
+        log_run_link(run_id, experiment)
     return {"tables": tables, "markdown": markdown, "run_id": run_id, "n_runs": len(records)}
 
 

@@ -15,7 +15,7 @@ from prefect import flow
 
 from flows.params import Dtype, Experiment, ModelName
 from tasks.claims_report import collect, log_claim, log_summary, plan_claims, run_claim
-from tasks.report import log_table
+from tasks.report import log_run_link, log_table
 from tasks.runs import set_outcome, tracked_run
 
 #: modules whose ``CLAIMS`` the flow runs; adding a module of claims is one line here
@@ -68,7 +68,7 @@ def reproduce(
         if failed:
             set_outcome(parent, "FAILED")
     log_table(text)
-    print(f"MLflow run: {parent} (experiment '{experiment}')")
+    log_run_link(parent, experiment)
     if failed:
         raise RuntimeError(f"claims {', '.join(failed)} failed (see their runs); the others are logged")
     return {"run_id": parent, "experiment": experiment, "results": results, "table": text}

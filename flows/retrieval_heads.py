@@ -21,7 +21,7 @@ from tasks.data import benchmark_data
 from tasks.evaluate import evaluate
 from tasks.models import load_model
 from tasks.plan import plan_request
-from tasks.report import comparison_table, log_table, to_markdown
+from tasks.report import comparison_table, log_run_link, log_table, to_markdown
 from tasks.runs import tracked_run
 from tasks.tracking import log_comparison, log_evaluation, publish_components
 
@@ -100,7 +100,8 @@ def retrieval_heads(
         verdict = retrieval_verdict(table, top_label, random_label)
         log_verdict(parent, sets, verdict)
     log_table(to_markdown(table))
-    print(f"{verdict['text']}\n\nMLflow run: {parent} (experiment '{experiment}')")
+    log_table(verdict["text"])  # the command prints the table and the verdict itself
+    log_run_link(parent, experiment)
     return {"run_id": parent, "experiment": experiment, "sets": sets, "table": table, "verdict": verdict}
 
 

@@ -151,7 +151,9 @@ def log_study(name: str, experiment: str, params: dict[str, Any], results: list[
         for r in results:
             _log_point(c, experiment, parent, name, r)
     print(verdict_markdown(name, checks, verdict, []).strip())
-    print(f"MLflow run: {parent} (experiment '{experiment}')")
+    from tasks.report import log_run_link
+
+    log_run_link(parent, experiment)
     return parent
 
 

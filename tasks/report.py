@@ -100,6 +100,19 @@ def log_table(text: str) -> None:
         print(text)
 
 
+def log_run_link(run_id: str, experiment: str) -> None:
+    """Log ``MLflow run: <id> (experiment '<name>')`` to the flow run's log (Prefect UI, a worker's console), marked
+    as a link: ``attnflow`` commands print their own link to the MLflow runs table instead, so it shows once."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    text = f"MLflow run: {run_id} (experiment '{experiment}')"
+    try:
+        get_run_logger().info(text, extra={"attnflow_link": True})
+    except MissingContextError:  # called outside a flow run
+        print(text)
+
+
 def to_csv_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for row in table["rows"]:

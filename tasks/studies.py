@@ -135,7 +135,10 @@ def publish_report(experiment: str, run_name: str, study: str, report: dict[str,
                    figures: dict[str, bytes], points: list[dict[str, Any]], versions: dict[str, str]) -> dict[str, Any]:
     """Log the report (:func:`log_study`), print it, and return the flow's result."""
     run_id = log_study(experiment, run_name, study, report, checks, figures, points, versions)
-    print(f"\n{report['markdown']}\n\nMLflow run: {run_id} (experiment '{experiment}')")
+    from tasks.report import log_run_link
+
+    print(f"\n{report['markdown']}")
+    log_run_link(run_id, experiment)
     return {"run_id": run_id, "experiment": experiment, "checks": checks,
             "passed": sum(c["passed"] for c in checks), "total": len(checks)}
 

@@ -3,8 +3,6 @@ importance, path patching) and the retrieval-head causal test, generated from th
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from attnflow.flowcli import Call, lazy_flow_command
@@ -29,17 +27,7 @@ def check_retrieval(call: Call) -> None:
     check_head_budget.fn(p["model"], p["top_k"], p["n_random"], trust_remote_code=p["trust_remote_code"])
 
 
-def show_retrieval(out: dict[str, Any], call: Call) -> None:
-    from attnflow.cli import print_table
-    from attnflow.output import print_mlflow
-
-    if out["table"] is not None:
-        print_table(out["table"])
-        typer.echo(out["verdict"]["text"])
-    print_mlflow(out["experiment"], out["run_id"])
-
-
 def register(app: typer.Typer) -> None:
     lazy_flow_command("analyze", "flows.analyze:analyze", lambda: {"prepare": check_analyze})  # the flow prints
     lazy_flow_command("retrieval-heads", "flows.retrieval_heads:retrieval_heads",
-                      lambda: {"prepare": check_retrieval, "show": show_retrieval})
+                      lambda: {"prepare": check_retrieval})  # shown by cli.show_result: table, verdict, link

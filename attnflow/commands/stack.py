@@ -13,8 +13,8 @@ def register(app: typer.Typer) -> None:
         deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Deploy prefect.yaml once the server is up."),
         timeout: float = typer.Option(600, help="Seconds to wait for each service to become healthy."),
         database: str = typer.Option("", envvar="ATTNFLOW_DATABASE", show_default=False,
-                                     help="postgresql://USER[:PASSWORD]@HOST[:PORT][/NAME]: Prefect and MLflow keep "
-                                          "their data in databases NAME_prefect and NAME_mlflow on that server "
+                                     help=r"postgresql://USER\[:PASSWORD]@HOST\[:PORT]\[/NAME]: Prefect and MLflow "
+                                          "keep their data in databases NAME_prefect and NAME_mlflow on that server "
                                           "(created when missing; NAME defaults to attnflow). Default: SQLite "
                                           "under ATTNFLOW_HOME. See docs/deploy.md."),
     ) -> None:
@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
             state = start(cfg, deploy=deploy, echo=typer.echo)
         except StackError as e:
             fail(str(e))
-        typer.echo(f"\nPrefect UI  {state['prefect_url']}\nMLflow UI   {state['mlflow_url']}")
+        from attnflow.output import runs_table_url
+
+        typer.echo(f"\nPrefect UI  {state['prefect_url']}\nMLflow UI   {runs_table_url(state['mlflow_url'])}")
         if state.get("deployments"):
             typer.echo(f"deployments: {', '.join(state['deployments'])}")
         typer.echo(f"logs: {cfg.stack_dir / 'logs'}\nattnflow commands run with this ATTNFLOW_HOME use the stack; "

@@ -18,7 +18,8 @@ from attnflow.flowcli import GENERATED, LAZY, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search",
-                             "export-onnx", "report", "reproduce", "train-lm")}
+                             "export-onnx", "report", "reproduce", "train-lm", "sink-emergence", "arch-compare",
+                             "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis")}
 EXPECTED |= {("pawn", n) for n in ("prep", "features", "train", "run", "evaluate")}
 
 
@@ -106,6 +107,25 @@ def _flow_of(entrypoint: str):
 
     path, fn = entrypoint.split(":")
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
+
+
+def test_every_flow_has_a_command_of_its_name():
+    """Each flow of flows/ is reachable as ``attnflow <flow name>`` (or ``attnflow pawn <step>`` for the pawn-*
+    flows), generated from it."""
+    import importlib
+    import pkgutil
+
+    from prefect import Flow
+
+    import flows
+
+    names = {c.flow_names[0] for c in LAZY.values()}
+    found = set()
+    for mod in pkgutil.iter_modules(flows.__path__):
+        module = importlib.import_module(f"flows.{mod.name}")
+        found |= {v.name for v in vars(module).values() if isinstance(v, Flow) and v.__module__ == module.__name__}
+    assert found, "no flows found"
+    assert not found - names, f"flows without a command: {sorted(found - names)}"
 
 
 def test_flow_command_and_deployment_share_one_name():
@@ -238,5 +258,40 @@ def test_console_hides_prefect_info_but_keeps_prints_and_warnings(monkeypatch):
     task_print.name = "prefect.task_runs"
     assert not f.filter(task_print)
     assert not f.filter(rec(str(ROOT / "flows" / "compare.py"), attnflow_table=True))
+    assert not f.filter(rec(str(ROOT / "tasks" / "report.py"), attnflow_link=True))  # the CLI prints the link
     monkeypatch.setitem(output.VERBOSE, "on", True)
     assert f.filter(rec(inside)) and f.filter(rec(inside, attnflow_table=True))
+
+
+def test_up_links_the_mlflow_runs_table(tmp_path):
+    """`attnflow up` prints an address that opens a runs table (``#/experiments/<id>/runs``), not an experiment's
+    overview tab; with no experiment yet, the experiments list."""
+    from mlflow.tracking import MlflowClient
+
+    from attnflow.output import runs_table_url
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert runs_table_url(store) == f"{store}/#/experiments"
+    client = MlflowClient(tracking_uri=store)
+    other = client.create_experiment("analyze", artifact_location=(tmp_path / "a").as_uri())
+    assert runs_table_url(store) == f"{store}/#/experiments/{other}/runs"
+    compare = client.create_experiment("compare", artifact_location=(tmp_path / "c").as_uri())
+    assert runs_table_url(store) == f"{store}/#/experiments/{compare}/runs"
+    assert runs_table_url("http://127.0.0.1:9/") == "http://127.0.0.1:9/#/experiments"  # unreachable: the list
+
+
+def test_every_command_shows_its_help():
+    """`attnflow <command> --help` renders for every command and sub-command (help text is rich markup: a literal
+    ``[/NAME]`` once made `attnflow up --help` fail)."""
+    root = typer.main.get_command(app)
+    paths = []
+    for name, cmd in root.commands.items():
+        paths += [[name, sub] for sub in cmd.commands] if hasattr(cmd, "commands") else [[name]]
+    paths += [[group, name] if group else [name] for group, name in LAZY]
+    runner = CliRunner()
+    failed = {}
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"])
+        if res.exit_code != 0 or "Usage" not in res.output:
+            failed[" ".join(path)] = res.output[-300:]
+    assert not failed, failed
