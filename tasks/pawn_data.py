@@ -2,7 +2,7 @@
 
 Schema (one row per text): ``id`` (str, unique), ``text`` (str), ``label`` (int8: 1 = machine, 0 = human),
 ``domain`` (str), ``generator`` (str; ``human`` for human texts), ``split`` (``train`` | ``valid`` | ``test``),
-``source`` (str: the file stem or hub id the text came from) and ``group`` (str: a user-given group column, e.g.
+``source`` (str: the file stem or hub id the text came from, or a record's own ``source`` field) and ``group`` (str: a user-given group column, e.g.
 native / non-native writer; empty when the source has none). Files with only one class and no label column take a
 label for every record (``label="human"`` or ``"machine"``).
 
@@ -135,7 +135,7 @@ def _record_rows(source: str, fields: dict[str, str], limit: int, invert: bool,
             "generator": "human" if y == 0 else str(r.get(fields["generator"]) or "unknown"),
             "split": r.get(fields["split"]),
             "pair": str(rid) if rid not in (None, "") else f"{stem}:{i}",
-            "source": stem,
+            "source": str(r.get("source") or stem),  # a prepared file read again keeps its sources
             "group": "" if group is None else str(group),
         })
     if bad:
