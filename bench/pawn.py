@@ -210,7 +210,7 @@ def main() -> None:
             r["main->gpt"] = detection(lm, data["main"], data["gpt"], args.max_length, detectors, args.target_fpr)
             r["gpt->main"] = detection(lm, data["gpt"], data["main"], args.max_length, detectors, args.target_fpr)
         rows[lm.name] = r
-    if not args.no_gpt2_shape and loaded:
+    if not args.no_gpt2_shape and not args.skip_speed and loaded:
         lm = gpt2_shaped(loaded[-1].tokenizer)
         few = speed_texts[:16]
         print(f"\n== {lm.name}: timing only, {len(few)} texts")
