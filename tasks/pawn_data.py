@@ -2,8 +2,8 @@
 
 Schema (one row per text): ``id`` (str, unique), ``text`` (str), ``label`` (int8: 1 = machine, 0 = human),
 ``domain`` (str), ``generator`` (str; ``human`` for human texts), ``split`` (``train`` | ``valid`` | ``test``),
-``source`` (str: the file stem or hub id the text came from, or a record's own ``source`` field) and ``group`` (str: a user-given group column, e.g.
-native / non-native writer; empty when the source has none). Files with only one class and no label column take a
+``source`` (str: the file stem or hub id the text came from, or a record's own ``source`` field) and ``group``
+(str: a user-given group column, e.g. native / non-native writer; empty when the source has none). Files with only one class and no label column take a
 label for every record (``label="human"`` or ``"machine"``).
 
 Sources: JSONL / CSV / Parquet / JSON-list files, hub datasets (``hf:<id>[:<config>[:<split>]]``) and local

@@ -239,6 +239,13 @@ def register(app: typer.Typer) -> None:
         out = run_flow(pawn_evaluate, detector=model, data=data, prep=opts, batch_size=batch_size,
                        experiment=experiment, dtype=dtype, target_fpr=target_fpr, groups=cols)
         print_table(out["table"])
+        from tasks.pawn_metrics import summary_line
+        from tasks.pawn_train import format_fpr_table
+
+        res = out["result"]
+        typer.echo(summary_line(res["fit"]["component"]["label"], res["test"]["metrics"], res["threshold"]))
+        for col, table in res["test"]["fpr_by"].items():
+            typer.echo(format_fpr_table(table, "human source" if col == "source" else col))
 
     @pawn_app.command("score")
     def score(files: list[str] = typer.Argument(..., help="txt (one text per paragraph), JSONL, CSV or Parquet "
