@@ -1,7 +1,8 @@
 """PAWN: AI-text detection on a frozen LM's per-token features, against zero-shot and feature baselines.
 
-prep (Parquet) -> feature cache (the backbone runs once) -> fit detectors from the cache -> evaluate (threshold on
-validation; AUROC, macro-F1/recall, recall at 1%/5% FPR, per domain and generator) -> MLflow -> export the best
+prep (Parquet) -> feature cache (the backbone runs once) -> fit detectors from the cache -> evaluate (macro-F1
+threshold and a target-FPR threshold calibrated on human validation texts; AUROC, macro-F1/recall, recall at 1%/5%
+FPR, test FPR with a 95% interval; per domain, generator, human source and group) -> MLflow -> export the best
 PAWN head + backbone metric graph to ONNX (parity-checked) -> register ``attnflow.pawn.<backbone>@champion``.
 """
 
