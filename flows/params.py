@@ -18,6 +18,7 @@ Seeds = Annotated[list[int], Field(min_length=1)]
 Experiment = Annotated[str, Field(min_length=1, max_length=250)]
 Count = Annotated[int, Field(ge=0)]  # 0 allowed ("all", "none")
 Positive = Annotated[int, Field(ge=1)]
+Fpr = Annotated[float, Field(gt=0, lt=1)]  # a false-positive rate to calibrate a threshold for
 
 
 class ComparisonPreset(BaseModel):

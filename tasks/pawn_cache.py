@@ -2,7 +2,8 @@
 
 Layout: ``<cache root>/<key>/manifest.json`` + ``shard-00000.parquet`` ... where
 ``key = sha256(backbone fingerprint, performer fingerprint, dataset fingerprint, extractor version, max_length,
-dtype)``. One row per text: id, label, domain, generator, split, n_tokens, truncated, and the features flattened
+dtype[, observer fingerprint])``. One row per text: id, label, domain, generator, split, source, group, n_tokens,
+truncated, and the features flattened
 into Parquet lists: ``hidden`` (T*H float16, stored once; PAWN shifts it at load time), ``metrics``
 ((T-1)*5 float32) and ``aux`` ((T-1)*A float32).
 
@@ -51,9 +52,10 @@ def cache_root() -> Path:
 
 
 def identity(loaded: LoadedModel, data_fp: str, max_length: int, performer: LoadedModel | None = None,
-             data_path: str = "") -> dict:
+             data_path: str = "", observer: LoadedModel | None = None) -> dict:
     """What a cache is built from (its key hashes these, except the dataset's path)."""
-    return {
+    extra = {} if observer is None else {"observer": {"name": observer.name, "fingerprint": observer.fingerprint}}
+    return {**extra,
         "backbone": {"name": loaded.name, "ref": loaded.ref.ref, "fingerprint": loaded.fingerprint,
                      "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                      "hidden_size": int(loaded.model.config.hidden_size),
@@ -68,6 +70,8 @@ def cache_key(ident: dict) -> str:
     parts = [ident["backbone"]["fingerprint"], ident["backbone"]["dtype"],
              (ident["performer"] or {}).get("fingerprint"), ident["dataset"]["fingerprint"],
              ident["extractor"]["version"], ident["extractor"]["max_length"]]
+    if ident.get("observer"):  # appended only when present: caches without an observer keep their keys
+        parts.append(ident["observer"]["fingerprint"])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -89,13 +93,16 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
 
 def check_compatible(manifest: dict[str, Any], *, backbone_fingerprint: str | None = None,
                      extractor_version: str | None = None, dataset_fingerprint: str | None = None,
-                     performer_fingerprint: str | None | bool = False, where: str = "") -> None:
-    """Refuse a cache built from other inputs (None = not checked; performer False = not checked)."""
+                     performer_fingerprint: str | None | bool = False, where: str = "",
+                     observer_fingerprint: str | None | bool = False) -> None:
+    """Refuse a cache built from other inputs (None = not checked; performer/observer False = not checked)."""
     checks = [("backbone", backbone_fingerprint, manifest["backbone"]["fingerprint"], manifest["backbone"]["name"]),
               ("extractor version", extractor_version, manifest["extractor"]["version"], ""),
               ("dataset", dataset_fingerprint, manifest["dataset"]["fingerprint"], "")]
     if performer_fingerprint is not False:
         checks.append(("performer", performer_fingerprint, (manifest.get("performer") or {}).get("fingerprint"), ""))
+    if observer_fingerprint is not False:
+        checks.append(("observer", observer_fingerprint, (manifest.get("observer") or {}).get("fingerprint"), ""))
     for what, want, have, name in checks:
         if want is not None and want != have:
             raise CacheMismatchError(
@@ -114,7 +121,8 @@ def _shard_table(rows: list[dict[str, Any]], feats: FeatureSet, key: str) -> pa.
     table = pa.table({
         "id": [r["id"] for r in rows], "label": pa.array([r["label"] for r in rows], pa.int8()),
         "domain": [r["domain"] for r in rows], "generator": [r["generator"] for r in rows],
-        "split": [r["split"] for r in rows], "n_tokens": pa.array(feats.n_tokens, pa.int32()),
+        "split": [r["split"] for r in rows], "source": [r["source"] for r in rows], "group": [r["group"] for r in rows],
+        "n_tokens": pa.array(feats.n_tokens, pa.int32()),
         "truncated": feats.extra["truncated"],
         "hidden": flat(feats.hidden, pa.float16()), "metrics": flat(feats.metrics, pa.float32()),
         "aux": flat(feats.aux, pa.float32()),
@@ -124,10 +132,10 @@ def _shard_table(rows: list[dict[str, Any]], feats: FeatureSet, key: str) -> pa.
 
 def build(loaded: LoadedModel, data_path: str, *, max_length: int = 512, batch_size: int = 16,
           shard_size: int = 256, performer: LoadedModel | None = None, cache_dir: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, observer: LoadedModel | None = None) -> dict[str, Any]:
     """Build or complete the cache of a prepared dataset; returns the manifest (plus this run's counts)."""
     rows = read_prepared(data_path)
-    ident = identity(loaded, dataset_fingerprint(data_path), max_length, performer, str(data_path))
+    ident = identity(loaded, dataset_fingerprint(data_path), max_length, performer, str(data_path), observer)
     key = cache_key(ident)
     out = Path(cache_dir) if cache_dir else cache_root() / key
     manifest = {"format": FORMAT, "key": key, **ident, "shard_size": shard_size, "n_rows": len(rows),
@@ -136,7 +144,8 @@ def build(loaded: LoadedModel, data_path: str, *, max_length: int = 512, batch_s
         old = read_manifest(out)
         check_compatible(old, backbone_fingerprint=loaded.fingerprint, extractor_version=_features.EXTRACTOR_VERSION,
                          dataset_fingerprint=ident["dataset"]["fingerprint"],
-                         performer_fingerprint=performer.fingerprint if performer else None, where=str(out))
+                         performer_fingerprint=performer.fingerprint if performer else None, where=str(out),
+                         observer_fingerprint=observer.fingerprint if observer else None)
         if old.get("key") != key or old.get("shard_size") != shard_size:
             raise CacheMismatchError(f"feature cache {out} has key {old.get('key')} / shard size "
                                      f"{old.get('shard_size')}, expected {key} / {shard_size}; use another directory")
@@ -163,6 +172,7 @@ def build(loaded: LoadedModel, data_path: str, *, max_length: int = 512, batch_s
         t0 = time.perf_counter()
         feats = _features.extract(loaded.model, loaded.tokenizer, [r["text"] for r in chunk], max_length=max_length,
                                   batch_size=batch_size, performer=performer.model if performer else None,
+                                  observer=observer.model if observer else None,
                                   names=[r["id"] for r in chunk], progress=tick)
         path = out / f"shard-{i:05d}.parquet"
         with atomic_path(path) as tmp:
@@ -202,13 +212,15 @@ def load(cache_dir: str | Path, *, splits: tuple[str, ...] | None = None, hidden
     H, A = manifest["backbone"]["hidden_size"], None
     cols = ["id", "label", "domain", "generator", "split", "n_tokens", "truncated", "metrics", "aux"]
     cols += ["hidden"] if hidden else []
-    parts: dict[str, list[Any]] = {c: [] for c in cols}
+    parts: dict[str, list[Any]] = {c: [] for c in cols + ["source", "group"]}
     aux_names: tuple[str, ...] = ()
     for shard in manifest["shards"]:
         if verify and not verify_shard(cache_dir, shard):
             raise CorruptShardError(f"feature cache {cache_dir}: {shard['file']} does not match its checksum; run "
                                     "`attnflow pawn features` (or the flow) again to rebuild it")
-        table = pq.read_table(cache_dir / shard["file"], columns=cols)
+        present = set(pq.read_schema(cache_dir / shard["file"]).names)
+        table = pq.read_table(cache_dir / shard["file"],
+                              columns=cols + [c for c in ("source", "group") if c in present])
         aux_names = tuple(filter(None, (table.schema.metadata or {}).get(b"aux", b"").decode().split(",")))
         A = len(aux_names)
         if splits is not None:
@@ -216,6 +228,9 @@ def load(cache_dir: str | Path, *, splits: tuple[str, ...] | None = None, hidden
         n_tok = table["n_tokens"].to_numpy()
         for c in ("id", "label", "domain", "generator", "split", "truncated"):
             parts[c] += table[c].to_pylist()
+        # caches written before the source / group columns existed: the domain stands in for the source
+        parts["source"] += table["source"].to_pylist() if "source" in present else table["domain"].to_pylist()
+        parts["group"] += table["group"].to_pylist() if "group" in present else [""] * table.num_rows
         parts["n_tokens"].append(n_tok)
         for c, width, shift in (("metrics", len(METRICS), 1), ("aux", A, 1), ("hidden", H, 0)):
             if c in cols:
@@ -229,7 +244,7 @@ def load(cache_dir: str | Path, *, splits: tuple[str, ...] | None = None, hidden
         metrics=parts["metrics"], aux=parts["aux"], aux_names=aux_names,
         vocab_size=manifest["backbone"]["vocab_size"], hidden=parts["hidden"] if hidden else None,
         labels=np.asarray(parts["label"], dtype=np.int64),
-        extra={k: parts[k] for k in ("domain", "generator", "split", "truncated")},
+        extra={k: parts[k] for k in ("domain", "generator", "split", "source", "group", "truncated")},
     )
     feats.check_finite()
     return feats
@@ -238,7 +253,7 @@ def load(cache_dir: str | Path, *, splits: tuple[str, ...] | None = None, hidden
 @task(cache_policy=NO_CACHE, retries=0, task_run_name="feature cache {data_path}")
 def build_feature_cache(loaded: LoadedModel, data_path: str, max_length: int = 512, batch_size: int = 16,
                         shard_size: int = 256, performer: LoadedModel | None = None, cache_dir: str | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, observer: LoadedModel | None = None) -> dict[str, Any]:
     """Run the backbone once over a prepared dataset (only the shards that are missing or corrupted)."""
     return build(loaded, data_path, max_length=max_length, batch_size=batch_size, shard_size=shard_size,
-                 performer=performer, cache_dir=cache_dir, progress=progress)
+                 performer=performer, cache_dir=cache_dir, progress=progress, observer=observer)

@@ -190,6 +190,9 @@ def export_detector(evaluation: dict[str, Any], loaded: LoadedModel, cache_dir: 
         "backbone": manifest["backbone"], "extractor": manifest["extractor"], "cache_key": manifest["key"],
         "threshold_logit": evaluation["threshold"],
         "threshold_probability": 1.0 / (1.0 + math.exp(-evaluation["threshold"])),
+        # the human validation scores: `pawn evaluate --target-fpr x` calibrates its threshold on them
+        "target_fpr": evaluation.get("target_fpr"), "fpr_threshold_logit": evaluation.get("fpr_threshold"),
+        "valid_human_scores": evaluation["valid"].get("human_scores", []),
         "metrics": {"valid": evaluation["valid"]["metrics"], "test": evaluation["test"]["metrics"]},
         "onnx": {"backbone": "backbone.onnx", "head": "head.onnx", "export_seconds": export_seconds,
                  "providers": ["CPUExecutionProvider"]},

@@ -4,7 +4,7 @@
     attnflow pawn features --model M DATA...                   build / resume / verify the feature cache
     attnflow pawn train --model M --train DATA... [--test DATA...] [-d "pawn(seed=1),gltr"]
     attnflow pawn run   --model M --train DATA... [--test DATA...]   train + ONNX export + register (champion)
-    attnflow pawn evaluate --detector attnflow.pawn.demo-lm DATA...  a trained detector on new labelled data
+    attnflow pawn evaluate --detector attnflow.pawn.demo-lm DATA... [--groups source]   a trained detector, new data
 
 features, train, run and evaluate are generated from the flows pawn-features, pawn-train, pawn and pawn-evaluate
 (``attnflow.flowcli``): their options are the flows' parameters, the fields of ``PrepOptions`` among them.
@@ -74,23 +74,25 @@ def _run_prep(call: Call) -> dict[str, Any]:
     p, opts = call.params, call.params["prep"]
     return prepare_detection_data.fn(p["sources"], source_fingerprints(p["sources"]), opts.fields(), opts.valid_frac,
                                      opts.test_frac, p["split"], opts.limit_per_source, opts.invert_labels,
-                                     opts.drop_empty, opts.strip_shared_prefix, p["out"])
+                                     opts.drop_empty, opts.strip_shared_prefix, p["out"], opts.label)
 
 
 def _show_prep(info: dict[str, Any], call: Call) -> None:
-    typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators")}))
+    typer.echo(json.dumps({k: info[k] for k in ("path", "fingerprint", "n_rows", "splits", "generators",
+                                                "shared_prefix")}))
 
 
 def _check_features(call: Call) -> None:
     from tasks.models import check_model
     from tasks.pawn_data import read_sources
-    from tasks.pawn_plan import check_options
+    from tasks.pawn_plan import check_options, check_same_tokenizer
 
     p = call.params
     check_options(p["max_length"], p["batch_size"], p["prep"], True)
     check_model(p["model"])
     if p["performer"]:
         check_model(p["performer"])
+    check_same_tokenizer(p["model"], p["performer"], p["observer"])  # before any weights are read
     _check_data(p["data"], p["prep"], read_sources)
 
 
@@ -101,11 +103,13 @@ def _show_features(out: dict[str, Any], call: Call) -> None:
 
 def _check_train(call: Call) -> None:
     from tasks.pawn_data import read_sources
+    from flows.pawn import check_decision_options
     from tasks.pawn_plan import plan_pawn
 
     p = call.params
+    check_decision_options(p["target_fpr"], p["groups"])
     plan_pawn.fn(p["model"], p["detectors"], p["train"], p["test"], p["prep"], p["max_length"], p["batch_size"],
-                 p["performer"])
+                 p["performer"], observer=p["observer"])
     _check_data(p["train"] + p["test"], p["prep"], read_sources)
 
 
@@ -124,14 +128,25 @@ def _show_run(out: dict[str, Any], call: Call) -> None:
 
 def _check_evaluate(call: Call) -> None:
     from tasks.pawn_data import read_sources
+    from flows.pawn import check_decision_options
     from tasks.pawn_export import resolve_model
 
+    check_decision_options(call.params["target_fpr"], call.params["groups"])
     resolve_model(call.params["detector"])
     _check_data(call.params["data"], call.params["prep"], read_sources)
 
 
 def _show_evaluate(out: dict[str, Any], call: Call) -> None:
+    """The table, then the summary line (with the reasons for omitted metrics) and the FPR tables per human source
+    and per ``--groups`` column."""
+    from tasks.pawn_metrics import summary_line
+    from tasks.pawn_train import format_fpr_table
+
     _show_train(out, call)
+    res = out["result"]
+    typer.echo(summary_line(res["fit"]["component"]["label"], res["test"]["metrics"], res["threshold"]))
+    for col, table in res["test"]["fpr_by"].items():
+        typer.echo(format_fpr_table(table, "human source" if col == "source" else col))
 
 
 def register(app: typer.Typer) -> None:
@@ -187,4 +202,4 @@ def _check_data(sources: list[str], opts: Any, read_sources: Any) -> None:
                 pass
         read_sources([s], fields=opts.fields(), valid_frac=opts.valid_frac, test_frac=opts.test_frac,
                      limit_per_source=opts.limit_per_source, invert_labels=opts.invert_labels,
-                     drop_empty=opts.drop_empty)
+                     drop_empty=opts.drop_empty, strip_shared_prefix=opts.strip_shared_prefix, label=opts.label)

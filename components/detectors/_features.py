@@ -10,9 +10,11 @@ t_{i+1}), with log P computed in float32:
     top_p        = sum_v P_i(v) [log P_i(v) >= log P_i(t_{i+1})]
     log_prob_sq  = sum_v P_i(v) (log P_i(v))^2                          (aux: Fast-DetectGPT's variance)
 
-and, with a second "performer" model M2 on the same tokens (Binoculars):
+and, for Binoculars, with an observer O and a performer M2 on the same tokens (each defaults to the backbone; at
+least one of them given):
 
-    performer_log_prob = log M2_i(t_{i+1});   cross_entropy = -sum_v P_i(v) log M2_i(v)
+    performer_log_prob = log M2_i(t_{i+1});   cross_entropy = -sum_v O_i(v) log M2_i(v)
+    observer_log_prob  = log O_i(t_{i+1})     (only when an observer other than the backbone is given)
 
 The vocabulary can be large (128k for Llama 3), so nothing of size (T, V) is ever held in float64: the
 backbone's body runs once per batch, then the output projection runs over chunks of up to 1024 positions (about
@@ -30,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from components.detectors.base import AUX, METRICS, PERFORMER_AUX, FeatureError, FeatureSet
+from components.detectors.base import AUX, METRICS, OBSERVER_AUX, PERFORMER_AUX, FeatureError, FeatureSet
 
 EXTRACTOR_VERSION = "1.0.0"
 #: characters kept per allowed token before tokenizing (protects the tokenizer from megabyte-long texts)
@@ -129,6 +131,7 @@ def extract(
     max_length: int = 512,
     batch_size: int = 16,
     performer: torch.nn.Module | None = None,
+    observer: torch.nn.Module | None = None,
     names: Sequence[str] | None = None,
     chunk_elements: int = 1 << 22,
     progress: Callable[[int, int], None] | None = None,
@@ -137,8 +140,10 @@ def extract(
     names = list(names) if names is not None else [f"#{i}" for i in range(len(texts))]
     enc = encode(tokenizer, texts, max_length, names)
     V = vocab_size(model)
-    if performer is not None and vocab_size(performer) != V:
-        raise FeatureError(f"performer vocabulary ({vocab_size(performer)}) differs from the backbone's ({V})")
+    for role, other in (("performer", performer), ("observer", observer)):
+        if other is not None and vocab_size(other) != V:
+            raise FeatureError(f"{role} vocabulary ({vocab_size(other)}) differs from the backbone's ({V})")
+    pair = performer is not None or observer is not None  # Binoculars statistics of an observer/performer pair
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(texts)), key=lambda i: len(enc.ids[i]))  # similar lengths share a batch
@@ -164,16 +169,23 @@ def extract(
         rows = h[:, :-1][scored]  # (N, H)
         targets = ids[:, 1:][scored]  # (N,)
         hp = _body(performer, ids)[:, :-1][scored] if performer is not None else None  # (N, H2)
+        ho = _body(observer, ids)[:, :-1][scored] if observer is not None else None  # (N, H3)
         m_parts, a_parts = [], []
         for c in range(0, rows.shape[0], gemm_rows):  # output projection: large GEMMs
             logits = output_logits(model, rows[c : c + gemm_rows])  # (n, V)
             perf = output_logits(performer, hp[c : c + gemm_rows]) if hp is not None else None  # (n, V)
+            obs = output_logits(observer, ho[c : c + gemm_rows]) if ho is not None else None  # (n, V)
             for s in range(0, logits.shape[0], stat_rows):  # metrics: cache-sized pieces
                 lg = logits[s : s + stat_rows]  # (n', V)
                 tg = targets[c + s : c + s + lg.shape[0]]  # (n',)
                 m, sq = token_metrics(lg, tg)
-                if perf is not None:
-                    sq = torch.cat([sq, performer_stats(lg, perf[s : s + stat_rows], tg)], dim=-1)  # (n', 3)
+                if pair:
+                    o = obs[s : s + stat_rows] if obs is not None else lg  # (n', V) observer logits
+                    q = perf[s : s + stat_rows] if perf is not None else lg  # (n', V) performer logits
+                    sq = torch.cat([sq, performer_stats(o, q, tg)], dim=-1)  # (n', 3)
+                    if obs is not None:
+                        o_lp = torch.log_softmax(o, dim=-1).gather(-1, tg[:, None])  # (n', 1)
+                        sq = torch.cat([sq, o_lp], dim=-1)  # (n', 4)
                 m_parts.append(m)
                 a_parts.append(sq)
         m_all = torch.cat(m_parts).cpu().numpy()  # (N, 5)
@@ -196,7 +208,8 @@ def extract(
             progress(done_texts, done_tokens)
     return FeatureSet(
         ids=names, n_tokens=np.array([len(x) for x in enc.ids], dtype=np.int32), metrics=metrics, aux=aux,
-        aux_names=AUX + (PERFORMER_AUX if performer is not None else ()), vocab_size=V, hidden=hidden,
+        aux_names=AUX + (PERFORMER_AUX if pair else ()) + (OBSERVER_AUX if observer is not None else ()),
+        vocab_size=V, hidden=hidden,
         extra={"truncated": list(enc.truncated)},
     )
 

@@ -6,7 +6,8 @@ Every detector scores texts from the same features of one frozen causal LM (the 
 - ``metrics`` (T-1, 5) float32, for position i predicting token i+1, in the official PAWN order
   ``entropy, max_log_prob, next_token_log_prob, quantile, top_p`` (:data:`METRICS`);
 - ``aux`` (T-1, A) float32: extra per-token statistics some baselines need (``log_prob_sq`` = sum_v p log^2 p for
-  Fast-DetectGPT; ``performer_log_prob`` / ``cross_entropy`` when a second "performer" model was given);
+  Fast-DetectGPT; ``performer_log_prob`` / ``cross_entropy`` when a Binoculars observer or performer other than
+  the backbone was given, ``observer_log_prob`` when the observer is not the backbone);
 - ``hidden`` (T, H) float16: the backbone's last hidden state (after its final norm), stored once (PAWN's gate
   reads h_i and h_{i+1}; the shift happens at load time).
 
@@ -29,6 +30,7 @@ from components.base import Component
 METRICS = ("entropy", "max_log_prob", "next_token_log_prob", "quantile", "top_p")
 AUX = ("log_prob_sq",)
 PERFORMER_AUX = ("performer_log_prob", "cross_entropy")
+OBSERVER_AUX = ("observer_log_prob",)
 
 
 class FeatureError(ValueError):

@@ -7,9 +7,11 @@ through ONNX Runtime from the CLI and is evaluated on new data."""
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
@@ -19,6 +21,7 @@ from components.detectors._features import extract
 from flows.pawn import DEFAULT_DETECTORS, pawn, pawn_evaluate, pawn_features, pawn_prep, pawn_train
 from infra.settings import settings
 from tasks.pawn_export import PARITY_TOL, read_meta
+from tasks.pawn_metrics import calibrate_fpr_threshold
 from tasks.pawn_train import detector, load_state
 from tests.helpers.detection import human_texts, one_torch_thread, pair_file  # noqa: F401  (autouse fixture)
 
@@ -65,9 +68,18 @@ def test_flow_compares_pawn_with_every_baseline_in_mlflow(run):
         assert key in p.data.metrics, key
     assert [m.step for m in c.get_metric_history(p.info.run_id, "train/valid_auroc")][:2] == [1, 2]
     arts = {a.path for a in c.list_artifacts(p.info.run_id, "figures")}
-    assert arts == {"figures/roc.png", "figures/score_histogram.png"}
+    assert arts == {"figures/roc.png", "figures/score_histogram.png", "figures/fpr_by_source.png"}
     assert "state/state.safetensors" in {a.path for a in c.list_artifacts(p.info.run_id, "state")}
     assert "single model" in children["binoculars"].data.tags["attnflow.binoculars.models"]
+    assert children["binoculars"].data.tags["attnflow.binoculars.single_model"] == "true"
+    # decisions at the threshold calibrated for 5% FPR on human validation texts, FPR per human source
+    for key in ("test/fpr", "test/fpr_ci_low", "test/fpr_ci_high", "test/recall_at_target_fpr", "test/target_fpr",
+                "test/accuracy_at_target_fpr", "test/fpr_by/source/xsum_tiny-a/fpr"):
+        assert key in p.data.metrics, key
+    assert p.data.params["target_fpr"] == "0.05"
+    assert "fpr_by_source.json" in {a.path for a in c.list_artifacts(p.info.run_id)}
+    parent_run = c.get_run(run["run_id"])
+    assert parent_run.data.tags["attnflow.shared_prefix"] == "cut"
     parent = {a.path for a in c.list_artifacts(run["run_id"])}
     assert {"roc.png", "comparison.md", "comparison.png", "feature_cache"} <= parent
     manifest = json.loads(mlflow.artifacts.load_text(f"runs:/{run['run_id']}/feature_cache/train-manifest.json"))
@@ -136,3 +148,40 @@ def test_prep_and_features_flows_find_the_same_cache(run, data, tiny_llama_dir):
     feats = pawn_features(data=[prepared["path"]], model=str(tiny_llama_dir), max_length=48, progress=False)
     assert feats["key"] == run["caches"]["train"]["key"]  # same content, same backbone: the pawn run's cache
     assert feats["complete"] and feats["computed_shards"] == []
+
+
+def test_human_only_data_gets_fpr_per_group_and_no_nan(run, data):
+    src = data["dir"] / "essays.jsonl"  # no label column: one class, with a writer group
+    src.write_text("\n".join(json.dumps({"id": f"e{i}", "text": t, "writer": "native" if i % 3 else "non-native"})
+                             for i, t in enumerate(human_texts(12, seed=11))))
+    prep = CliRunner().invoke(app, ["pawn", "prep", str(src), "--label", "human", "--group-field", "writer",
+                                    "--split", "test", "--out", str(data["dir"] / "essays.parquet")])
+    assert prep.exit_code == 0, prep.output
+    assert json.loads(prep.stdout.splitlines()[-1])["splits"]["test"] == {"human": 12, "machine": 0}
+    out = CliRunner().invoke(app, ["pawn", "evaluate", str(src), "-m", run["registered"], "--label", "human",
+                                   "--group-field", "writer", "--groups", "group", "--experiment", "pawn-test-human"])
+    assert out.exit_code == 0, out.output
+    assert not re.search(r"\bnan\b", out.output, re.I)  # NaN is never printed
+    assert "omitted auroc" in out.output and "needs human and machine texts" in out.output
+    assert "FPR per group" in out.output and "non-native" in out.output
+    c = mlflow.MlflowClient(tracking_uri=settings().tracking_uri)
+    child = next(r for r in mlflow.search_runs(experiment_names=["pawn-test-human"], output_format="list")
+                 if r.data.tags.get("attnflow.component") == "pawn")
+    m = child.data.metrics
+    assert "test/auroc" not in m and m["test/n_human"] == 12 and 0 <= m["test/fpr"] <= 1
+    assert all(v == v for v in m.values())  # no NaN logged
+    omitted = json.loads(mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/omitted_metrics.json"))
+    assert omitted["test"]["auroc"].startswith("needs human and machine texts")
+    # the per-group table against a count by hand, at the threshold calibrated on the stored validation humans
+    meta = read_meta(run["model_dir"])
+    t = calibrate_fpr_threshold(np.array(meta["valid_human_scores"]), 0.05)
+    scores = json.loads(mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/breakdowns.json"))["fpr_by"]["group"]
+    ids = pq.read_table(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/test_scores.parquet"))
+    rows = ids.to_pylist()
+    assert scores["threshold"] == pytest.approx(t)
+    for g in ("native", "non-native"):
+        mine = [r["scores"] for r in rows if r["group"] == g]
+        row = next(r for r in scores["rows"] if r["group"] == g)
+        assert (row["n_human"], row["n_flagged"]) == (len(mine), sum(s >= t for s in mine))
+        assert m[f"test/fpr_by/group/{g}/fpr"] == pytest.approx(row["fpr"])
+    assert {"fpr_by_group.json", "fpr_by_source.json"} <= {a.path for a in c.list_artifacts(child.info.run_id)}

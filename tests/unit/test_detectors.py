@@ -107,7 +107,8 @@ def test_binoculars_with_a_performer_uses_the_cross_entropy():
     lp = f.metrics[3][:, 2].astype(np.float64)
     assert det("binoculars").score(f)[3] == pytest.approx(-perf_lp.mean() / xent.mean(), rel=1e-9)
     assert det("binoculars", ppl_model="observer").score(f)[3] == pytest.approx(-lp.mean() / xent.mean(), rel=1e-9)
-    assert "performer=cached second model" in det("binoculars").describe(f)["binoculars.models"]
+    assert "two models: observer=backbone, performer=cached performer" in det("binoculars").describe(f)[
+        "binoculars.models"]
 
 
 def test_gltr_buckets_and_logistic_regression_match_sklearn():

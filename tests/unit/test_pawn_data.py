@@ -31,7 +31,7 @@ def prep(sources, **kw):
     return prepare_detection_data.fn([str(s) for s in sources], source_fingerprints([str(s) for s in sources]),
                                      o.fields(), o.valid_frac, o.test_frac, kw.get("split", "auto"),
                                      o.limit_per_source, o.invert_labels, o.drop_empty, o.strip_shared_prefix,
-                                     kw.get("out"))
+                                     kw.get("out"), o.label)
 
 
 def test_fast_detectgpt_pair_files(tmp_path):
@@ -53,8 +53,12 @@ def test_fast_detectgpt_pair_files(tmp_path):
         if r["label"] == 0:
             split_of.setdefault(r["text"], set()).add(r["split"])
     assert all(len(s) == 1 for s in split_of.values()) and len(two) == 80
-    cut = read_sources([str(pair_file(tmp_path))], fields=FIELDS, strip_shared_prefix=True, limit_per_source=3)
+    cut = read_sources([str(pair_file(tmp_path))], fields=FIELDS, limit_per_source=3)  # cut by default
     assert len(cut) == 6 and cut[0]["text"] == "human text 0." and cut[1]["text"] == "machine text 0!"
+    assert {r["source"] for r in cut} == {"xsum_gpt-4"} and {r["group"] for r in cut} == {""}
+    kept = read_sources([str(pair_file(tmp_path))], fields=FIELDS, strip_shared_prefix=False, limit_per_source=1)
+    assert kept[0]["text"] == "Shared start words here then human text 0."
+    assert info["shared_prefix"] == "cut"
 
 
 def test_jsonl_csv_parquet_and_label_forms(tmp_path):
@@ -107,6 +111,31 @@ def test_bad_labels_empty_texts_duplicates_and_splits(tmp_path):
         read_prepared(not_prepared)
 
 
+def test_one_class_files_take_a_label_and_a_group_column(tmp_path):
+    (tmp_path / "essays.jsonl").write_text("\n".join(json.dumps({"text": f"essay {i}", "writer": w})
+                                                      for i, w in enumerate(["native", "non-native", "native"])))
+    info = prep([tmp_path / "essays.jsonl"], label="human", group_field="writer", split="test",
+                out=str(tmp_path / "h.parquet"))
+    rows = read_prepared(info["path"])
+    assert [r["label"] for r in rows] == [0, 0, 0] and [r["generator"] for r in rows] == ["human"] * 3
+    assert [r["group"] for r in rows] == ["native", "non-native", "native"] and rows[0]["source"] == "essays"
+    assert info["splits"]["test"] == {"human": 3, "machine": 0}
+    with pytest.raises(DetectionDataError, match="no label field 'label'"):
+        read_sources([str(tmp_path / "essays.jsonl")], fields=FIELDS)  # without --label: the old error
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a", "label": "machine"}\n')
+    with pytest.raises(DetectionDataError, match="row 0: label 'machine' contradicts --label human"):
+        read_sources([str(tmp_path / "mixed.jsonl")], fields=FIELDS, label="human")
+    with pytest.raises(DetectionDataError, match="pair file holds human and machine texts"):
+        read_sources([str(pair_file(tmp_path))], fields=FIELDS, label="human")
+    with pytest.raises(DetectionDataError, match="--label 'robot' must be human or machine"):
+        read_sources([str(tmp_path / "essays.jsonl")], fields=FIELDS, label="robot")
+    # a file prepared before the source / group columns existed still reads (source = domain)
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"id": ["x"], "text": ["t"], "label": pa.array([0], pa.int8()), "domain": ["d"],
+                             "generator": ["human"], "split": ["test"]}), old)
+    assert read_prepared(old)[0]["source"] == "d" and read_prepared(old)[0]["group"] == ""
+
+
 def test_dataset_fingerprint_follows_content(tmp_path):
     a = prep([pair_file(tmp_path)], out=str(tmp_path / "a.parquet"))
     b = prep([pair_file(tmp_path)], out=str(tmp_path / "b.parquet"))
@@ -135,6 +164,7 @@ def test_metrics_recall_at_fpr_and_breakdowns():
     doms = ["a", "b"] * 100
     b = pawn_metrics.breakdowns(scores, labels, doms, gens, 97.5)
     assert [r["generator"] for r in b["by_generator"]] == ["g1", "g2"]
-    assert all(r["n"] == 150 for r in b["by_generator"])  # each generator against every human text
+    assert all(r["n"] == 150 for r in b["by_generator"])  # both generators write in both domains: every human
     assert [r["domain"] for r in b["by_domain"]] == ["a", "b"] and sum(r["n"] for r in b["by_domain"]) == 200
-    assert np.isnan(pawn_metrics.metrics(scores[:100], labels[:100], 0.0)["auroc"])
+    human_only = pawn_metrics.metrics(scores[:100], labels[:100], 0.0)
+    assert "auroc" not in human_only and "needs human and machine" in human_only["omitted"]["auroc"]
