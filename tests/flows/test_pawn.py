@@ -158,7 +158,7 @@ def test_human_only_data_gets_fpr_per_group_and_no_nan(run, data):
                                     "--split", "test", "--out", str(data["dir"] / "essays.parquet")])
     assert prep.exit_code == 0, prep.output
     assert json.loads(prep.stdout.splitlines()[-1])["splits"]["test"] == {"human": 12, "machine": 0}
-    out = CliRunner().invoke(app, ["pawn", "evaluate", str(src), "-m", run["registered"], "--label", "human",
+    out = CliRunner().invoke(app, ["pawn", "evaluate", str(src), "--detector", run["registered"], "--label", "human",
                                    "--group-field", "writer", "--groups", "group", "--experiment", "pawn-test-human"])
     assert out.exit_code == 0, out.output
     assert not re.search(r"\bnan\b", out.output, re.I)  # NaN is never printed

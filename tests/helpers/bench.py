@@ -21,7 +21,8 @@ SMOKE_LINES = {
     "analysis_speed": r"(?m)^ratio analysis / greedy decode: [\d.]+.*\n.*\(ratio [\d.]+\)$",
     "sink_control": r"(?m)^demo\s+builtin:stories\s+T=32 .*Sink_1=\s*[\d.]+%",
     "real_model_parity": r"(?m)^\s+pasta\(.*\): fast vs materialised .* next-token agree (True|False)",
-    "pawn": r"(?m)^\| demo-lm \| x[\d.]+ \| [\d,]+ \| x[\d.]+ .*\n(.*\n)*\| demo-lm \| log_likelihood \| [\d.]+ \|",
+    "pawn": r"(?m)^\| demo-lm \| x[\d.]+ \| [\d,]+ \| x[\d.]+ .*\n(.*\n)*## demo-lm: main->gpt .*\n(.*\n)*"
+            r"\| log_likelihood \| [\d.]+ \|",
     "reproduce": r"(?m)^## .*demo-lm \(.*seeds 0,1,2.*\)\n\n(.*\n)*.*sinks",
     "reproduce_fewshot": r"(?m)^\| pasta \(\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|",
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",

@@ -49,5 +49,5 @@ def test_prep_writes_the_schema_without_a_flow(files):
     assert out.exit_code == 0, out.output
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["n_rows"] == 8 and pq.read_schema(files / "p.parquet").names == [
-        "id", "text", "label", "domain", "generator", "split"]
+        "id", "text", "label", "domain", "generator", "split", "source", "group"]
     assert "Starting temporary server" not in out.output
