@@ -196,3 +196,17 @@ def test_bad_parameters():
         parse("snapkv(budget=8,evict_every=2)").create("press")
     with pytest.raises(ValueError, match="ratio"):
         parse("knorm(ratio=1.0)").create("press")
+
+
+def test_query_agnostic_generation_ratio_zero_equals_generate(model):
+    from components.presses._decode import generate_on_cache
+
+    ids, mask = _inputs(b=2, t=30, pad=(0, 6))
+    question = torch.randint(3, 300, (2, 5), generator=torch.Generator().manual_seed(1))
+    press = parse("snapkv(window=4)").create("press").with_ratio(0.0)
+    got, _ = generate_on_cache(model, press, ids, mask, question, 5)
+    full_mask = torch.cat([mask, torch.ones_like(question)], 1)
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.cat([ids, question], 1), attention_mask=full_mask, max_new_tokens=5,
+                             do_sample=False, pad_token_id=0)[:, -5:]
+    assert torch.equal(got, ref)
