@@ -107,6 +107,9 @@ def install(model: torch.nn.Module, press: KVPress, state: PressState) -> list[A
             state.kept_bytes += _bytes(cl)
             if layer == n_layers - 1:
                 state.pending, state.compressed = False, True
+                state.total_full_bytes += state.full_bytes
+                state.total_kept_bytes += state.kept_bytes
+                state.n_prefills += 1
             return None
         if not state.compressed:
             return None

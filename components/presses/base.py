@@ -66,6 +66,9 @@ class PressState:
     full_bytes: int = 0  # cache bytes right before the prefill compression (measured)
     kept_bytes: int = 0  # cache bytes right after it (measured)
     prefill_len: int = 0
+    total_full_bytes: int = 0  # summed over every prefill of the scope (a benchmark's batches)
+    total_kept_bytes: int = 0
+    n_prefills: int = 0
     pending: bool = False  # the current forward is a prefill to compress
     valid: torch.Tensor | None = None  # (B, T) the prefill's pad mask
     new_valid: torch.Tensor | None = None  # (B, q) validity of the positions appended by the current forward
