@@ -210,3 +210,28 @@ def test_query_agnostic_generation_ratio_zero_equals_generate(model):
         ref = model.generate(input_ids=torch.cat([ids, question], 1), attention_mask=full_mask, max_new_tokens=5,
                              do_sample=False, pad_token_id=0)[:, -5:]
     assert torch.equal(got, ref)
+
+
+def test_recomputed_window_attention_equals_the_models_attention():
+    """The queries a press recomputes from the layer input reproduce the model's own attention rows (eager path,
+    left padding included): the scores are taken from the attention the model really computes."""
+    m = tiny_model("llama", layers=2, heads=4, kv_heads=2)
+    m.config._attn_implementation = "eager"
+    ids, mask = _inputs(b=2, t=30, pad=(0, 6))
+    cap = {}
+
+    def post(mod, args, kwargs, out):
+        cap[mod.layer_idx] = (kwargs["hidden_states"], kwargs["position_embeddings"], out[1])
+
+    handles = [layer.self_attn.register_forward_hook(post, with_kwargs=True) for layer in m.model.layers]
+    try:
+        with torch.no_grad():
+            out = m(input_ids=ids, attention_mask=mask, use_cache=True, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for layer, (hid, cos_sin, weights) in cap.items():
+        cl = out.past_key_values.layers[layer]
+        inp = LayerInput(layer, 2, m.model.layers[layer].self_attn, cl.keys, cl.values, hid, cos_sin, mask.bool(), {})
+        got = _scoring.window_attention(inp, 5)  # (B, H, 5, T)
+        torch.testing.assert_close(got, weights[:, :, -5:].float(), rtol=1e-5, atol=1e-6)
