@@ -56,7 +56,9 @@ def install(model: torch.nn.Module, press: KVPress, state: PressState) -> list[A
         if kwargs.get("position_ids") is None:
             pos = torch.arange(state.seen, state.seen + t_new, device=x.device)  # (t_new,)
             kwargs["position_ids"] = pos[None].expand(b, -1)
-        kwargs["attention_mask"] = torch.cat([state.layer_state[0]["valid"], new_valid], 1).long()  # (B, S0+t_new)
+        full = torch.cat([state.layer_state[0]["valid"], new_valid], 1)  # (B, S0+t_new)
+        if mask is not None or not bool(full.all()):  # no mask given and nothing to hide: leave None (fast path)
+            kwargs["attention_mask"] = full.long()
         state.seen += t_new
         state.decoding = t_new == 1
         if state.decoding:
