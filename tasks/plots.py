@@ -150,6 +150,26 @@ def head_heatmap(selection: dict[str, Any]) -> plt.Figure:
     return fig
 
 
+def ratio_curves(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """kv-sweep: the metric against the compression ratio, one line per press (rows: press, ratio, value)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, press in enumerate(dict.fromkeys(r["press"] for r in rows)):
+        pts = sorted((r["ratio"], r["value"]) for r in rows if r["press"] == press)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=press, color=f"C{i % 10}")
+    ax.set_xlabel("compression ratio (fraction of the prefill removed)")
+    ax.set_ylabel(rows[0]["metric"] if rows else "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:120]
+
+
 def to_png(fig: plt.Figure) -> bytes:
     import io
 

@@ -1,0 +1,30 @@
+"""`attnflow kv-sweep`: KV-cache presses x compression ratios x tasks on one model (generated from the flow); the
+presses, ratios and tasks are validated before any server starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check(call: Call) -> None:
+    from tasks.kv_sweep import plan_presses
+    from tasks.plan import plan_request
+
+    p = call.params
+    plan_presses.fn(p["presses"], p["ratios"])
+    plan_request.fn(p["model"], ["baseline"], p["tasks"], [0], trust_remote_code=p["trust_remote_code"])
+
+
+def show(out: dict[str, Any], call: Call) -> None:
+    from attnflow.output import print_mlflow
+
+    typer.echo(out["table"])
+    print_mlflow(call.params["experiment"], out["run_id"])
+
+
+def register(app: typer.Typer) -> None:
+    lazy_flow_command("kv-sweep", "flows.kv_sweep:kv_sweep", lambda: {"prepare": check, "show": show})

@@ -1,0 +1,1 @@
+"""KV-cache presses (family ``press``): which key/value entries each layer keeps after the prefill."""
