@@ -1,8 +1,9 @@
 """KV-cache presses on a real model: cache bytes ratio, prefill time, decode tokens/s, process RSS.
 
 Usage (one process, CPU):
-    ATTNFLOW_HOME=/work/home/bench PYTHONPATH=. python bench/kv_press.py --model smollm2-135m \
+    python bench/kv_press.py --model smollm2-135m \
         --lengths 2048 4096 --ratios 0.5 --decode 32 --repeats 2 --out /tmp/kv_press.json
+    python bench/kv_press.py --smoke    # the demo model, T=128, 4 decode steps: checks the script runs (make test)
 """
 
 from __future__ import annotations
@@ -62,12 +63,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes on the demo model shipped in assets/, seconds, no downloads (make test)")
     a = ap.parse_args()
+    if a.smoke:
+        a.model, a.lengths, a.decode, a.repeats = "demo", [128], 4, 1
     torch.set_num_threads(a.threads)
     model, _ = load_model(a.model)
+    vocab = model.config.vocab_size
     rows = []
     for t in a.lengths:
-        ids = torch.randint(100, 40000, (1, t), generator=torch.Generator().manual_seed(t))
+        ids = torch.randint(min(100, vocab // 4), vocab, (1, t), generator=torch.Generator().manual_seed(t))
         run_point(model, ids[:, :64], None, 2)  # warm-up
         for spec in a.presses:
             for r in a.ratios:
@@ -86,6 +92,8 @@ def main() -> None:
                                  prefill_x=p["prefill_s"] / b["prefill_s"],
                                  decode_x=p["decode_tok_s"] / b["decode_tok_s"]))
                 print(json.dumps(rows[-1]), flush=True)
+                print(f"{spec:>14} ratio {r:.3f} T={t}: cache x{rows[-1]['bytes_ratio']:.3f}, prefill "
+                      f"x{rows[-1]['prefill_x']:.2f}, decode x{rows[-1]['decode_x']:.2f}", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
 

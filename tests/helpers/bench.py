@@ -25,6 +25,7 @@ SMOKE_LINES = {
             r"\| log_likelihood \| [\d.]+ \|",
     "reproduce": r"(?m)^## .*demo-lm \(.*seeds 0,1,2.*\)\n\n(.*\n)*.*sinks",
     "reproduce_fewshot": r"(?m)^\| pasta \(\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|",
+    "kv_press": r"(?m)^\s+snapkv ratio 0\.500 T=128: cache x0\.[45]\d+, prefill x[\d.]+, decode x[\d.]+$",
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
