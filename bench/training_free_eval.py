@@ -90,6 +90,8 @@ def main() -> None:
     from tasks.report import to_markdown
 
     model = resolve_model(args.model)
+    if args.smoke:  # the shipped demo model (4 layers), not a user-trained copy under ATTNFLOW_HOME: layer 3 exists
+        model = str(Path(__file__).resolve().parents[1] / "assets" / "demo-lm")
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {}
     for name in args.tasks.split(","):

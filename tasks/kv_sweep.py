@@ -15,6 +15,7 @@ from registry.specs import ResolvedSpec, SpecError, parse_list, resolved
 from tasks.data import load_data
 from tasks.integrity import CHECKED, content_key
 from tasks.models import LoadedModel
+from tasks.retry import transient
 
 
 @task(cache_policy=NO_CACHE, task_run_name="validate presses")
@@ -92,7 +93,7 @@ def curves_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-@task(retries=2, retry_delay_seconds=5, task_run_name="log kv curves")
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=transient, task_run_name="log kv curves")
 def log_kv_curves(run_id: str, points: list[dict[str, Any]], child_runs: list[str]) -> str:
     """Per-point metrics on the child runs; on the parent: one accuracy-vs-ratio figure per task (a line per
     press), the table as Markdown and JSON."""
