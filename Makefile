@@ -82,6 +82,6 @@ test-real: install
 bench: install
 	$(PY) bench/patch_overhead.py
 
-# every bench/ script with --smoke (tiny sizes, no ../shared, no downloads); `make test` runs these tests too
+# every bench/ script with --smoke (tiny sizes, only files in the repository, no downloads); `make test` runs these tests too
 bench-smoke: install
 	$(PY) -m pytest -q -n 0 tests/integration/test_bench_smoke.py tests/flows/test_bench_smoke.py

@@ -1,6 +1,6 @@
 """Benchmarks do not rot: every script in bench/ runs with ``--smoke`` (tiny sizes, built-in or generated data, the
-demo model shipped in assets/, nothing from ../shared, no downloads) and prints its result lines. The scripts that
-run Prefect flows are smoke-run in tests/flows/test_bench_smoke.py."""
+demo model shipped in assets/, nothing outside the repository, no downloads) and prints its result lines. The
+scripts that run Prefect flows are smoke-run in tests/flows/test_bench_smoke.py."""
 
 from __future__ import annotations
 
