@@ -147,9 +147,13 @@ def check_supported(config: Any) -> type:
     try:
         cls = AutoModelForCausalLM._model_mapping[type(config)]
     except KeyError:
+        from components.attention import vision
+
+        hint = " (a vision model: load it with components.modeling.load_vision_model)" \
+            if vision.is_multimodal(config) else ""
         raise UnsupportedArchitectureError(
             f"{type(config).__name__} (model_type={getattr(config, 'model_type', '?')!r}) has no causal-LM class "
-            "in transformers"
+            f"in transformers{hint}"
         ) from None
     if not getattr(cls, "_supports_attention_backend", False):
         raise UnsupportedArchitectureError(
@@ -200,6 +204,23 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model.to(device).eval(), tokenizer
+
+
+def load_vision_model(ref: ModelRef | str, *, dtype: str = "float32", device: str = "cpu") -> torch.nn.Module:
+    """Load a supported vision-language decoder or vision encoder (components/attention/vision.py) in eval mode with
+    SDPA attention. The family is checked on the config, before any weights are read (UnsupportedVisionModelError
+    names the configuration otherwise). Local directories and hub ids; no remote code."""
+    from components.attention import vision
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    mref = resolve(ref) if isinstance(ref, str) else ref
+    if mref.kind in ("gguf", "catalogue"):
+        raise vision.UnsupportedVisionModelError(f"{mref.ref!r}: GGUF files and catalogue models are language models")
+    config = load_config(mref)
+    cls = vision.model_class(config)
+    model = cls.from_pretrained(mref.location, config=config, dtype=_DTYPES[dtype], attn_implementation="sdpa")
+    return model.to(device).eval()
 
 
 def _unreadable_weights(mref: ModelRef) -> str:

@@ -36,6 +36,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from components.attention import math as am
+from components.attention import vision
 from components.attention.types import CallInfo, KeyBias
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +60,8 @@ class PatchSession:
     inputs: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
     attention_mask_2d: torch.Tensor | None = None
+    layout: vision.VisualLayout | None = None
+    image_tokens: torch.Tensor | None = None  # (B, past + new) bool, decoders: image tokens of every position seen
 
     def set_inputs(self, **inputs: Any) -> None:
         """Attach per-batch inputs (texts, offsets, spans...) that input-dependent patches read."""
@@ -66,7 +69,10 @@ class PatchSession:
 
 
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """Self-attention modules by layer index (modules with ``layer_idx`` whose class ends in 'Attention')."""
+    """Self-attention modules by layer index (modules with ``layer_idx`` whose class ends in 'Attention'; for a
+    vision encoder, its attention modules numbered in module order, see components/attention/vision.py)."""
+    if _layout(model) is not None and _layout(model).kind == "encoder":
+        return dict(enumerate(vision.encoder_attention_modules(model)))
     found: dict[int, torch.nn.Module] = {}
     for _, mod in model.named_modules():
         if type(mod).__name__.endswith("Attention") and isinstance(getattr(mod, "layer_idx", None), int):
@@ -88,10 +94,15 @@ def check_patchable(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
         raise UnsupportedModelError(
             f"{name} uses the attention kernel {kernel}: attnflow patches edit softmax attention and do not apply to it"
         )
+    vision.layout_of(model.config)  # a multimodal model outside the supported families is named here
     mods = attention_modules(model)
     if not mods:
         raise UnsupportedModelError(f"{name} cannot be patched: no self-attention modules with a layer_idx found")
     return mods
+
+
+def _layout(model: torch.nn.Module) -> vision.VisualLayout | None:
+    return vision.layout_of(model.config) if hasattr(model, "config") else None
 
 
 def _install_impl() -> None:
@@ -107,10 +118,10 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
     mods = check_patchable(model)
     config = model.config
     n_layers = len(mods)
-    n_heads = config.num_attention_heads
+    n_heads = config.get_text_config().num_attention_heads
     for p in patches:
         p.check_model(config)  # validation before anything changes
-    session = PatchSession(model=model, patches=list(patches), force=force)
+    session = PatchSession(model=model, patches=list(patches), force=force, layout=_layout(model))
     _install_impl()
     previous = config._attn_implementation
     stack: list[PatchSession] = getattr(model, "_attnflow_stack", None) or []
@@ -121,6 +132,7 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
         for layer, mod in mods.items():
             mod._attnflow_stack = stack
             mod._attnflow_layers = (n_layers, n_heads)
+            mod._attnflow_layer = layer
         handles.append(_capture_mask_hook(model, session))
         if previous != IMPLEMENTATION:
             model.set_attn_implementation(IMPLEMENTATION)
@@ -131,7 +143,7 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
         stack.remove(session)
         if not stack:
             for mod in mods.values():
-                for attr in ("_attnflow_stack", "_attnflow_layers"):
+                for attr in ("_attnflow_stack", "_attnflow_layers", "_attnflow_layer"):
                     if hasattr(mod, attr):
                         delattr(mod, attr)
             if hasattr(model, "_attnflow_stack"):
@@ -152,8 +164,48 @@ def _capture_mask_hook(model: torch.nn.Module, session: PatchSession):
             bound = kwargs
         mask = bound.get("attention_mask")
         session.attention_mask_2d = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if session.layout is not None and session.layout.kind == "decoder":
+            session.image_tokens = _track_image_tokens(session, bound.get("input_ids"), _cache_of(bound))
 
     return base.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _cache_of(bound: dict):
+    """The KV cache argument of a forward (``cache`` in transformers >= 5.x, ``past_key_values`` before)."""
+    cache = bound.get("cache")
+    return cache if cache is not None else bound.get("past_key_values")
+
+
+def _track_image_tokens(session: PatchSession, input_ids, cache) -> torch.Tensor | None:
+    """(B, past + new) bool image-token flags: reset at a prefill, extended at each cached step. None when the forward
+    has no ``input_ids`` (embeddings only) or continues a cache this scope did not see from its prefill."""
+    past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        return None
+    new = session.layout.image_tokens(input_ids)  # (B, T)
+    if past == 0:
+        return new
+    seen = session.image_tokens
+    if seen is None or seen.shape[0] != new.shape[0] or seen.shape[1] != past:
+        return None
+    return torch.cat([seen, new], dim=1)
+
+
+def _image_keys(session: PatchSession, batch: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+    """(B, S) bool image-key flags of one attention call (the last S positions seen; right-padded with False under
+    a static cache longer than the sequence)."""
+    layout = session.layout
+    if layout is None:
+        return None
+    if layout.kind == "encoder":
+        flags = torch.ones(batch, kv_len, dtype=torch.bool, device=device)
+        flags[:, : layout.n_prefix] = False
+        return flags
+    seen = session.image_tokens
+    if seen is None or seen.shape[0] != batch:
+        return None
+    seen = seen[:, -kv_len:].to(device)
+    return torch.nn.functional.pad(seen, (0, kv_len - seen.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,7 +228,7 @@ def attnflow_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     session = stack[-1]
-    layer = module.layer_idx
+    layer = module._attnflow_layer
     n_layers, _ = module._attnflow_layers
     patches = [p for s in stack for p in s.patches if p.acts_on_layer(layer, n_layers)]
     force = next((s.force for s in reversed(stack) if s.force), None)
@@ -193,7 +245,7 @@ def attnflow_attention(
     call = CallInfo(
         layer=layer, n_heads=h, n_kv_heads=key.shape[1], batch=b, q_len=q_len, kv_len=kv_len, scaling=scaling,
         mask=mask, is_causal=is_causal, attention_mask_2d=session.attention_mask_2d, session=session,
-        device=query.device,
+        device=query.device, image_keys=_image_keys(session, b, kv_len, query.device),
     )
 
     # 1. Query scales (e.g. uniform head masking = zero query) and key biases.

@@ -66,6 +66,9 @@ class CallInfo:
     attention_mask_2d: torch.Tensor | None  # (B, kv) 1 = real token, captured from the model's inputs
     session: "PatchSession"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # (B, S) bool: which keys are image tokens (vision-language decoders: input id == the config's image token id;
+    # vision encoders: every patch, not the class token); None for text-only models or unknown (embeddings input)
+    image_keys: torch.Tensor | None = None
 
     @property
     def past_len(self) -> int:
@@ -118,6 +121,28 @@ class CallInfo:
         else:
             vis = torch.ones(idx.shape[0], self.q_len, idx.shape[1], dtype=torch.bool, device=idx.device)
         return vis[:, None] & in_cache
+
+    @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the patch grid of a vision encoder's call (patches in row-major order after
+        ``n_prefix`` class tokens); None for decoders and text models."""
+        layout = self.session.layout
+        return layout.grid_for(self.kv_len) if layout is not None and layout.kind == "encoder" else None
+
+    @property
+    def n_prefix(self) -> int:
+        """Class tokens before the patches of a vision encoder (0 for decoders and text models)."""
+        layout = self.session.layout
+        return layout.n_prefix if layout is not None and layout.kind == "encoder" else 0
+
+    def require_image_keys(self, who: str) -> torch.Tensor:
+        """``image_keys``, or a ValueError naming ``who`` and why there are none."""
+        if self.image_keys is None:
+            raise ValueError(
+                f"{who} acts on image tokens, but this attention call has none: the model is not a supported "
+                "vision(-language) model, or it was called without input_ids (embeddings only) or with a KV cache "
+                "whose prefill ran outside the patch scope")
+        return self.image_keys
 
     def state(self, owner: Any) -> dict:
         """Mutable per-(patch, layer) state kept for the life of the ``applied`` scope (e.g. running sums)."""
