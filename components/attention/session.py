@@ -62,6 +62,7 @@ class PatchSession:
     attention_mask_2d: torch.Tensor | None = None
     layout: vision.VisualLayout | None = None
     image_tokens: torch.Tensor | None = None  # (B, past + new) bool, decoders: image tokens of every position seen
+    layer_inputs: dict = field(default_factory=dict)  # layer -> (B, T, hidden) residual stream entering the layer
 
     def set_inputs(self, **inputs: Any) -> None:
         """Attach per-batch inputs (texts, offsets, spans...) that input-dependent patches read."""
@@ -134,6 +135,8 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
             mod._attnflow_layers = (n_layers, n_heads)
             mod._attnflow_layer = layer
         handles.append(_capture_mask_hook(model, session))
+        if any(getattr(p, "needs_layer_inputs", False) for p in patches):
+            handles.extend(_capture_layer_inputs(model, mods, session))
         if previous != IMPLEMENTATION:
             model.set_attn_implementation(IMPLEMENTATION)
         yield session
@@ -168,6 +171,27 @@ def _capture_mask_hook(model: torch.nn.Module, session: PatchSession):
             session.image_tokens = _track_image_tokens(session, bound.get("input_ids"), _cache_of(bound))
 
     return base.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _capture_layer_inputs(model: torch.nn.Module, mods: dict[int, torch.nn.Module], session: PatchSession) -> list:
+    """Record the hidden state entering each patched layer (the input of the block that holds the attention module,
+    before its norm), for patches with ``needs_layer_inputs`` (e.g. VAR's massive-activation sink test)."""
+    parents = {}
+    for _, parent in model.named_modules():
+        for child in parent.children():
+            for layer, mod in mods.items():
+                if child is mod:
+                    parents[layer] = parent
+    if len(parents) != len(mods):
+        raise UnsupportedModelError(f"{type(model).__name__}: cannot find the blocks holding the attention modules")
+
+    def make(layer: int):
+        def hook(_module, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            session.layer_inputs[layer] = h
+        return hook
+
+    return [parents[layer].register_forward_pre_hook(make(layer), with_kwargs=True) for layer in parents]
 
 
 def _cache_of(bound: dict):
@@ -305,6 +329,8 @@ def _fast(query, key, value, call: CallInfo, biases: list[KeyBias], prob_editors
 def _materialized(query, key, value, call: CallInfo, biases, prob_editors, softcap):
     """Reference-style attention: logits + biases -> softmax -> probability edits -> P V."""
     logits = am.materialized_logits(query, key, call, biases, softcap)  # (B, H, T, S)
+    for p in prob_editors:
+        logits = p.edit_logits(call, logits)
     probs = am.softmax_rows(logits)
     for p in prob_editors:
         probs = p.edit_probs(call, probs)

@@ -135,6 +135,12 @@ class CallInfo:
         layout = self.session.layout
         return layout.n_prefix if layout is not None and layout.kind == "encoder" else 0
 
+    @property
+    def layer_input(self) -> torch.Tensor | None:
+        """(B, T, hidden) the residual stream entering this layer's block in this forward (only for patches with
+        ``needs_layer_inputs``; None otherwise)."""
+        return self.session.layer_inputs.get(self.layer)
+
     def require_image_keys(self, who: str) -> torch.Tensor:
         """``image_keys``, or a ValueError naming ``who`` and why there are none."""
         if self.image_keys is None:

@@ -10,6 +10,8 @@ A patch declares *how* it acts, so the dispatcher keeps the fused SDPA kernel wh
   its own heads after the fused kernel (set ``edits_probabilities = True`` and ``has_fast_path = True``).
 - ``edit_probs(call, probs)``: the same edit on materialised probabilities (B, H, T, S); the fallback path and
   ``output_attentions`` use it.
+- ``edit_logits(call, logits)``: a logit-level edit on materialised logits, before the softmax (for edits that
+  depend on the logits' absolute values, e.g. ``l + alpha |l|``); probability editors only.
 - ``edit_output(call, out)``: edit per-head outputs (B, H, T, D) before the output projection.
 
 ``query_scale`` and ``key_bias`` return ``None`` when they have nothing to do for a call; the three edit hooks
@@ -62,6 +64,7 @@ class AttentionPatch(Component):
     has_fast_path: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False  # reads per-batch inputs (texts/spans) set with session.set_inputs
+    needs_layer_inputs: ClassVar[bool] = False  # reads call.layer_input (the residual stream entering the layer)
     # head_search: set to a components.search.HeadSearch to make the patch searchable by the head-search flow (what
     # the single-head trials use, how heads are selected, which parameters are searched afterwards); None: not
     # searchable. The patch must have a ``heads: HeadSet`` parameter.
@@ -183,6 +186,15 @@ class AttentionPatch(Component):
             returns ``out`` (no edit).
         """
         return out
+
+    def edit_logits(self, call: CallInfo, logits: torch.Tensor) -> torch.Tensor:
+        """A logit edit on materialised logits, before the softmax and every ``edit_probs`` (fallback path).
+
+        Called only when ``edits_probabilities`` is set, ``active(call)`` holds and the call takes the materialised
+        path. ``logits`` (B, H, T, S) float32 or wider: scaled q.k, query scales and key biases applied, masked
+        entries -inf (an edit must leave those -inf). Returns the edited logits; the default returns them unchanged.
+        """
+        return logits
 
     def edit_probs(self, call: CallInfo, probs: torch.Tensor) -> torch.Tensor:
         """The probability edit on materialised attention (the fallback path and ``output_attentions``).
