@@ -1,9 +1,9 @@
 """Tiny random vision-language decoders and vision encoders built from configs, with ragged image batches.
 
 Decoders: a 2-layer Llama/Qwen2-VL language model (4 query heads, 2 KV heads) behind a 2-layer vision tower.
-Batches: two rows, the second left-padded, with different numbers of images at different positions (LLaVA and
-Idefics3: 2 images in row 0, 1 in row 1; Qwen2-VL: 1 and 2). ``expected`` is the (B, T) image-token mask the
-dispatcher must report, built here from the layout of the batch, not from ``input_ids``.
+Batches: two rows, the second left-padded, with different numbers of images at different positions (LLaVA,
+Idefics3, SmolVLM: 2 images in row 0, 1 in row 1; Qwen2-VL and Qwen2.5-VL: 1 and 2). ``expected`` is the (B, T)
+image-token mask the dispatcher must report, built here from the layout of the batch, not from ``input_ids``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import transformers as T
 
-DECODER_FAMILIES = ("llava", "idefics3", "smolvlm", "qwen2_vl")
+DECODER_FAMILIES = ("llava", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl")
 ENCODER_FAMILIES = ("vit", "clip_vision", "siglip_vision")
 IMAGE_TOKEN, VIDEO_TOKEN, V_START, V_END = 300, 301, 302, 303
 _TEXT = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -19,8 +19,8 @@ _TEXT = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_l
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                patch_size=8)
 # image tokens per image: LLaVA 4x4 patches (CLS dropped); Idefics3/SmolVLM 16 patches / scale_factor^2 = 4;
-# Qwen2-VL 4x4 patches of 4 pixels (8x8 image... grid 1x4x4) merged 2x2 = 4
-TOKENS_PER_IMAGE = {"llava": 16, "idefics3": 4, "smolvlm": 4, "qwen2_vl": 4}
+# Qwen2-VL and Qwen2.5-VL 4x4 patches of 4 pixels (8x8 image... grid 1x4x4) merged 2x2 = 4
+TOKENS_PER_IMAGE = {"llava": 16, "idefics3": 4, "smolvlm": 4, "qwen2_vl": 4, "qwen2_5_vl": 4}
 
 
 def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,6 +52,15 @@ def tiny_vlm(family: str, seed: int = 0) -> torch.nn.Module:
             image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=V_START,
             vision_end_token_id=V_END)
         model = T.Qwen2VLForConditionalGeneration(cfg)
+    elif family == "qwen2_5_vl":  # windowed vision attention in block 0, full attention in block 1
+        cfg = T.Qwen2_5_VLConfig(
+            text_config=dict(**_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                               window_size=8, fullatt_block_indexes=[1]),
+            image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=V_START,
+            vision_end_token_id=V_END)
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg)
     else:
         raise ValueError(family)
     return _sharpen(model)
@@ -83,15 +92,16 @@ def vlm_batch(family: str, seed: int = 1) -> tuple[dict, torch.Tensor]:
     """(model inputs, expected (B, T) image-token mask) for a ragged, left-padded batch of two rows."""
     g = torch.Generator().manual_seed(seed)
     n = TOKENS_PER_IMAGE[family]
-    row_images = [[3, 6 + n], [2]] if family != "qwen2_vl" else [[3], [2, 5 + n]]
-    lengths = [2 * n + 16, n + 14] if family != "qwen2_vl" else [n + 14, 2 * n + 16]
+    qwen = family.startswith("qwen2")
+    row_images = [[3, 6 + n], [2]] if not qwen else [[3], [2, 5 + n]]
+    lengths = [2 * n + 16, n + 14] if not qwen else [n + 14, 2 * n + 16]
     width = max(lengths)
     ids = torch.zeros(2, width, dtype=torch.long)
     mask = torch.zeros(2, width, dtype=torch.long)
     expected = torch.zeros(2, width, dtype=torch.bool)
     for b, (length, starts) in enumerate(zip(lengths, row_images)):
         pad = width - length
-        ids[b, pad:] = _row(length, starts, n, g, bracket=family == "qwen2_vl")
+        ids[b, pad:] = _row(length, starts, n, g, bracket=qwen)
         mask[b, pad:] = 1
         for s in starts:
             expected[b, pad + s : pad + s + n] = True
