@@ -167,3 +167,17 @@ def test_load_vision_model_loads_a_saved_tiny_llava(tmp_path):
     model = modeling.load_vision_model(str(tmp_path))
     assert type(model).__name__ == "LlavaForConditionalGeneration" and not model.training
     assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_cache_filled_outside_the_scope_gives_no_image_keys():
+    """A decoding step whose prefill ran outside the patch scope: the scope never saw the prompt's image tokens."""
+    model = tiny_vlm("llava")
+    inputs, _ = vlm_batch("llava")
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        step = {"input_ids": out.logits[:, -1].argmax(-1, keepdim=True),
+                "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], 1)}
+        rec = Recorder()
+        with applied(model, rec):
+            model(**step, past_key_values=out.past_key_values, use_cache=True)
+    assert rec.calls and all(c[3] is None for c in rec.calls)
