@@ -95,7 +95,10 @@ def check_patchable(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
         raise UnsupportedModelError(
             f"{name} uses the attention kernel {kernel}: attnflow patches edit softmax attention and do not apply to it"
         )
-    vision.layout_of(model.config)  # a multimodal model outside the supported families is named here
+    try:
+        vision.layout_of(model.config)  # a multimodal model outside the supported families is named here
+    except vision.UnsupportedVisionModelError as e:
+        raise UnsupportedModelError(f"{name} cannot be patched: {e}") from None
     mods = attention_modules(model)
     if not mods:
         raise UnsupportedModelError(f"{name} cannot be patched: no self-attention modules with a layer_idx found")
