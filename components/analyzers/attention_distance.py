@@ -8,7 +8,7 @@ attention restricted to patch keys and renormalised (the class token has no posi
     P_{l,h}(r) = mean_{images, query patches i} sum_{j : round(d(i, j) / patch_size) = r} A_{l,h}(i, j)
 
 ``P`` is the attention strength against 2-D patch distance (in patch units) per head, the view of Li et al.;
-``D`` is the per-head summary of Dosovitskiy et al. (ViT, ICLR 2021, Fig. 7 "mean attention distance").
+``D`` is the per-head summary of Dosovitskiy et al. (ViT, ICLR 2021, "mean attention distance").
 
 Based on Li et al., "How Does Attention Work in Vision Transformers? A Visual Analytics Attempt" (PacificVis /
 TVCG 2023, arXiv 2303.13731), whose attention-strength-against-distance view this reproduces per head and layer

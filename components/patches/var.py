@@ -1,5 +1,5 @@
 """VAR, Visual Attention Redistribution: "See What You Are Told: Visual Attention Sink in Large Multimodal Models"
-(Kang, Kim, Kim, Kim, ICLR 2025, arXiv 2503.03321). Reference code: github.com/MICV-yonsei/VisAttnSink
+(Kang et al., ICLR 2025). Reference code: github.com/MICV-yonsei/VisAttnSink
 (``src/logic/logic.py``: ``DimProspector``, ``HeadFork``, ``VARProcessor``; defaults in ``activate``).
 
 Per language-model layer l in ``start_layer`` .. L-1 (the last layer skipped when ``skip_last``):
