@@ -32,11 +32,13 @@ def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def tiny_vlm(family: str, seed: int = 0) -> torch.nn.Module:
+def tiny_vlm(family: str, seed: int = 0, image_token: int = IMAGE_TOKEN, vocab_size: int = 320) -> torch.nn.Module:
+    """A tiny random VLM (``image_token`` / ``vocab_size``: LLaVA only, to match a processor's tokenizer)."""
     torch.manual_seed(seed)
     if family == "llava":
         cfg = T.LlavaConfig(vision_config=T.CLIPVisionConfig(**_VISION, projection_dim=32),
-                            text_config=T.LlamaConfig(**_TEXT), image_token_id=IMAGE_TOKEN, vision_feature_layer=-1)
+                            text_config=T.LlamaConfig(**{**_TEXT, "vocab_size": vocab_size}),
+                            image_token_id=image_token, vision_feature_layer=-1)
         model = T.LlavaForConditionalGeneration(cfg)
     elif family in ("idefics3", "smolvlm"):
         conf, cls = ((T.Idefics3Config, T.Idefics3ForConditionalGeneration) if family == "idefics3"
