@@ -138,7 +138,7 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
             mod._attnflow_layers = (n_layers, n_heads)
             mod._attnflow_layer = layer
         handles.append(_capture_mask_hook(model, session))
-        if any(getattr(p, "needs_layer_inputs", False) for p in patches):
+        if any(getattr(p, "needs_layer_inputs", False) for s in stack for p in s.patches):  # outer scopes too
             handles.extend(_capture_layer_inputs(model, mods, session))
         if previous != IMPLEMENTATION:
             model.set_attn_implementation(IMPLEMENTATION)

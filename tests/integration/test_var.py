@@ -123,3 +123,18 @@ def test_bad_parameters_are_named():
         _run(model, inputs, VisualAttentionRedistribution(sink_dims=(64,), start_layer=0))
     with pytest.raises(ParamError, match="leaves no layer"):
         _run(model, inputs, VisualAttentionRedistribution(sink_dims=(1,)))
+
+
+def test_nested_scope_keeps_the_outer_var():
+    """An inner scope (here the baseline) must not hide the hidden states VAR, applied outside it, reads."""
+    import registry
+
+    model = tiny_vlm("llava")
+    inputs, _ = vlm_batch("llava")
+    patch = VisualAttentionRedistribution(**PARAMS)
+    with torch.no_grad():
+        with applied(model, patch):
+            alone = model(**inputs).logits
+        with applied(model, patch), applied(model, registry.get("baseline").create()):
+            nested = model(**inputs).logits
+    assert torch.equal(alone, nested)
