@@ -25,8 +25,9 @@ Deviations: the reference runs on batch size 1 (sink indices ignore the batch ro
 span); here everything is per batch row, image keys are the image-token positions (several images per row
 allowed) and queries "after the image" are those after the row's last image token. Sinks are found in the prefill
 and, for each generated token, from its own hidden state as it arrives (the reference keeps per-layer indices
-whose decode-time update is not documented). Sink dimensions are an input (no automatic search). Not registered
-in the component registry yet (docs/vlm.md).
+whose decode-time update is not documented). Sink dimensions are an input; ``find_sink_dims`` proposes candidates
+by a vote over layers (a helper of this module, not part of the reference code). Not registered in the component
+registry yet (docs/vlm.md).
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ def sink_tokens(hidden: torch.Tensor, dims: tuple[int, ...], tau: float, eps: fl
     h = hidden.float()
     normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # (B, T, d)
     return normed[..., list(dims)].abs().amax(-1) > tau
+
+
+@torch.no_grad()
+def find_sink_dims(model: torch.nn.Module, inputs: dict, top_k: int = 2, start_layer: int = 2) -> tuple[int, ...]:
+    """Candidate sink dimensions of a model: the hidden dimensions with massive activations.
+
+    For each layer l >= ``start_layer`` (the layers VAR edits), the ``top_k`` dimensions with the largest
+    max |RMSNorm(h)| over the real tokens of ``inputs`` (RMSNorm without weight, as ``sink_tokens``) get one
+    vote. Returns the ``top_k`` dimensions with the most votes (ties: larger summed score first). A helper for
+    models without published sink dimensions (the reference code ships LLaMA-2's only); inspect the result before
+    trusting it.
+    """
+    out = model(**inputs, output_hidden_states=True)
+    hidden = out.hidden_states  # the language model's: (L + 1) x (B, T, d), entry l = the input of layer l
+    real = inputs["attention_mask"].bool() if "attention_mask" in inputs else None
+    votes: dict[int, list[float]] = {}
+    for h in hidden[start_layer:-1]:
+        h = h.float()
+        normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).abs()  # (B, T, d)
+        if real is not None:
+            normed = normed * real[..., None].to(normed.device)
+        peak = normed.flatten(0, 1).amax(0)  # (d,)
+        for d in peak.topk(top_k).indices.tolist():
+            votes.setdefault(d, []).append(float(peak[d]))
+    ranked = sorted(votes, key=lambda d: (-len(votes[d]), -sum(votes[d]), d))
+    return tuple(ranked[:top_k])
 
 
 def redistribute(probs: torch.Tensor, image: torch.Tensor, sink: torch.Tensor, queries: torch.Tensor, *,

@@ -9,7 +9,7 @@ import torch
 
 from components.attention.session import applied
 from components.base import ParamError
-from components.patches.var import VisualAttentionRedistribution, sink_tokens
+from components.patches.var import VisualAttentionRedistribution, find_sink_dims, sink_tokens
 from tests.helpers.compare import TOL
 from tests.helpers.threads import one_thread  # noqa: F401
 from tests.helpers.tiny_vlm import DECODER_FAMILIES, tiny_vlm, vlm_batch
@@ -138,3 +138,21 @@ def test_nested_scope_keeps_the_outer_var():
         with applied(model, patch), applied(model, registry.get("baseline").create()):
             nested = model(**inputs).logits
     assert torch.equal(alone, nested)
+
+
+def test_find_sink_dims_finds_injected_massive_activations():
+    """Two hidden dimensions made massive in the text embeddings (so in every layer's input) are found, larger first."""
+    model = tiny_vlm("llava")
+    inputs, _ = vlm_batch("llava")
+    emb = model.get_input_embeddings().weight
+    # Text tokens get 40 and 36 in dims 7 and 11 (the rest of an embedding is ~0.02): normalised, about 5.9 and 5.3
+    # of the sqrt(64) = 8 maximum. Image tokens (projector outputs) do not carry them, and a random 64-dim vector
+    # rarely puts a quarter of its energy in one dimension, so these two dims lead by construction. (At 40 and 20
+    # the second planted dim normalises to 3.6, below the image tokens' random peaks: dim 32 won.)
+    with torch.no_grad():
+        emb[:, 7] = 40.0
+        emb[:, 11] = 36.0
+    assert find_sink_dims(model, inputs, top_k=2, start_layer=0) == (7, 11)
+    patch = VisualAttentionRedistribution(sink_dims=(7, 11), tau=2.0, start_layer=0)
+    with torch.no_grad(), applied(model, patch):
+        model(**inputs)  # runs with the found dimensions
