@@ -2,6 +2,7 @@
 then, per layer, the largest |RMSNorm(h)| in those dimensions and the tokens above VAR's tau = 20.
 
     ATTNFLOW_HOME=... python bench/sink_dims.py --model smollm2-135m
+    python bench/sink_dims.py --smoke                  # the demo model shipped in assets/ (seconds)
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--text", default=TEXT)
     ap.add_argument("--tau", type=float, default=20.0)
+    ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    if args.smoke:
+        args.model = "demo"
     torch.set_num_threads(1)
     model, tok = modeling.load_model(args.model)
     enc = dict(tok([args.text], return_tensors="pt"))

@@ -27,6 +27,8 @@ SMOKE_LINES = {
     "reproduce_fewshot": r"(?m)^\| pasta \(\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|",
     "kv_press": r"(?m)^\s+snapkv ratio 0\.500 T=128: cache x0\.[45]\d+, prefill x[\d.]+, decode x[\d.]+$",
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
+    "vlm_patch_overhead": r"(?m)^var \[materialised\]\s+[\d.]+ ms\s+x\s*[\d.]+$",
+    "sink_dims": r"(?m)^demo: \d+ tokens, hidden \d+, sink dims \(\d+, \d+\)\n(layer\s+\d+: .*\n)+",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 
