@@ -141,6 +141,16 @@ class CallInfo:
         ``needs_layer_inputs``; None otherwise)."""
         return self.session.layer_inputs.get(self.layer)
 
+    def image_spans(self) -> list[list[tuple[int, int]]] | None:
+        """Per batch row, the runs of image keys as half-open key-index spans [start, end) (one per image on
+        LLaVA-style decoders, one for all patches on encoders); None when ``image_keys`` is None."""
+        if self.image_keys is None:
+            return None
+        flags = torch.nn.functional.pad(self.image_keys.int(), (1, 1))  # (B, S + 2)
+        edges = flags[:, 1:] - flags[:, :-1]  # (B, S + 1): +1 at a run's start, -1 after its end
+        return [list(zip((row == 1).nonzero().flatten().tolist(), (row == -1).nonzero().flatten().tolist()))
+                for row in edges]
+
     def require_image_keys(self, who: str) -> torch.Tensor:
         """``image_keys``, or a ValueError naming ``who`` and why there are none."""
         if self.image_keys is None:

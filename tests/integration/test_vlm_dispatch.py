@@ -23,8 +23,8 @@ from components.attention.session import UnsupportedModelError, applied
 from components.patches.base import AttentionPatch
 from tests.helpers.compare import TOL
 from tests.helpers.threads import one_thread  # noqa: F401
-from tests.helpers.tiny_vlm import (DECODER_FAMILIES, ENCODER_FAMILIES, pixel_batch, tiny_encoder, tiny_vlm,
-                                    vlm_batch)
+from tests.helpers.tiny_vlm import (DECODER_FAMILIES, ENCODER_FAMILIES, TOKENS_PER_IMAGE, pixel_batch,
+                                    tiny_encoder, tiny_vlm, vlm_batch)
 
 STEPS = 3
 
@@ -37,7 +37,8 @@ class Recorder(AttentionPatch):
     calls: list = dataclasses.field(default_factory=list)
 
     def key_bias(self, call):
-        self.calls.append((call.layer, call.q_len, call.kv_len, call.image_keys, call.patch_grid, call.n_prefix))
+        self.calls.append((call.layer, call.q_len, call.kv_len, call.image_keys, call.patch_grid, call.n_prefix,
+                           call.image_spans()))
         return None
 
 
@@ -83,8 +84,12 @@ def test_decoder_image_keys_on_a_ragged_batch(family):
     n_layers = model.config.get_text_config().num_hidden_layers
     assert len(rec.calls) == n_layers * STEPS  # the vision tower's calls are not the patch's
     width = expected.shape[1]
-    for layer, q_len, kv_len, keys, grid, prefix in rec.calls:
+    for layer, q_len, kv_len, keys, grid, prefix, spans in rec.calls:
         assert grid is None and prefix == 0
+        # one span per image: LLaVA-style rows hold 2 and 1 images (Qwen: 1 and 2), each TOKENS_PER_IMAGE long
+        n = TOKENS_PER_IMAGE[family]
+        assert [len(r) for r in spans] == expected.sum(1).div(n).int().tolist()
+        assert all(e - s == n for r in spans for s, e in r)
         assert keys.shape == (2, kv_len) and keys.dtype == torch.bool
         want = torch.cat([expected, torch.zeros(2, kv_len - width, dtype=torch.bool)], 1)
         assert torch.equal(keys, want), (family, layer, kv_len)
@@ -120,8 +125,9 @@ def test_encoder_baseline_equals_stock_and_keys_are_patches(family):
         assert (ours - want).abs().max() <= TOL, (family, impl)
     prefix = {"vit": 1, "clip_vision": 1, "siglip_vision": 0}[family]
     assert [c[0] for c in rec.calls] == [0, 1]
-    for _, q_len, kv_len, keys, grid, n_prefix in rec.calls:
+    for _, q_len, kv_len, keys, grid, n_prefix, spans in rec.calls:
         assert q_len == kv_len == 16 + prefix and grid == (4, 4) and n_prefix == prefix
+        assert spans == [[(prefix, kv_len)]] * 2
         assert keys.shape == (2, kv_len) and keys[:, prefix:].all() and not keys[:, :prefix].any()
 
 
