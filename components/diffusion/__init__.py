@@ -1,0 +1,1 @@
+"""Attention control of diffusers text-to-image denoisers (docs/diffusion.md)."""

@@ -1,0 +1,97 @@
+"""DiffusionComponent: the base of attention edits on diffusers denoisers (UNet2DConditionModel).
+
+A component declares how it acts, so the dispatcher (components/diffusion/dispatch.py) keeps the fused SDPA kernel
+wherever the math allows:
+
+- ``score_bias(call)``: an additive logit bias broadcastable to (B, H, T, S), or None. Fast path: added to the
+  kernel's float mask.
+- ``post_attention(call, out)``: a probability edit with a closed form on the kernel's output (B, H, T, D), for
+  components with ``edits_probabilities`` and ``has_fast_path``.
+- ``edit_logits(call, logits)`` / ``edit_probs(call, probs)``: the edit on materialised (B, H, T, S) logits /
+  probabilities. A call where a probability editor without a fast form is active takes the materialised path.
+- ``edit_output(call, out)``: per-head outputs (B, H, T, D) before the output projection.
+
+The edit hooks return their input unchanged by default. Capabilities (class attributes) are read by the dispatcher
+and by the pipeline runner (components/diffusion/runner.py):
+
+- ``edits_probabilities``, ``has_fast_path``: as above.
+- ``needs_extra_pass``: a guidance method: the runner runs one more denoiser pass per step over the conditional
+  rows with ``Runtime.pass_kind == "perturbed"`` and combines it with ``guide``; it skips that pass when
+  ``guidance_weight() == 0``.
+- ``needs_word_tokens``: the component reads prompt-word token positions (cross-attention reweighting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
+
+import torch
+
+from components.base import Component
+from components.diffusion.types import DiffusionCallInfo, DiffusionSession
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionComponent(Component):
+    """Base class of diffusion attention components.
+
+    The dispatcher calls, per attention call, for every component whose ``acts_on(call)`` is true: ``score_bias``;
+    then either ``post_attention`` (fast path) or ``edit_logits`` and ``edit_probs`` (materialised path) of the
+    probability editors; then ``edit_output``.
+    """
+
+    edits_probabilities: ClassVar[bool] = False
+    has_fast_path: ClassVar[bool] = False
+    needs_extra_pass: ClassVar[bool] = False
+    needs_word_tokens: ClassVar[bool] = False
+
+    @contextmanager
+    def applied(self, target: torch.nn.Module, *, force: str | None = None) -> Iterator[DiffusionSession]:
+        """Install this component on ``target`` (a UNet2DConditionModel or a pipeline holding one as ``unet``)
+        for the block; the original attention processors are restored on exit, exceptions included."""
+        from components.diffusion.dispatch import applied
+
+        with applied(target, self, force=force) as session:
+            yield session
+
+    def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Validate parameters against the denoiser's attention modules (path -> module, in layer order) before
+        anything changes; raise ValueError naming the problem."""
+
+    # -- where ---------------------------------------------------------------------------------------------------
+    def acts_on(self, call: DiffusionCallInfo) -> bool:
+        """Whether this call is edited at all (default: every call)."""
+        return True
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def score_bias(self, call: DiffusionCallInfo) -> torch.Tensor | None:
+        """Additive logit bias broadcastable to (B, H, T, S), or None."""
+        return None
+
+    def post_attention(self, call: DiffusionCallInfo, out: torch.Tensor) -> torch.Tensor:
+        """Fast form of a probability edit: (B, H, T, D) kernel output -> edited output."""
+        return out
+
+    def edit_logits(self, call: DiffusionCallInfo, logits: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, S) materialised logits (scaled, masked, biased) -> edited logits."""
+        return logits
+
+    def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, S) materialised probabilities -> edited probabilities."""
+        return probs
+
+    def edit_output(self, call: DiffusionCallInfo, out: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, D) per-head outputs -> edited outputs (before the output projection)."""
+        return out
+
+    # -- guidance (needs_extra_pass) -------------------------------------------------------------------------------
+    def guidance_weight(self) -> float:
+        """Weight of the extra-pass guidance term; 0 makes the runner skip the pass."""
+        return 0.0
+
+    def guide(self, eps: torch.Tensor, eps_cond: torch.Tensor, eps_perturbed: torch.Tensor) -> torch.Tensor:
+        """Combine the guided prediction with the perturbed pass's (default: ``eps + w (eps_cond - eps_perturbed)``,
+        perturbed-attention guidance, Ahn et al. 2024 eq. 10)."""
+        return eps + self.guidance_weight() * (eps_cond - eps_perturbed)

@@ -1,0 +1,103 @@
+"""A minimal text-to-image sampling loop over a diffusers denoiser that honours the components' capabilities.
+
+``sample(unet, scheduler, cond, uncond=..., components=[...])`` runs the scheduler's timesteps (DDPM, DDIM or any
+diffusers scheduler with ``set_timesteps`` / ``scale_model_input`` / ``step``) on a latent-free (pixel-space) or
+latent denoiser:
+
+    eps_u, eps_c = unet([x, x], t, [uncond, cond])                      (one batched pass; eps_c alone without CFG)
+    eps = eps_u + g (eps_c - eps_u)                                      (classifier-free guidance, g = cfg_scale)
+    for each component with needs_extra_pass and guidance_weight() != 0:
+        eps_p = unet(x, t, cond) with Runtime.pass_kind = "perturbed"
+        eps = component.guide(eps, eps_c, eps_p)
+    x = scheduler.step(eps, t, x).prev_sample
+
+Each guider gets its own pass (``Runtime.perturber`` names it, so two guiders never perturb each other's pass).
+A component with weight 0 costs no pass and leaves every step bit for bit as without it. Prompt-word token
+positions (``dispatch.word_token_indices``) are handed to the cross-attention calls per batch row (the
+unconditional rows name no words). Encoding prompts is ``encode_prompts``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from components.diffusion.base import DiffusionComponent
+from components.diffusion.dispatch import applied, word_token_indices
+from components.diffusion.types import WordTokens
+
+
+def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: Sequence[str],
+                   max_length: int | None = None) -> tuple[torch.Tensor, list[WordTokens]]:
+    """Prompts -> text-encoder hidden states (B, L, E) (padded to ``max_length``, default the tokenizer's
+    ``model_max_length``) and each prompt's word token positions."""
+    if not prompts:
+        raise ValueError("encode_prompts: no prompts")
+    length = max_length or tokenizer.model_max_length
+    enc = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = text_encoder(enc["input_ids"].to(text_encoder.device))[0]  # (B, L, E)
+    return hidden, [word_token_indices(tokenizer, p, max_length=length) for p in prompts]
+
+
+@torch.no_grad()
+def sample(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    cond: torch.Tensor,
+    *,
+    uncond: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
+    components: Sequence[DiffusionComponent] = (),
+    word_tokens: list[WordTokens] | None = None,
+    steps: int = 10,
+    sample_size: tuple[int, int] | None = None,
+    seed: int = 0,
+    force: str | None = None,
+) -> torch.Tensor:
+    """Sample B images (B, C, H, W) for the prompt embeddings ``cond`` (B, L, E).
+
+    ``uncond`` (B or 1, L, E) enables classifier-free guidance with ``cfg_scale``; ``word_tokens`` (one entry
+    per prompt) feeds word-level components; ``seed`` fixes the initial noise and the scheduler's noise.
+    """
+    b = cond.shape[0]
+    if steps < 1:
+        raise ValueError(f"steps={steps}: need at least one denoising step")
+    if uncond is not None and uncond.shape[0] not in (1, b):
+        raise ValueError(f"uncond has {uncond.shape[0]} rows, cond {b}: give 1 or {b}")
+    if word_tokens is not None and len(word_tokens) != b:
+        raise ValueError(f"word_tokens has {len(word_tokens)} entries for {b} prompts")
+    needs_words = [c.component_name for c in components if c.needs_word_tokens]
+    if needs_words and word_tokens is None:
+        raise ValueError(f"{', '.join(needs_words)} read prompt-word positions: pass word_tokens (encode_prompts)")
+    cfg = uncond is not None
+    config = unet.config
+    h, w = sample_size or (config.sample_size, config.sample_size)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn((b, config.in_channels, h, w), generator=gen, dtype=cond.dtype).to(cond.device)
+    x = x * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps)
+    guiders = [c for c in components if c.needs_extra_pass and c.guidance_weight() != 0]
+    enc_both = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond  # (2B | B, L, E)
+    rows_both = None
+    if word_tokens is not None:
+        rows_both = ([[] for _ in range(b)] + list(word_tokens)) if cfg else list(word_tokens)
+    with applied(unet, *components, force=force) as session:
+        runtime = session.runtime
+        for t in scheduler.timesteps:
+            xin = scheduler.scale_model_input(x, t)  # (B, C, H, W)
+            runtime.set_word_tokens(rows_both)
+            out = unet(torch.cat([xin, xin]) if cfg else xin, t, encoder_hidden_states=enc_both).sample
+            if cfg:
+                eps_u, eps_c = out.chunk(2)
+                eps = eps_u + cfg_scale * (eps_c - eps_u)
+            else:
+                eps_c = eps = out
+            for g in guiders:
+                runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
+                with runtime.pass_of("perturbed", g):
+                    eps_p = unet(xin, t, encoder_hidden_states=cond).sample
+                eps = g.guide(eps, eps_c, eps_p)
+            x = scheduler.step(eps, t, x, generator=gen).prev_sample
+    return x
