@@ -26,9 +26,14 @@ import torch
 from components.base import ParamError
 from components.diffusion.base import DiffusionComponent
 from components.diffusion.dispatch import block_of
+from registry import register
 from components.diffusion.types import DiffusionCallInfo, DiffusionSession
 
 
+@register("cross_maps", version="0.1.0", family="diffusion", paper="arXiv:2208.01626",
+          summary=(
+              "Record head-averaged per-word cross-attention maps per grid (the maps A-STAR / Attend-and-"
+              "Excite / DPL read)."))
 @dataclasses.dataclass(frozen=True)
 class CrossAttentionMaps(DiffusionComponent):
     """Record head-averaged cross-attention maps of chosen prompt words.
@@ -44,9 +49,6 @@ class CrossAttentionMaps(DiffusionComponent):
     words: tuple[str, ...] = ()
     blocks: tuple[str, ...] = ()
 
-    component_name: ClassVar[str] = "cross-maps"
-    component_version: ClassVar[str] = "0.1.0"
-    component_paper: ClassVar[str | None] = "arXiv:2208.01626"
     example: ClassVar[dict] = {"words": "circle,square"}
     edits_probabilities: ClassVar[bool] = True
     has_fast_path: ClassVar[bool] = False
@@ -54,12 +56,12 @@ class CrossAttentionMaps(DiffusionComponent):
 
     def __post_init__(self) -> None:
         if not self.words:
-            raise ParamError("cross-maps.words: name at least one prompt word")
+            raise ParamError("cross_maps.words: name at least one prompt word")
 
     def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
         crosses = [n for n, m in modules.items() if getattr(m, "is_cross_attention", False)]
         if not [n for n in crosses if not self.blocks or block_of(n) in self.blocks]:
-            raise ValueError(f"cross-maps.blocks={self.blocks!r} names no cross-attention module of this denoiser "
+            raise ValueError(f"cross_maps.blocks={self.blocks!r} names no cross-attention module of this denoiser "
                              f"(blocks with one: {sorted({block_of(n) for n in crosses})})")
 
     def acts_on(self, call: DiffusionCallInfo) -> bool:
@@ -68,7 +70,7 @@ class CrossAttentionMaps(DiffusionComponent):
 
     def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
         h, w = call.spatial
-        per_word = torch.stack([call.token_mask((word,), "cross-maps") for word in self.words], 1)  # (B, W, S)
+        per_word = torch.stack([call.token_mask((word,), "cross_maps") for word in self.words], 1)  # (B, W, S)
         m = torch.einsum("bhts,bws->bwt", probs.float(), per_word.float()) / probs.shape[1]  # (B, W, T)
         store = call.session.state.setdefault((id(self), "maps"), {})
         total, count = store.get((h, w), (0.0, 0))
@@ -80,11 +82,11 @@ class CrossAttentionMaps(DiffusionComponent):
         most recorded calls, ties to the larger grid); a ValueError when nothing was recorded there."""
         store = session.state.get((id(self), "maps"), {})
         if not store:
-            raise ValueError("cross-maps recorded nothing: no plain-pass cross-attention call ran in this scope")
+            raise ValueError("cross_maps recorded nothing: no plain-pass cross-attention call ran in this scope")
         if spatial is None:
             spatial = max(store, key=lambda k: (store[k][1], k[0] * k[1]))
         if spatial not in store:
-            raise ValueError(f"cross-maps has no maps on grid {spatial}; recorded grids: {sorted(store)}")
+            raise ValueError(f"cross_maps has no maps on grid {spatial}; recorded grids: {sorted(store)}")
         total, count = store[spatial]
         return {word: total[:, i] / count for i, word in enumerate(self.words)}
 

@@ -36,6 +36,7 @@ import torch
 from components.base import check_range
 from components.diffusion.base import DiffusionComponent
 from components.diffusion.dispatch import block_of
+from registry import register
 from components.diffusion.types import DiffusionCallInfo
 from components.heads import HeadSet
 
@@ -48,6 +49,10 @@ def reference_probs(probs: torch.Tensor, heads: list[int], strength: float) -> t
     return out
 
 
+@register("softpag", version="0.1.0", family="diffusion", paper="arXiv:2506.10978",
+          summary=(
+              "SoftPAG / HeadHunter: chosen self-attention heads interpolated toward identity in an extra"
+              " pass; guide away from it."))
 @dataclasses.dataclass(frozen=True)
 class SoftPAG(DiffusionComponent):
     """Soft perturbed-attention guidance on chosen self-attention heads.
@@ -71,9 +76,6 @@ class SoftPAG(DiffusionComponent):
     blocks: tuple[str, ...] = ("mid_block",)
     heads: HeadSet = HeadSet.all()
 
-    component_name: ClassVar[str] = "softpag"
-    component_version: ClassVar[str] = "0.1.0"
-    component_paper: ClassVar[str | None] = "arXiv:2506.10978"
     example: ClassVar[dict] = {"strength": "0.5", "scale": "2.0", "blocks": "mid_block", "heads": "all"}
     edits_probabilities: ClassVar[bool] = True
     has_fast_path: ClassVar[bool] = True

@@ -32,6 +32,7 @@ import torch
 from components.base import ParamError, check_range
 from components.diffusion.base import DiffusionComponent
 from components.diffusion.dispatch import block_of
+from registry import register
 from components.diffusion.types import DiffusionCallInfo
 
 
@@ -42,6 +43,10 @@ def reference_probs(probs: torch.Tensor, token_mask: torch.Tensor, c: float, mod
     return scaled if mode == "p2p" else scaled / scaled.sum(-1, keepdim=True)
 
 
+@register("word_reweight", version="0.1.0", family="diffusion", paper="arXiv:2208.01626",
+          summary=(
+              "Scale the cross-attention image tokens pay to chosen prompt words (renormalised logit bias"
+              " or Prompt-to-Prompt product)."))
 @dataclasses.dataclass(frozen=True)
 class WordReweight(DiffusionComponent):
     """Scale the cross-attention that image tokens pay to chosen prompt words.
@@ -64,18 +69,15 @@ class WordReweight(DiffusionComponent):
     mode: Literal["logit", "p2p"] = "logit"
     blocks: tuple[str, ...] = ()
 
-    component_name: ClassVar[str] = "word-reweight"
-    component_version: ClassVar[str] = "0.1.0"
-    component_paper: ClassVar[str | None] = "arXiv:2208.01626"
     example: ClassVar[dict] = {"words": "circle", "scale": "2.0", "mode": "logit"}
     needs_word_tokens: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.words:
-            raise ParamError("word-reweight.words: name at least one prompt word")
-        check_range("word-reweight.scale", self.scale, 0.0, None, lo_open=True)
+            raise ParamError("word_reweight.words: name at least one prompt word")
+        check_range("word_reweight.scale", self.scale, 0.0, None, lo_open=True)
         if self.mode not in ("logit", "p2p"):
-            raise ParamError(f"word-reweight.mode={self.mode!r} is not one of 'logit', 'p2p'")
+            raise ParamError(f"word_reweight.mode={self.mode!r} is not one of 'logit', 'p2p'")
 
     @property
     def edits_probabilities(self) -> bool:  # type: ignore[override]
@@ -84,7 +86,7 @@ class WordReweight(DiffusionComponent):
     def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
         crosses = [n for n, m in modules.items() if getattr(m, "is_cross_attention", False)]
         if not [n for n in crosses if not self.blocks or block_of(n) in self.blocks]:
-            raise ValueError(f"word-reweight.blocks={self.blocks!r} names no cross-attention module of this "
+            raise ValueError(f"word_reweight.blocks={self.blocks!r} names no cross-attention module of this "
                              f"denoiser (blocks with one: {sorted({block_of(n) for n in crosses})})")
 
     def acts_on(self, call: DiffusionCallInfo) -> bool:
@@ -93,10 +95,10 @@ class WordReweight(DiffusionComponent):
     def score_bias(self, call: DiffusionCallInfo) -> torch.Tensor | None:
         if self.mode != "logit":
             return None
-        mask = call.token_mask(self.words, "word-reweight")  # (B, S)
+        mask = call.token_mask(self.words, "word_reweight")  # (B, S)
         return torch.where(mask, math.log(self.scale), 0.0).to(call.query.dtype)[:, None, None, :]  # (B,1,1,S)
 
     def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
         if self.mode != "p2p":
             return probs
-        return reference_probs(probs, call.token_mask(self.words, "word-reweight"), self.scale, "p2p")
+        return reference_probs(probs, call.token_mask(self.words, "word_reweight"), self.scale, "p2p")

@@ -203,7 +203,7 @@ def test_word_reweight_equals_float64_reference_on_both_paths(mode):
 def test_word_reweight_without_word_tokens_names_the_problem():
     unet = tiny_unet()
     x, enc = inputs()
-    with pytest.raises(ValueError, match="word-reweight reads prompt-word positions"):
+    with pytest.raises(ValueError, match="word_reweight reads prompt-word positions"):
         with torch.no_grad(), applied(unet, WordReweight(words=("red",))):
             unet(x, 5, encoder_hidden_states=enc)
 

@@ -89,7 +89,7 @@ def test_runner_feeds_word_tokens_and_rejects_missing_ones():
     steered = sample(unet, DDIMScheduler(num_train_timesteps=50), cond, uncond=uncond, cfg_scale=2.0, steps=2,
                      components=[comp], word_tokens=words)
     assert (steered - plain).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="word-reweight read prompt-word positions"):
+    with pytest.raises(ValueError, match="word_reweight read prompt-word positions"):
         sample(unet, DDIMScheduler(num_train_timesteps=50), cond, components=[comp], steps=1)
     with pytest.raises(ValueError, match="word_tokens has 2 entries for 1 prompts"):
         sample(unet, DDIMScheduler(num_train_timesteps=50), cond, word_tokens=words * 2, steps=1)
