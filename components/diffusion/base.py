@@ -19,6 +19,10 @@ and by the pipeline runner (components/diffusion/runner.py):
   rows with ``Runtime.pass_kind == "perturbed"`` and combines it with ``guide``; it skips that pass when
   ``guidance_weight() == 0``.
 - ``needs_word_tokens``: the component reads prompt-word token positions (cross-attention reweighting).
+- ``needs_latent_update``: a test-time optimisation method (A-STAR, Attend-and-Excite, TextCenGen, RASG): in each of
+  the first ``latent_update_steps()`` steps the runner calls ``begin_update(session)``, runs the denoiser on the
+  conditional rows under autograd, and moves the latent by ``-latent_step_size(i, n) * grad latent_loss(session)``
+  before the step's guided prediction.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class DiffusionComponent(Component):
     has_fast_path: ClassVar[bool] = False
     needs_extra_pass: ClassVar[bool] = False
     needs_word_tokens: ClassVar[bool] = False
+    needs_latent_update: ClassVar[bool] = False
 
     @contextmanager
     def applied(self, target: torch.nn.Module, *, force: str | None = None) -> Iterator[DiffusionSession]:
@@ -85,6 +90,22 @@ class DiffusionComponent(Component):
     def edit_output(self, call: DiffusionCallInfo, out: torch.Tensor) -> torch.Tensor:
         """(B, H, T, D) per-head outputs -> edited outputs (before the output projection)."""
         return out
+
+    # -- test-time latent updates (needs_latent_update) ----------------------------------------------------------
+    def latent_update_steps(self) -> int:
+        """How many of the first denoising steps update the latent (0: none)."""
+        return 0
+
+    def begin_update(self, session: DiffusionSession) -> None:
+        """Called before the update pass of a step (e.g. to forget the previous pass's recordings)."""
+
+    def latent_loss(self, session: DiffusionSession) -> torch.Tensor:
+        """Scalar loss from what the update pass recorded; differentiable with respect to the latent."""
+        raise NotImplementedError(f"{self.component_name} declares no latent loss")
+
+    def latent_step_size(self, step: int, n_steps: int) -> float:
+        """Step size of the latent update at denoising step ``step`` of ``n_steps``."""
+        return 0.0
 
     # -- guidance (needs_extra_pass) -------------------------------------------------------------------------------
     def guidance_weight(self) -> float:

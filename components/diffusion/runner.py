@@ -6,6 +6,8 @@ latent denoiser:
 
     eps_u, eps_c = unet([x, x], t, [uncond, cond])                      (one batched pass; eps_c alone without CFG)
     eps = eps_u + g (eps_c - eps_u)                                      (classifier-free guidance, g = cfg_scale)
+    (before it, in the first latent_update_steps() steps of a component with needs_latent_update:
+        x <- x - a_i grad_x latent_loss(recordings of unet(x, t, cond)), under autograd)
     for each component with needs_extra_pass and guidance_weight() != 0:
         eps_p = unet(x, t, cond) with Runtime.pass_kind = "perturbed"
         eps = component.guide(eps, eps_c, eps_p)
@@ -79,13 +81,18 @@ def sample(
     x = x * scheduler.init_noise_sigma
     scheduler.set_timesteps(steps)
     guiders = [c for c in components if c.needs_extra_pass and c.guidance_weight() != 0]
+    updaters = [c for c in components if c.needs_latent_update and c.latent_update_steps() > 0]
+    n_steps = len(scheduler.timesteps)
     enc_both = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond  # (2B | B, L, E)
     rows_both = None
     if word_tokens is not None:
         rows_both = ([[] for _ in range(b)] + list(word_tokens)) if cfg else list(word_tokens)
     with applied(unet, *components, force=force) as session:
         runtime = session.runtime
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
+            for u in updaters:
+                if i < u.latent_update_steps():
+                    x = _latent_update(unet, scheduler, session, u, x, t, cond, word_tokens, i, n_steps)
             xin = scheduler.scale_model_input(x, t)  # (B, C, H, W)
             runtime.set_word_tokens(rows_both)
             out = unet(torch.cat([xin, xin]) if cfg else xin, t, encoder_hidden_states=enc_both).sample
@@ -101,3 +108,17 @@ def sample(
                 eps = g.guide(eps, eps_c, eps_p)
             x = scheduler.step(eps, t, x, generator=gen).prev_sample
     return x
+
+
+def _latent_update(unet, scheduler, session, comp: DiffusionComponent, x, t, cond, word_tokens, i, n_steps):
+    """One test-time update of the latent: x - a_i grad_x loss, the loss read from a conditional pass."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        comp.begin_update(session)
+        session.runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
+        unet(scheduler.scale_model_input(xg, t), t, encoder_hidden_states=cond)
+        loss = comp.latent_loss(session)
+        if loss.dim() != 0:
+            raise ValueError(f"{comp.component_name}.latent_loss returned shape {tuple(loss.shape)}, not a scalar")
+        (grad,) = torch.autograd.grad(loss, xg)
+    return (x - comp.latent_step_size(i, n_steps) * grad).detach()

@@ -1,15 +1,20 @@
 """CrossAttentionMaps on a tiny random UNet: the recorded per-word maps equal head-averaged float64 reference maps,
-and they see the probabilities other components produced."""
+and they see the probabilities other components produced; the runner's test-time latent update (the capability
+A-STAR-style methods use) equals a hand-written gradient step."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from components.diffusion import word_reweight as wr
 from components.diffusion.cross_maps import CrossAttentionMaps
 from components.diffusion.dispatch import applied
-from components.diffusion.runner import encode_prompts
+from components.diffusion.runner import encode_prompts, sample
 from components.diffusion.word_reweight import WordReweight
 from tests.helpers.tiny_diffusion import tiny_text_encoder, tiny_tokenizer, tiny_unet
 from tests.integration.test_diffusion_attention import _float64_reference, inputs
@@ -59,3 +64,55 @@ def test_cross_maps_without_calls_names_the_problem():
     maps = CrossAttentionMaps(words=("red",))
     with applied(unet, maps) as session, pytest.raises(ValueError, match="recorded nothing"):
         maps.maps(session)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Excite(CrossAttentionMaps):
+    """Test-only updater: raise the strongest attention on "circle" (Attend-and-Excite's shape, no smoothing)."""
+
+    needs_latent_update: ClassVar[bool] = True
+
+    def latent_update_steps(self) -> int:
+        return 1
+
+    def begin_update(self, session) -> None:
+        self.reset(session)
+
+    def latent_loss(self, session) -> torch.Tensor:
+        return -self.maps(session, spatial=(8, 8))["circle"].amax(dim=(-1, -2)).sum()
+
+    def latent_step_size(self, step: int, n_steps: int) -> float:
+        return 0.05
+
+
+def test_runner_latent_update_equals_hand_written_and_lowers_the_loss():
+    unet, tok, te = tiny_unet(), tiny_tokenizer(), tiny_text_encoder()
+    cond, words = encode_prompts(tok, te, ["a red circle", "a blue circle and the square"])
+    comp = _Excite(words=("circle",))
+    out = sample(unet, DDIMScheduler(num_train_timesteps=50), cond, components=[comp], word_tokens=words, steps=1,
+                 seed=6)
+
+    sched = DDIMScheduler(num_train_timesteps=50)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn((2, 3, 8, 8), generator=gen) * sched.init_noise_sigma
+    sched.set_timesteps(1)
+    t = sched.timesteps[0]
+
+    def loss_at(latent, session):
+        comp.begin_update(session)
+        session.runtime.set_word_tokens(words)
+        unet(sched.scale_model_input(latent, t), t, encoder_hidden_states=cond)
+        return comp.latent_loss(session)
+
+    with applied(unet, comp) as session:
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_at(xg, session), xg)
+        x1 = (x - 0.05 * grad).detach()
+        with torch.no_grad():
+            before, after = loss_at(x, session), loss_at(x1, session)
+            session.runtime.set_word_tokens(words)
+            eps = unet(sched.scale_model_input(x1, t), t, encoder_hidden_states=cond).sample
+    expected = sched.step(eps, t, x1, generator=gen).prev_sample
+    assert grad.abs().max() > 0
+    assert after < before  # the update moves against the loss gradient
+    assert torch.equal(out, expected)
