@@ -221,3 +221,25 @@ def test_fast_equals_materialised_with_two_components_on_a_batch():
                 session.runtime.set_word_tokens(words)
                 outs.append(unet(x, 5, encoder_hidden_states=enc).sample)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("comp, materialised", [
+    (SoftPAG(strength=0.5, blocks=()), False),  # output form after the fused kernel
+    (WordReweight(words=("red",), mode="logit"), False),  # bias in the kernel's float mask
+    (WordReweight(words=("red",), mode="p2p"), True),  # no fused form
+])
+def test_routing_keeps_the_fused_kernel_where_the_edit_allows(comp, materialised, monkeypatch):
+    from components.diffusion import dispatch
+    unet, tok, te = tiny_unet(), tiny_tokenizer(), tiny_text_encoder()
+    from components.diffusion.runner import encode_prompts
+    enc, words = encode_prompts(tok, te, ["a red circle", "the blue square"])
+    x, _ = inputs()
+    seen = []
+    original = dispatch.AttnflowProcessor._materialized
+    monkeypatch.setattr(dispatch.AttnflowProcessor, "_materialized",
+                        staticmethod(lambda call, *a: seen.append(call.name) or original(call, *a)))
+    with torch.no_grad(), applied(unet, comp) as session, session.runtime.pass_of("perturbed", comp):
+        session.runtime.set_word_tokens(words)
+        unet(x, 5, encoder_hidden_states=enc)
+    n_cross = sum(".attn2." in k for k in unet.attn_processors)
+    assert len(seen) == (n_cross if materialised else 0)
