@@ -17,8 +17,10 @@ q/k norms, residual connection, output rescale) and routes each call:
    probability editor without a fast form is active, or when forced (``force="materialize"``).
 
 Supported original processors: ``AttnProcessor2_0`` and ``AttnProcessor`` (the default ones of
-``UNet2DConditionModel``). Others (IP-Adapter, added-KV, xformers, joint SD3/Flux processors) raise
-``UnsupportedModelError`` naming the module and the processor before anything changes.
+``UNet2DConditionModel``), and ``JointAttnProcessor2_0`` (SD3-style MMDiT joint attention, replaced by
+``joint.JointProcessor``; the patch grid is recorded by a pre-hook on the transformer). Others (IP-Adapter,
+added-KV, xformers, Flux's ``FluxAttnProcessor`` on ``dispatch_attention_fn``) raise ``UnsupportedModelError``
+naming the module and the processor before anything changes.
 
 Deviation from the stock processor: an ``Attention`` built with a non-default ``scale`` gets that scale
 (``AttnProcessor2_0`` ignores it and uses 1/sqrt(D), a known diffusers TODO); with the default scale nothing differs.
@@ -26,6 +28,7 @@ Deviation from the stock processor: an ``Attention`` built with a non-default ``
 
 from __future__ import annotations
 
+import inspect
 import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
@@ -38,7 +41,7 @@ from components.diffusion.types import DiffusionCallInfo, DiffusionSession, Runt
 if TYPE_CHECKING:  # pragma: no cover
     from components.diffusion.base import DiffusionComponent
 
-SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
+SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor", "JointAttnProcessor2_0")
 FORCES = (None, "materialize")
 
 
@@ -47,12 +50,17 @@ class UnsupportedModelError(TypeError):
 
 
 def denoiser_of(target: Any) -> torch.nn.Module:
-    """The denoiser of a pipeline (``pipe.unet``) or the model itself; a TypeError naming what was given."""
-    model = target.unet if getattr(target, "unet", None) is not None else target
+    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``) or the model itself; a TypeError naming
+    what was given."""
+    model = target
+    for attr in ("unet", "transformer"):
+        if getattr(target, attr, None) is not None:
+            model = getattr(target, attr)
+            break
     if not hasattr(model, "attn_processors") or not hasattr(model, "set_attn_processor"):
         raise UnsupportedModelError(
             f"{type(target).__name__} is neither a diffusers denoiser with attention processors nor a pipeline "
-            "holding one as `unet` (SD3/Flux transformers are not supported yet, see docs/diffusion.md)")
+            "holding one as `unet` / `transformer`")
     return model
 
 
@@ -97,12 +105,19 @@ def applied(target: Any, *components: "DiffusionComponent", force: str | None = 
     try:
         if outermost:
             model._attnflow_diffusion_stack = stack
+            from components.diffusion.joint import JointProcessor, patch_grid_hook
+
             handles.append(model.register_forward_pre_hook(_denoiser_hook(runtime), with_kwargs=True))
+            joint = {n for n in mods if type(originals[f"{n}.processor"]).__name__ == "JointAttnProcessor2_0"}
+            if joint:  # SD3-style: the image tokens are the patch grid of the denoiser's input
+                handles.append(model.register_forward_pre_hook(
+                    patch_grid_hook(runtime, int(model.config.patch_size)), with_kwargs=True))
             for mod in model.modules():
                 if type(mod).__name__ == "Transformer2DModel":
                     handles.append(mod.register_forward_pre_hook(_grid_hook(runtime), with_kwargs=True))
             model.set_attn_processor({
-                f"{name}.processor": AttnflowProcessor(originals[f"{name}.processor"], name, layer, stack)
+                f"{name}.processor": (JointProcessor if name in joint else AttnflowProcessor)(
+                    originals[f"{name}.processor"], name, layer, stack)
                 for layer, name in enumerate(mods)})
         yield session
     finally:
@@ -116,8 +131,9 @@ def applied(target: Any, *components: "DiffusionComponent", force: str | None = 
 
 def _denoiser_hook(runtime: Runtime):
     def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        sample = bound.get("sample", bound.get("hidden_states"))
+        timestep = bound.get("timestep")
         runtime.latent_shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else None
         runtime.timestep = torch.as_tensor(timestep) if timestep is not None else None
     return hook

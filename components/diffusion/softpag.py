@@ -21,9 +21,14 @@ Fast path: since I V = V for self-attention (T = S), the edit is an output edit 
 Defaults: ``strength`` 1.0 (PAG's identity), ``scale`` 3.0 (diffusers' PAG pipelines' ``pag_scale``), the
 self-attention of ``mid_block`` (diffusers' PAG default ``pag_applied_layers=["mid"]``), every head there.
 
+On an SD3-style joint call (components/diffusion/joint.py) the interpolation applies to the whole joint map
+(image and text tokens), ``O' = (1 - u) O + u V`` over all of them; diffusers' ``PAGJointAttnProcessor2_0``
+replaces only the image-to-image block by the identity (image queries still see the text keys). Which of the two
+HeadHunter's SoftPAG uses on SD3 is to be checked against its code; the UNet form is unaffected.
+
 Deviations: HeadHunter selects heads by an iterative search against a user objective on SD3/FLUX; here the heads
-are given (``heads``, a HeadSet over attention-module indices) and the denoiser is a UNet2DConditionModel; the
-head search is not implemented (docs/diffusion.md).
+are given (``heads``, a HeadSet over attention-module indices); the
+head search is not implemented (docs/diffusion.md). Its native setting (SD3 / FLUX) is supported for SD3 only.
 """
 
 from __future__ import annotations

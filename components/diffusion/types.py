@@ -86,6 +86,8 @@ class DiffusionCallInfo:
     value: torch.Tensor  # (B, H, S, D)
     session: DiffusionSession
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # joint (MMDiT) calls only: the first n_image queries / keys are image tokens, the text tokens follow
+    n_image: int | None = None
 
     @property
     def is_self(self) -> bool:
