@@ -214,7 +214,7 @@ class AttnflowProcessor:
             head_dim=head_dim, batch=batch_size, q_len=q_len, kv_len=key.shape[2], scale=float(attn.scale),
             spatial=spatial, timestep=runtime.timestep, pass_kind=runtime.pass_kind,
             word_tokens=runtime.word_tokens if is_cross else None, query=query, key=key, value=value,
-            session=self.stack[-1], device=query.device)
+            session=self.stack[-1], device=query.device, step=runtime.step, n_steps=runtime.n_steps)
         out = self._attend(call, query, key, value, attention_mask)  # (B, H, T, D)
 
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)

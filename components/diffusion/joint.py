@@ -57,7 +57,8 @@ class JointProcessor(AttnflowProcessor):
             name=self.name, layer=self.layer, block=block_of(self.name), is_cross=False, n_heads=attn.heads,
             head_dim=head_dim, batch=batch_size, q_len=query.shape[2], kv_len=key.shape[2], scale=float(attn.scale),
             spatial=spatial, timestep=runtime.timestep, pass_kind=runtime.pass_kind, word_tokens=None, query=query,
-            key=key, value=value, session=self.stack[-1], device=query.device, n_image=n_image)
+            key=key, value=value, session=self.stack[-1], device=query.device, step=runtime.step,
+            n_steps=runtime.n_steps, n_image=n_image)
         out = self._attend(call, query, key, value, None)  # (B, H, N + L, D)
 
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)

@@ -89,7 +89,9 @@ def sample(
         rows_both = ([[] for _ in range(b)] + list(word_tokens)) if cfg else list(word_tokens)
     with applied(unet, *components, force=force) as session:
         runtime = session.runtime
+        runtime.n_steps = n_steps
         for i, t in enumerate(scheduler.timesteps):
+            runtime.step = i
             for u in updaters:
                 if i < u.latent_update_steps():
                     x = _latent_update(unet, scheduler, session, u, x, t, cond, word_tokens, i, n_steps)

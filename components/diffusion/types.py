@@ -32,6 +32,8 @@ class Runtime:
     pass_kind: str = "plain"  # "perturbed" inside a guidance method's extra pass
     perturber: Any = None  # the component whose extra pass is running (each guider perturbs only its own pass)
     word_tokens: list[WordTokens] | None = None  # per batch row of the cross-attention calls
+    step: int | None = None  # index of the denoising step the runner is in (None outside the runner)
+    n_steps: int | None = None
 
     @contextmanager
     def pass_of(self, kind: str, owner: Any = None) -> Iterator[None]:
@@ -86,6 +88,8 @@ class DiffusionCallInfo:
     value: torch.Tensor  # (B, H, S, D)
     session: DiffusionSession
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    step: int | None = None  # denoising step index and count, set by the runner (None outside it)
+    n_steps: int | None = None
     # joint (MMDiT) calls only: the first n_image queries / keys are image tokens, the text tokens follow
     n_image: int | None = None
 

@@ -93,3 +93,14 @@ def test_runner_feeds_word_tokens_and_rejects_missing_ones():
         sample(unet, DDIMScheduler(num_train_timesteps=50), cond, components=[comp], steps=1)
     with pytest.raises(ValueError, match="word_tokens has 2 entries for 1 prompts"):
         sample(unet, DDIMScheduler(num_train_timesteps=50), cond, word_tokens=words * 2, steps=1)
+
+
+def test_calls_see_the_step_index_and_count():
+    from tests.integration.test_diffusion_attention import _Recorder
+    unet, tok, te = tiny_unet(), tiny_tokenizer(), tiny_text_encoder()
+    cond, _ = encode_prompts(tok, te, ["a red circle"])
+    rec = _Recorder()
+    sample(unet, DDIMScheduler(num_train_timesteps=50), cond, components=[rec], steps=3)
+    per_step = len(unet.attn_processors)
+    assert [c.step for c in rec.calls] == [i for i in range(3) for _ in range(per_step)]
+    assert {c.n_steps for c in rec.calls} == {3}
