@@ -243,3 +243,28 @@ def test_routing_keeps_the_fused_kernel_where_the_edit_allows(comp, materialised
         unet(x, 5, encoder_hidden_states=enc)
     n_cross = sum(".attn2." in k for k in unet.attn_processors)
     assert len(seen) == (n_cross if materialised else 0)
+
+
+def test_nested_scopes_compose_and_only_the_outermost_restores():
+    unet, tok, te = tiny_unet(), tiny_tokenizer(), tiny_text_encoder()
+    from components.diffusion.runner import encode_prompts
+    enc, words = encode_prompts(tok, te, ["a red circle", "the blue square"])
+    x, _ = inputs()
+    outer, inner = WordReweight(words=("red",), scale=3.0), SoftPAG(strength=0.5, blocks=())
+    before = dict(unet.attn_processors)
+    with torch.no_grad():
+        with applied(unet, outer, inner) as both:
+            both.runtime.set_word_tokens(words)
+            with both.runtime.pass_of("perturbed", inner):
+                together = unet(x, 5, encoder_hidden_states=enc).sample
+        with applied(unet, outer) as session:
+            session.runtime.set_word_tokens(words)
+            only_outer = unet(x, 5, encoder_hidden_states=enc).sample
+            with applied(unet, inner) as nested:
+                assert nested.runtime is session.runtime
+                with session.runtime.pass_of("perturbed", inner):
+                    stacked = unet(x, 5, encoder_hidden_states=enc).sample
+            assert torch.equal(unet(x, 5, encoder_hidden_states=enc).sample, only_outer)  # inner scope gone
+            assert all(type(p).__name__ == "AttnflowProcessor" for p in unet.attn_processors.values())
+    assert torch.equal(stacked, together)
+    assert all(unet.attn_processors[k] is before[k] for k in before)
