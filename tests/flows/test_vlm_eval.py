@@ -66,3 +66,18 @@ def test_vlm_eval_logs_runs_metrics_and_figure(llava_dir, tmp_path):
     assert "comparison.png" in {a.path for a in client.list_artifacts(out["run_id"])}
     examples = {a.path for a in client.list_artifacts(qa[0].info.run_id)}
     assert "examples.parquet" in examples
+
+
+def test_analyze_flow_runs_attention_distance_on_a_vision_encoder(tmp_path, tiny_llama_dir):
+    from flows.analyze import analyze
+    from tasks.analysis import plan_analysis
+    from tests.helpers.tiny_vlm import tiny_encoder
+
+    with pytest.raises(UnsupportedVisionModelError, match="is not a vision encoder"):
+        plan_analysis.fn(str(tiny_llama_dir), "attention_distance")
+    tiny_encoder("vit").save_pretrained(tmp_path / "vit")
+    state = analyze(model=str(tmp_path / "vit"), analyzer="attention_distance(n_images=2, batch_size=2)",
+                    experiment="vit-distance-test", return_state=True)
+    assert state.is_completed(), state
+    metrics = state.result()["metrics"]
+    assert metrics["n_images"] == 2.0 and metrics["mean_distance_first_layer"] > 0.0
