@@ -53,9 +53,11 @@ class _NoTraceback(logging.Filter):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input": reported as one line, exit code 2."""
     from components.attention.session import UnsupportedModelError
+    from components.attention.vision import UnsupportedVisionModelError
     from components.modeling import UnsupportedArchitectureError
 
-    return (ValueError, LookupError, FileNotFoundError, UnsupportedArchitectureError, UnsupportedModelError)
+    return (ValueError, LookupError, FileNotFoundError, UnsupportedArchitectureError, UnsupportedModelError,
+            UnsupportedVisionModelError)
 
 
 def fail(message: str) -> None:

@@ -162,6 +162,10 @@ class Component:
     # needs_fit: ``fit(model, tokenizer, rows)`` returns a fitted copy; the evaluate task calls it on the
     # benchmark's train split before scoring, and logs ``fit_record()`` (fingerprint + summary of the fitted state)
     needs_fit: ClassVar[bool] = False
+    # needs_images: the component acts on image tokens or image inputs and runs only on a vision-language model
+    # (components/attention/vision.py); text-only flows and the registry-wide text-model tests leave it out, and
+    # applying it to a text-only model raises before any compute (AttentionPatch.check_model)
+    needs_images: ClassVar[bool] = False
     # parameters that make a meaningful instance (used by the contract tests, docs and `attnflow components`)
     example: ClassVar[dict[str, Any]] = {}
 

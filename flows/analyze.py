@@ -16,6 +16,7 @@ from flows.params import Dtype, Experiment, ModelName
 from registry.specs import parse
 from tasks.analysis import analysis_data, log_analysis, plan_analysis, run_analysis, summary_text
 from tasks.models import load_model
+from tasks.vlm import load_vlm
 from tasks.report import log_run_link
 from tasks.tracking import publish_components
 
@@ -48,7 +49,10 @@ def analyze(
     # 3. Data prep: the analyzer's rows as Parquet, cached across runs.
     data_path = analysis_data(spec)
     # 4. Load the model and run the analysis (cached by fingerprints).
-    loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    if parse(spec).create("analyzer").needs_images:  # vision encoders (e.g. attention_distance)
+        loaded = load_vlm(model, dtype=dtype)
+    else:
+        loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     record = run_analysis(loaded, spec, data_path, progress=progress)
     # 5. Log everything to one MLflow run.
     run_id = log_analysis(record, experiment, versions)

@@ -29,28 +29,35 @@ class LoadedModel:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
+    vision: bool = False  # a vision-language model with its processor in ``tokenizer`` (tasks/vlm.py)
 
     @property
     def name(self) -> str:
         return self.ref.name
 
     def __reduce__(self):
-        return (_reload, (self.ref, self.dtype, self.device, self.trust_remote_code, self.fingerprint))
+        return (_reload, (self.ref, self.dtype, self.device, self.trust_remote_code, self.fingerprint, self.vision))
 
 
 _LOADED: dict[tuple[Any, ...], LoadedModel] = {}
 _LOCK = threading.Lock()
 
 
-def _reload(ref: modeling.ModelRef, dtype: str, device: str, trust_remote_code: bool, fingerprint: str) -> LoadedModel:
+def _reload(ref: modeling.ModelRef, dtype: str, device: str, trust_remote_code: bool, fingerprint: str,
+            vision: bool = False) -> LoadedModel:
     """The model behind a pickled LoadedModel, loaded once per process; fails if the weights changed since."""
-    key = (ref, dtype, device, trust_remote_code, fingerprint)
+    key = (ref, dtype, device, trust_remote_code, fingerprint, vision)
     with _LOCK:
         if key not in _LOADED:
             now = modeling.model_fingerprint(ref)
             if now != fingerprint:
                 raise RuntimeError(f"model {ref.ref!r} changed on disk (fingerprint {now} != {fingerprint}); "
                                    "re-run so every worker evaluates the same weights")
+            if vision:
+                from tasks.vlm import load_vlm
+
+                _LOADED[key] = load_vlm.fn(ref.ref, dtype=dtype, device=device)
+                return _LOADED[key]
             mdl, tok = modeling.load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
             numerics.check_finite(mdl, tok, dtype, ref.name)
             _LOADED[key] = LoadedModel(ref, mdl, tok, fingerprint, modeling.describe(mdl), dtype, device,

@@ -69,6 +69,9 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
     bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in _parsed(benchmarks)]
     if not bench_objs:
         raise specs.SpecError("no tasks (benchmarks) given")
+    for comp in (c for c in [*comps, *bench_objs] if c.needs_images):
+        raise specs.SpecError(f"{comp.component_name} acts on images and needs a vision-language model: run it with "
+                              "`attnflow vlm-eval` (docs/vlm.md)")
     for comp in (c for c in comps if c.needs_fit):
         for bench in (b for b in bench_objs if "train" not in b.splits):
             raise specs.SpecError(f"{comp.component_name} is fitted on a benchmark's train split, and "

@@ -17,8 +17,8 @@ analyzer. Images: generated noise images (``build``) or any batch of pixel value
 
 Deviations: the class token is dropped as query and key and the patch attention renormalised (the paper does not
 say how it treats it); distances are bucketed by rounding to whole patches. Vision encoders only (ViT, CLIP and
-SigLIP vision towers); a 1-D token-distance version for language models is not implemented. Not registered in the
-component registry yet: the analysis flow loads causal LMs only (docs/vlm.md).
+SigLIP vision towers); a 1-D token-distance version for language models is not implemented. Registered with
+``needs_images``: the analysis flow loads the model as a vision encoder (tasks/vlm.py).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from components.analyzers.base import AnalysisResult, Analyzer, layer_head_rows,
 from components.attention.session import applied
 from components.base import ParamError
 from components.patches.base import AttentionPatch
+from registry import register
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def distance_stats(probs: torch.Tensor, grid: tuple[int, int], n_prefix: int, pa
     return mean, profile
 
 
+@register("attention_distance", version="1.0.0", family="analyzer", paper="arXiv:2303.13731",
+          summary="Mean attention distance and distance profile per head of a ViT/CLIP/SigLIP vision encoder.")
 @dataclass(frozen=True)
 class AttentionDistance(Analyzer):
     """Mean attention distance and distance profile per head of a vision encoder.
@@ -94,6 +97,8 @@ class AttentionDistance(Analyzer):
 
     component_name: ClassVar[str] = "attention_distance"
     primary_array: ClassVar[str] = "mean_distance"
+    needs_images: ClassVar[bool] = True
+    example: ClassVar[dict[str, str]] = {"n_images": "2", "batch_size": "2"}
 
     def __post_init__(self) -> None:
         for name in ("n_images", "batch_size"):

@@ -13,23 +13,29 @@ texts into an :class:`EvalResult`:
 VHR needs each prompt twice (with and without the image): ``paired=True`` builds the paired batch
 (``components.patches.vhr.paired_batch``), decodes the twins in lockstep and returns the image rows' texts.
 
-Not a registered benchmark yet: the flows load causal LMs and tokenizers, not VLMs and processors (docs/vlm.md).
+The registered benchmark ``vlm_scenes`` (:class:`VLMScenes`, ``needs_images``) wraps both for the vlm-eval flow:
+``build(split)`` generates the rows of a split, ``evaluate(model, processor, rows, patches=...)`` answers and
+scores them. POPE's sampling of absent objects is the ``strategy`` parameter (random / popular / adversarial).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
 from components.attention import vision
 from components.attention.session import Force, applied
 from components.benchmarks import _scenes
-from components.benchmarks.base import EvalResult
+from components.base import ParamError
+from components.benchmarks.base import Benchmark, EvalResult
+from registry import register
 
 TEMPLATE = "{image}\nQuestion: {question} Answer:"
-KINDS = ("exists", "absent", "count", "position", "text")
+KINDS = ("exists", "absent", "count", "position", "text", "vqa")  # vqa: free-form user questions
 
 
 def _normalise(text: str) -> str:
@@ -42,6 +48,23 @@ def correct(kind: str, answer: str, prediction: str) -> bool:
         return _scenes.yes_no(prediction) == answer
     words, want = _normalise(prediction).split(), _normalise(answer).split()
     return words[: len(want)] == want
+
+
+def row_image(row: dict[str, Any], image_size: int = 96):
+    """The PIL image of a row: a generated ``scene`` rendered at ``image_size``, else ``image_bytes`` (encoded
+    PNG/JPEG...) or ``image_path`` (a file) from a user dataset (components/benchmarks/vlm_qa.py), as RGB."""
+    if row.get("scene") is not None:  # a dict, or its JSON text after a Parquet round trip (tasks/io.py)
+        scene = json.loads(row["scene"]) if isinstance(row["scene"], str) else row["scene"]
+        return _scenes.render(scene, image_size)
+    import io
+
+    from PIL import Image
+
+    if row.get("image_bytes"):
+        return Image.open(io.BytesIO(row["image_bytes"])).convert("RGB")
+    if row.get("image_path"):
+        return Image.open(row["image_path"]).convert("RGB")
+    raise ValueError(f"row {row.get('scene_id', '?')} has no scene, image_bytes or image_path")
 
 
 @torch.no_grad()
@@ -67,7 +90,7 @@ def answer(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]
     out: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        images = [_scenes.render(r["scene"], image_size) for r in chunk]
+        images = [row_image(r, image_size) for r in chunk]
         texts = [template.format(image=processor.image_token, question=r["question"]) for r in chunk]
         enc = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
         extra: dict[str, Any] = {}
@@ -114,3 +137,81 @@ def score(rows: Sequence[dict[str, Any]], predictions: Sequence[str]) -> EvalRes
         _scenes.yes_no(e["prediction"]) == "yes" for e in g) / len(g)}
         for s in _scenes.STRATEGIES if (g := [e for e in absent if e["strategy"] == s])]
     return EvalResult(metrics, examples, {"by_kind": by_kind, "by_strategy": by_strategy})
+
+
+def patch_inputs(model: torch.nn.Module, patches: Sequence, paired: bool) -> Callable[[dict], dict] | None:
+    """``session_inputs`` for ``answer``: the union of ``inputs_for(model, enc)`` of the patches that define it
+    (e.g. the visual boost's top/bottom image tokens); None when no patch reads inputs."""
+    readers = [p for p in patches if getattr(p, "needs_inputs", False) and hasattr(p, "inputs_for")]
+    if not readers:
+        return None
+    if paired:
+        raise ValueError(f"{', '.join(p.component_name for p in readers)} cannot run on a paired batch (VHR): "
+                         "evaluate them separately")
+    return lambda enc: {k: v for p in readers for k, v in p.inputs_for(model, enc).items()}
+
+
+@register("vlm_scenes", version="1.0.0", family="benchmark", paper="arXiv:2305.10355",
+          summary="Generated shape scenes: POPE yes/no on present/absent objects, counts, positions, text.")
+@dataclass(frozen=True)
+class VLMScenes(Benchmark):
+    """POPE-style object hallucination and VQA accuracy on generated scenes (vision-language models only).
+
+    Parameters
+    ----------
+    n_scenes : int
+        Scenes per split (each gives 3-5 questions). Default 40.
+    strategy : {"random", "popular", "adversarial"}
+        POPE's sampling of the absent objects asked about. Default ``random``.
+    max_objects : int
+        Largest number of objects in a scene (1-9). Default 4.
+    text_prob : float
+        Probability that a scene has a written word. Default 0.3.
+    image_size : int
+        Side of the rendered images in pixels. Default 96.
+    max_new_tokens : int
+        Greedy tokens generated per answer. Default 4.
+    seed : int
+        Data seed. Default 0.
+    """
+
+    n_scenes: int = 40
+    strategy: Literal["random", "popular", "adversarial"] = "random"
+    max_objects: int = 4
+    text_prob: float = 0.3
+    image_size: int = 96
+    max_new_tokens: int = 4
+    seed: int = 0
+
+    needs_images: ClassVar[bool] = True
+    prompt_texts: ClassVar[bool] = False
+    metrics: ClassVar[dict[str, bool]] = {
+        "accuracy": True, "pope_accuracy": True, "pope_precision": True, "pope_recall": True, "pope_f1": True,
+        "yes_ratio": True, "hallucination_rate": False, **{f"accuracy_{k}": True for k in KINDS}}
+    primary_metric: ClassVar[str] = "accuracy"
+    example: ClassVar[dict[str, str]] = {"n_scenes": "4", "strategy": "adversarial"}
+
+    def __post_init__(self) -> None:
+        if self.n_scenes < 1:
+            raise ParamError(f"vlm_scenes.n_scenes: {self.n_scenes} < 1")
+        if not 1 <= self.max_objects <= len(_scenes.CELLS):
+            raise ParamError(f"vlm_scenes.max_objects: {self.max_objects} is outside [1, {len(_scenes.CELLS)}]")
+        if not 0.0 <= self.text_prob <= 1.0:
+            raise ParamError(f"vlm_scenes.text_prob: {self.text_prob} is outside [0, 1]")
+        if self.image_size < 16 or self.max_new_tokens < 1:
+            raise ParamError("vlm_scenes: image_size must be >= 16 and max_new_tokens >= 1")
+
+    def build(self, split: str) -> list[dict[str, Any]]:
+        return _scenes.dataset(self.split_seed(split), self.n_scenes, self.strategy, self.max_objects,
+                               self.text_prob)
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]], *,
+                 session: Any = None, batch_size: int = 8, progress: bool = False,
+                 patches: Sequence = (), force: Force = None) -> EvalResult:
+        """Answer ``rows`` with ``model`` and its processor (``tokenizer``) inside a scope of ``patches``; a patch
+        that needs a paired batch (VHR, ``needs_paired_batch``) switches the paired decoding on."""
+        paired = any(getattr(p, "needs_paired_batch", False) for p in patches)
+        preds = answer(model, tokenizer, rows, image_size=self.image_size, max_new_tokens=self.max_new_tokens,
+                       batch_size=batch_size, patches=patches, force=force, paired=paired,
+                       session_inputs=patch_inputs(model, patches, paired))
+        return score(rows, preds)

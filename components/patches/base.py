@@ -57,6 +57,8 @@ class AttentionPatch(Component):
     - ``needs_lse``: ``post_attention`` wants the kernel's log-sum-exp (it still receives None where the kernel
       cannot give one).
     - ``needs_inputs``: the patch reads per-batch inputs (texts, spans) attached with ``session.set_inputs``.
+    - ``needs_images`` (from :class:`~components.base.Component`): the patch acts on image tokens; ``check_model``
+      refuses a configuration without a vision part, so a text-only model fails before any compute.
     """
 
     onnx_exportable: ClassVar[bool] = True
@@ -79,6 +81,8 @@ class AttentionPatch(Component):
 
     def check_model(self, config: Any) -> None:
         """Validate parameters against a model config (head ranges...); raise ValueError naming the problem."""
+        if self.needs_images:
+            check_vision_config(config, self.component_name)
         heads = getattr(self, "heads", None)
         if isinstance(heads, HeadSet):
             n_layers, n_heads = model_shape(config)
@@ -236,6 +240,16 @@ class AttentionPatch(Component):
             ``out`` unchanged; there is no ``None`` here.
         """
         return out
+
+def check_vision_config(config: Any, name: str) -> None:
+    """Raise ParamError when ``config`` has no vision part (``name`` acts on image tokens); config only."""
+    from components.attention.vision import is_multimodal
+    from components.base import ParamError
+
+    if not is_multimodal(config):
+        raise ParamError(f"{name} acts on image tokens and needs a vision-language model; "
+                         f"{type(config).__name__} (model_type={getattr(config, 'model_type', '?')!r}) is text-only")
+
 
 def model_shape(config: Any) -> tuple[int, int]:
     """(num_layers, num_attention_heads) of a transformers config (text config for multimodal models)."""

@@ -26,8 +26,8 @@ span); here everything is per batch row, image keys are the image-token position
 allowed) and queries "after the image" are those after the row's last image token. Sinks are found in the prefill
 and, for each generated token, from its own hidden state as it arrives (the reference keeps per-layer indices
 whose decode-time update is not documented). Sink dimensions are an input; ``find_sink_dims`` proposes candidates
-by a vote over layers (a helper of this module, not part of the reference code). Not registered in the component
-registry yet (docs/vlm.md).
+by a vote over layers (a helper of this module, not part of the reference code). Registered with
+``needs_images``: it runs on vision-language models only (the vlm-eval flow).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 from components.attention.math import dense_bias_logits, materialized_logits, repeat_kv
 from components.attention.types import CallInfo
 from components.base import ParamError
+from registry import register
 from components.patches.base import AttentionPatch, model_shape
 
 #: sink dimensions from the reference code (src/logic/constants.py)
@@ -115,6 +116,8 @@ def redistribute(probs: torch.Tensor, image: torch.Tensor, sink: torch.Tensor, q
     return torch.where(chosen[..., None], edited, probs)
 
 
+@register("var", version="1.0.0", family="patch", paper="arXiv:2503.03321",
+          summary="VAR: move image-centric heads' attention from visual sink tokens to the other image tokens.")
 @dataclass(frozen=True)
 class VisualAttentionRedistribution(AttentionPatch):
     """VAR: move image-centric heads' attention from sink tokens to the other image tokens (ICLR 2025).
@@ -149,9 +152,11 @@ class VisualAttentionRedistribution(AttentionPatch):
     onnx_exportable: ClassVar[bool] = False
     onnx_reason: ClassVar[str] = "it reads image-token positions and hidden states captured outside the graph"
     edits_probabilities: ClassVar[bool] = True
+    needs_images: ClassVar[bool] = True
     has_fast_path: ClassVar[bool] = True
     needs_lse: ClassVar[bool] = True
     needs_layer_inputs: ClassVar[bool] = True
+    example: ClassVar[dict[str, str]] = {"sink_dims": "0,1", "tau": "20"}
 
     def __post_init__(self) -> None:
         if not self.sink_dims:
@@ -162,6 +167,7 @@ class VisualAttentionRedistribution(AttentionPatch):
                 raise ParamError(f"var.{name}: {getattr(self, name)} is outside [{lo}, {hi}]")
 
     def check_model(self, config) -> None:
+        super().check_model(config)
         n_layers, _ = model_shape(config)
         hidden = config.get_text_config().hidden_size
         if self.start_layer >= n_layers - int(self.skip_last):

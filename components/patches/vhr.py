@@ -23,7 +23,8 @@ Path: an output edit (``edit_output``) on the last query row only, so attention 
 Deviations / reconstructions: the outlier rule (IQR) and the rounding of "top 50%" (ceil of the kept heads) are
 not specified in the summary used here; the text-only pass's inputs (image tokens removed, other tokens kept) are
 a reconstruction. Sampling decodes the twins independently (use greedy decoding, or a sampler that copies the
-partner's token). Not registered in the component registry yet (docs/vlm.md).
+partner's token). Registered with ``needs_images``: vision-language
+models only (the vlm-eval flow).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from components.attention.types import CallInfo
 from components.attention.vision import VisualLayout
 from components.base import ParamError
+from registry import register
 from components.patches.base import AttentionPatch
 
 
@@ -98,6 +100,8 @@ def select_heads(vhd: torch.Tensor, fraction: float) -> torch.Tensor:
     return kept & (rank < n_top[:, None])
 
 
+@register("vhr", version="1.0.0", family="patch", paper="arXiv:2412.13949",
+          summary="VHR: scale the outputs of the most vision-aware heads (VHD against a text-only twin row).")
 @dataclass(frozen=True)
 class VisionAwareHeadReinforcement(AttentionPatch):
     """VHR: scale the outputs of the most vision-aware heads (highest VHD) at the current token (ACL 2025).
@@ -115,6 +119,9 @@ class VisionAwareHeadReinforcement(AttentionPatch):
 
     component_name: ClassVar[str] = "vhr"
     onnx_exportable: ClassVar[bool] = False
+    needs_images: ClassVar[bool] = True
+    needs_paired_batch: ClassVar[bool] = True  # each prompt with and without its image (vlm_scenes pairs them)
+    example: ClassVar[dict[str, str]] = {"alpha": "2.0", "fraction": "0.5"}
     onnx_reason: ClassVar[str] = "it pairs batch rows and reads image-token positions captured outside the graph"
 
     def __post_init__(self) -> None:

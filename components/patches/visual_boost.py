@@ -23,7 +23,8 @@ recomputed exactly after it (its logits (B, H, S), the boost, softmax, P V: O(B 
 
 Deviations: the paper's head-specific modulation by visual sensitivity is uniform across heads, as in the
 reference code; PAI's classifier-free guidance (gamma) is not part of this patch; the optional "spatial" selection
-(``--spatial``, default off) is not implemented. Not registered in the component registry yet (docs/vlm.md).
+(``--spatial``, default off) is not implemented. Registered with
+``needs_images``: vision-language models only (the vlm-eval flow).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from components.attention.math import dense_bias_logits, repeat_kv
 from components.attention.types import CallInfo
 from components.base import ParamError
+from registry import register
 from components.patches.base import AttentionPatch, model_shape
 
 
@@ -89,6 +91,8 @@ def cls_attention(vision_tower: torch.nn.Module, pixel_values: torch.Tensor, lay
     return [out.attentions[layer][:, :, 0, 1:].sum(1) for layer in layers]  # (N, H, 1+P, 1+P) -> (N, P)
 
 
+@register("visual_logit_boost", version="1.0.0", family="patch", paper="arXiv:2501.12206",
+          summary="Boost the attention logits of selected image tokens at the last query row (l + alpha |l|).")
 @dataclass(frozen=True)
 class VisualLogitBoost(AttentionPatch):
     """Boost the logits of selected image tokens at the last query row (arXiv 2501.12206).
@@ -115,8 +119,10 @@ class VisualLogitBoost(AttentionPatch):
     onnx_exportable: ClassVar[bool] = False
     onnx_reason: ClassVar[str] = "it reads image-token positions captured from input_ids outside the graph"
     edits_probabilities: ClassVar[bool] = True
+    needs_images: ClassVar[bool] = True
     has_fast_path: ClassVar[bool] = True
     needs_inputs: ClassVar[bool] = True
+    example: ClassVar[dict[str, str]] = {"alpha": "0.7", "beta": "0.3", "selection": "all"}
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta"):
@@ -126,12 +132,29 @@ class VisualLogitBoost(AttentionPatch):
             raise ParamError(f"visual_logit_boost.start_layer: {self.start_layer} < 0")
 
     def check_model(self, config) -> None:
+        super().check_model(config)
         n_layers, _ = model_shape(config)
         if self.start_layer >= n_layers:
             raise ParamError(f"visual_logit_boost.start_layer: {self.start_layer} >= the model's {n_layers} layers")
 
     def acts_on_layer(self, layer: int, n_layers: int) -> bool:
         return layer >= self.start_layer
+
+    def inputs_for(self, model: torch.nn.Module, enc: dict) -> dict[str, torch.Tensor]:
+        """Session inputs for a batch ``enc`` (processor output): with ``selection=inputs`` the top/bottom image
+        tokens from the vision tower's CLS attention (``cls_attention`` + ``select_tokens``, LLaVA layout); none
+        with ``selection=all``."""
+        if self.selection == "all":
+            return {}
+        from components.attention.vision import layout_of
+
+        tower = getattr(model, "vision_tower", None) or getattr(getattr(model, "model", None), "vision_tower", None)
+        if tower is None or "pixel_values" not in enc:
+            raise ValueError(f"visual_logit_boost: selection=inputs needs a LLaVA-style model with a vision_tower and "
+                             f"pixel_values; {type(model).__name__} has none (use selection=all)")
+        first, penult = cls_attention(tower, enc["pixel_values"])
+        top, bottom = select_tokens(first, penult, layout_of(model.config).image_tokens(enc["input_ids"]))
+        return {"visual_top": top, "visual_bottom": bottom}
 
     # -- the plan -------------------------------------------------------------------------------------------------
     def coefficients(self, call: CallInfo) -> torch.Tensor:

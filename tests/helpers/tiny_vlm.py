@@ -126,3 +126,26 @@ def vlm_batch(family: str, seed: int = 1) -> tuple[dict, torch.Tensor]:
 def pixel_batch(family: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
     """Random (B, 3, 32, 32) images for the tiny encoders."""
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_llava_with_processor(seed: int = 0):
+    """A tiny random LLaVA and a real LlavaProcessor (CLIP image processor at 32 px + the tests' tokenizer with an
+    ``<image>`` token), consistent with each other: (model, processor)."""
+    from tests.helpers.tiny import tokenizer
+
+    tok = tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    proc = T.LlavaProcessor(image_processor=T.CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                  crop_size={"height": 32, "width": 32}),
+                            tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                            image_token="<image>", num_additional_image_tokens=1)
+    model = tiny_vlm("llava", seed=seed, image_token=tok.convert_tokens_to_ids("<image>"), vocab_size=len(tok))
+    return model, proc
+
+
+def save_tiny_llava(path, seed: int = 0):
+    """Save ``tiny_llava_with_processor`` to a model directory (safetensors + processor files); returns the path."""
+    model, proc = tiny_llava_with_processor(seed)
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path

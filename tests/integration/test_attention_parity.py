@@ -38,7 +38,10 @@ from tests.integration.test_zerotuning import zt_reference
 # where KeyBias.dense() used to overwrite key 0 (issue 17 item 5).
 TEXTS = ["abc [xyz:345 and a very long span of words that goes on and on] end",
          "the cat sat on a mat and [a dog] ran far away", "once upon [a time] there [was] a dog"]
-PATCHES = {info.name for info in registry.latest("patch")}
+# Text-only models: patches that act on image tokens (needs_images) are tested on tiny VLMs in their own files
+# (tests/integration/test_visual_boost.py, test_var.py, test_vhr.py) and refused here by check_model.
+IMAGE_PATCHES = {info.name for info in registry.latest("patch") if info.cls.needs_images}
+PATCHES = {info.name for info in registry.latest("patch")} - IMAGE_PATCHES
 FORMS = [None, "lse", "channels", "bias", "materialize"]
 DECODE = torch.tensor([[5, 17], [40, 3], [9, 250]])  # two decode steps per row (fixed tokens)
 
@@ -181,7 +184,7 @@ def test_every_path_matches_the_float64_reference(case, force, output_attentions
 # act and head_pattern_override have data-dependent edits (sink sets, per-row index writes) with no standard-op
 # form; pasta reads per-batch texts (session inputs) that the graph has no input for; soft_injection must be fitted
 # and its fitted state is not a spec parameter.
-ONNX_REFUSED = {"act", "head_pattern_override", "pasta", "soft_injection"}
+ONNX_REFUSED = {"act", "head_pattern_override", "pasta", "soft_injection"} | IMAGE_PATCHES  # image positions
 # (case, form): the key bias in both exported forms, with a query scale on the same layer; every exportable patch
 # at once in the bias form. Each export takes 25-70 s on the shared 2-core CI machine, hence two.
 ONNX_CASES = [("all_exportable", "bias"), ("head_mask_uniform+zerotuning", "channels")]

@@ -49,6 +49,8 @@ def test_show_prints_every_parameter_with_its_description(info):
         (["--component", "head_mask", "--param", "heads=9:0"], "9:0 out of range for a model with 2 layers"),
         (["--task", "kv_retrieval", "--task-param", "n_pairs=0"], "n_pairs=0 is out of range"),
         (["--model", "./missing/model"], "model path './missing/model' does not exist"),
+        (["--task", "vlm_scenes"], "vlm_scenes acts on images and needs a vision-language model"),
+        (["--component", "vhr"], "vhr acts on images and needs a vision-language model"),
     ],
 )
 def test_bad_input_fails_fast_with_a_named_problem(args, message, tiny_llama_dir):

@@ -28,6 +28,11 @@ def test_every_patch_is_scoped_and_restores(family):
         before = model(input_ids=ids, attention_mask=mask).logits
         impl = model.config._attn_implementation
         for info in registry.latest("patch"):
+            if info.cls.needs_images:  # acts on image tokens: refused on a text-only model before any forward
+                with pytest.raises(ValueError, match="needs a vision-language model"):
+                    with info.create(info.cls.example).applied(model):
+                        pass
+                continue
             patch = info.create(info.cls.example)
             if info.cls.needs_fit:
                 patch = patch.fit(model, tok, fit_rows)

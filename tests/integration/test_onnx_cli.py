@@ -59,6 +59,9 @@ REFUSED = {
     "head_pattern_override": (["--param", "heads=0:1"], "it writes one query row per batch row"),
     "pasta": (["--param", "spans=-12:"], "it reads per-batch inputs (session.set_inputs"),
     "soft_injection": ([], "it must be fitted on a benchmark's train split (needs_fit)"),
+    "var": (["--param", "sink_dims=0"], "it reads image-token positions and hidden states captured outside the graph"),
+    "vhr": ([], "it pairs batch rows and reads image-token positions captured outside the graph"),
+    "visual_logit_boost": ([], "it reads image-token positions captured from input_ids outside the graph"),
 }
 
 

@@ -84,7 +84,7 @@ def test_every_fast_path_equals_its_materialised_form(arch, bidirectional):
     fit_rows = registry.get("kv_retrieval").create({"n_pairs": "2", "n_examples": "6"}).build("train")
     with torch.no_grad():
         plain = model(input_ids=ids, attention_mask=mask).logits
-    for info in registry.latest("patch"):
+    for info in [i for i in registry.latest("patch") if not i.cls.needs_images]:  # image patches: tiny VLM tests
         patch = info.create(info.cls.example)
         if info.cls.needs_fit:
             patch = patch.fit(model, tok, fit_rows)
