@@ -74,3 +74,31 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.n
         return float("nan"), float("nan")
     lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def summary(scores: dict[str, np.ndarray], errors: np.ndarray, n_boot: int = 1000, seed: int = 0
+            ) -> list[dict[str, float | str]]:
+    """Per method: AUROC and AUPRC of its score for predicting errors, each with a bootstrap CI."""
+    rows: list[dict[str, float | str]] = []
+    for name, s in scores.items():
+        row: dict[str, float | str] = {"method": name}
+        for metric, fn in (("auroc", auroc), ("auprc", auprc)):
+            lo, hi = bootstrap_ci(fn, s, errors, n_boot, seed)
+            row.update({metric: fn(s, errors), f"{metric}_lo": lo, f"{metric}_hi": hi})
+        rows.append(row)
+    return rows
+
+
+def paired_delta(a: np.ndarray, b: np.ndarray, errors: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the same questions, with a paired bootstrap CI (both scored on each resample)."""
+    a, b, y = np.asarray(a, float), np.asarray(b, float), np.asarray(errors).astype(bool)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].all() or not y[idx].any():
+            continue
+        vals.append(auroc(a[idx], y[idx]) - auroc(b[idx], y[idx]))
+    lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)]) if vals else (float("nan"),) * 2
+    return {"delta": auroc(a, y) - auroc(b, y), "lo": float(lo), "hi": float(hi)}
