@@ -78,8 +78,9 @@ def uncertainty(
         template: Prompt template with {question}.
         chat: Wrap the prompt in the tokenizer's chat template when it has one.
         seed: Sampling seed.
-        similarity: Sentence similarity and token relevance: "hidden" (the model's own hidden states) or a
-            cross-encoder hub id / path.
+        similarity: Sentence similarity and token relevance: "hidden" (the model's own hidden states, one forward
+            per answer token), "embedding" (relevance from input embeddings, no forward) or a cross-encoder hub
+            id / path.
         entailment: Entailment for semantic entropy: "rouge" (ROUGE-L of the answers), "hidden", or an NLI model
             hub id / path.
         correctness: How the greedy answer is judged against the references.

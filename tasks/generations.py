@@ -32,6 +32,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
+from components.base import unescape
 from components.uncertainty import _generate
 from infra.settings import settings
 from registry import sources
@@ -56,7 +57,9 @@ def code_fingerprint(module: str) -> str:
 def sampling_config(n_samples: int = 5, temperature: float = 0.5, top_p: float = 1.0, top_k: int = 0,
                     max_new_tokens: int = 32, seed: int = 0, stop: list[str] | None = None, batch_size: int = 4,
                     shard_size: int = 32, template: str = "{question}", chat: bool = True) -> dict[str, Any]:
-    """The sampling and prompt settings as the manifest records them; raises on bad values before compute."""
+    """The sampling and prompt settings as the manifest records them; raises on bad values before compute.
+    ``template`` and ``stop`` may be written with backslash escapes (``\\n``), as on a command line."""
+    template, stop = unescape(template), [unescape(s) for s in (stop or [])]
     if n_samples < 1 or max_new_tokens < 1 or batch_size < 1 or shard_size < 1:
         raise ValueError("n_samples, max_new_tokens, batch_size and shard_size must be >= 1")
     if not temperature > 0 or not 0 < top_p <= 1 or top_k < 0:
@@ -64,7 +67,7 @@ def sampling_config(n_samples: int = 5, temperature: float = 0.5, top_p: float =
     if "{question}" not in template:
         raise ValueError(f"prompt template must contain {{question}}, got {template!r}")
     return {"n_samples": n_samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "max_new_tokens": max_new_tokens, "seed": seed, "stop": list(stop or []), "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens, "seed": seed, "stop": stop, "batch_size": batch_size,
             "shard_size": shard_size, "template": template, "chat": chat}
 
 

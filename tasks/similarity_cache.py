@@ -30,14 +30,14 @@ _F32 = pa.float32()
 def backend(ref: str, kind: str, generator_fingerprint: str) -> dict[str, Any]:
     """A backend's identity; raises before compute for a model reference that does not resolve."""
     ref = str(ref).strip()
-    if kind == "similarity" and ref == _similarity.OFFLINE_SIMILARITY:
-        return {"kind": "hidden", "fingerprint": generator_fingerprint}
+    if kind == "similarity" and ref in ("hidden", "embedding"):
+        return {"kind": ref, "fingerprint": generator_fingerprint}
     if kind == "entailment" and ref in (_similarity.OFFLINE_ENTAILMENT, "hidden"):
         return {"kind": ref, "fingerprint": generator_fingerprint if ref == "hidden" else None}
     try:
         mref = modeling.resolve(ref)
     except modeling.ModelNotFoundError as e:
-        offline = "'hidden'" if kind == "similarity" else "'rouge' or 'hidden'"
+        offline = "'hidden', 'embedding'" if kind == "similarity" else "'rouge' or 'hidden'"
         raise ValueError(f"{kind} backend {ref!r}: {e}; give {offline}, a hub id or a local model directory"
                          ) from None
     return {"kind": "model", "ref": ref, "location": mref.location, "fingerprint": modeling.model_fingerprint(mref)}
@@ -71,7 +71,10 @@ def build_similarity(loaded: LoadedModel, generations_dir: str | Path, similarit
         rel, sims, ents = [], [], []
         for r in rows[lo:hi]:
             emb = np.asarray(r["sample_emb"], dtype=np.float32).reshape(k, hidden)  # (K, H)
-            if sim_model is None:
+            if sim["kind"] == "embedding":
+                rel.append(_similarity.embedding_relevance(loaded.model, r["sample_ids"]))
+                sims.append(_similarity.hidden_matrix(emb))
+            elif sim_model is None:
                 rel.append(_generate.hidden_relevance(loaded.model, loaded.tokenizer, r["prompt_ids"],
                                                       r["sample_ids"], emb, batch_size=batch_size))
                 sims.append(_similarity.hidden_matrix(emb))

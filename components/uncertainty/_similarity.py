@@ -10,6 +10,10 @@ Backends (a similarity backend gives g and the relevance; an entailment backend 
 
 - ``hidden`` (similarity, the offline default): cosine of the generating model's mean last-layer hidden states over
   the answer positions, clipped at 0 (:func:`components.uncertainty._generate.hidden_relevance`).
+- ``embedding`` (similarity, offline and cheap): g between answers as for ``hidden``; token relevance from the
+  model's input embeddings, R_i = 1 - cos(mean embedding of s, mean embedding of s without token i), no forward
+  pass (:func:`embedding_relevance`). ``hidden`` costs one forward of
+  prompt + answer per answer token (K * T per question); this costs none, and is a cruder relevance.
 - a cross-encoder (similarity) given by hub id or local path: ``AutoModelForSequenceClassification`` with one
   output, g = sigmoid(logit) of the pair (question + " " + s_j, question + " " + s_k), as the reference's
   ``sentence_transformers.CrossEncoder(num_labels=1)`` scores ``cross-encoder/stsb-roberta-large``.
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from components.uncertainty import _rouge
+from components.uncertainty._generate import cosine as _cosine
 
 OFFLINE_SIMILARITY = "hidden"
 OFFLINE_ENTAILMENT = "rouge"
@@ -137,8 +142,25 @@ def rouge_matrix(texts: Sequence[str]) -> np.ndarray:
 
 def hidden_matrix(embeddings: np.ndarray) -> np.ndarray:
     """(K, K) cosine of the answers' embeddings clipped to [0, 1] (diagonal 1)."""
-    from components.uncertainty._generate import cosine
-
-    sim = np.clip(cosine(embeddings, embeddings), 0.0, 1.0)
+    sim = np.clip(_cosine(embeddings, embeddings), 0.0, 1.0)
     np.fill_diagonal(sim, 1.0)
     return sim
+
+
+@torch.no_grad()
+def embedding_relevance(model: Any, answers: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Per answer (T tokens): R_i = 1 - max(cos(m(s), m(s without token i)), 0), (T,) float32, where m is the mean of
+    the model's input embeddings over the answer's tokens (no forward pass; an empty remainder has m = 0, so a
+    one-token answer gets R = 1)."""
+    table = model.get_input_embeddings().weight  # (V, H)
+    out = []
+    for a in answers:
+        if not a:
+            out.append(np.zeros(0, dtype=np.float32))
+            continue
+        e = table[torch.tensor(list(a), dtype=torch.long)].double().numpy()  # (T, H)
+        total, t = e.sum(axis=0), len(a)
+        rest = (total[None] - e) / max(t - 1, 1)  # (T, H): mean without token i
+        sims = _cosine(rest, (total / t)[None])[:, 0]  # (T,)
+        out.append((1.0 - np.maximum(sims, 0.0)).astype(np.float32))
+    return out
