@@ -22,7 +22,7 @@ def _qa(path):
 
 
 def test_bad_methods_fail_before_compute():
-    with pytest.raises(SpecError, match="no uncertainty methods"):
+    with pytest.raises(SpecError, match="empty component list"):
         plan_methods.fn([""])
     with pytest.raises(Exception, match="unknown uncertainty component 'nope'"):
         plan_methods.fn(["nope"])
