@@ -19,7 +19,7 @@ from attnflow.flowcli import GENERATED, LAZY, load
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search",
                              "export-onnx", "report", "reproduce", "train-lm", "sink-emergence", "arch-compare",
-                             "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis")}
+                             "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis", "uncertainty")}
 EXPECTED |= {("pawn", n) for n in ("prep", "features", "train", "run", "evaluate")}
 
 
