@@ -7,12 +7,11 @@ correctness of the greedy answer -> AUROC / AUPRC with bootstrap CIs -> one MLfl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 from pydantic import Field
-from typing_extensions import Annotated
 
 from flows.params import BatchSize, Count, Dtype, Experiment, ModelName, Positive, Specs
 from tasks.generations import build_generations, sampling_config
