@@ -29,6 +29,7 @@ SMOKE_LINES = {
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
     "vlm_patch_overhead": r"(?m)^var \[materialised\]\s+[\d.]+ ms\s+x\s*[\d.]+$",
     "sink_dims": r"(?m)^demo: \d+ tokens, hidden \d+, sink dims \(\d+, \d+\)\n(layer\s+\d+: .*\n)+",
+    "uncertainty": r"(?m)^\| sar \| (nan|[\d.]+) \|(.*\n)*^speed-up scoring from cache vs regenerating: x[\d,]+",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "retrieval-heads", "head-search",
                              "export-onnx", "report", "reproduce", "train-lm", "sink-emergence", "arch-compare",
                              "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis")}
-EXPECTED |= {("", n) for n in ("vlm-eval", "train-vlm")}
+EXPECTED |= {("", n) for n in ("vlm-eval", "train-vlm", "uncertainty")}
 EXPECTED |= {("pawn", n) for n in ("prep", "features", "train", "run", "evaluate")}
 
 
