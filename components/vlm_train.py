@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from components.benchmarks import _scenes
 from components.benchmarks.vlm_scenes import TEMPLATE
@@ -140,9 +141,10 @@ def loss_on(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any
 
 
 def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, steps: int,
-                batch_size: int = 8, lr: float = 1e-3, image_size: int = 64, seed: int = 0) -> list[float]:
+                batch_size: int = 8, lr: float = 1e-3, image_size: int = 64, seed: int = 0,
+                progress: bool = True, desc: str = "train") -> list[float]:
     """AdamW on the vision tower + projector (LM frozen), cosine decay, ``steps`` minibatches drawn from ``rows``;
-    returns the training loss per step."""
+    returns the training loss per step. ``progress`` shows a step bar with the running loss."""
     if steps < 1 or batch_size < 1 or not rows:
         raise ValueError("train_stage needs steps >= 1, batch_size >= 1 and rows")
     params = trainable(model)
@@ -151,6 +153,7 @@ def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any
     rng = random.Random(seed)
     losses = []
     model.train()
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for _ in range(steps):
         loss = model(**batch(processor, rng.sample(rows, min(batch_size, len(rows))), image_size)).loss
         opt.zero_grad(set_to_none=True)
@@ -159,6 +162,9 @@ def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
     model.eval()
     return losses
 

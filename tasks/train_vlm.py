@@ -54,7 +54,7 @@ def train_stage(model: Any, processor: Any, stage: str, steps: int, n_scenes: in
     start = time.perf_counter()
     before = vlm_train.loss_on(model, processor, held, image_size)
     losses = vlm_train.train_stage(model, processor, rows, steps=steps, batch_size=batch_size, lr=lr,
-                                   image_size=image_size, seed=seed)
+                                   image_size=image_size, seed=seed, desc=stage)
     after = vlm_train.loss_on(model, processor, held, image_size)
     seconds = time.perf_counter() - start
     print(f"{stage}: {len(rows)} rows, {steps} steps, held-out loss {before:.4f} -> {after:.4f} ({seconds:.0f}s)")
