@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.kernels.base import RNG_LOCK, install
-from components.lm.preset import ModelSpec
+from components.lm.preset import ModelSpec, TrainSpec
 
 
 def llama_config(spec: ModelSpec, tokenizer: Any) -> LlamaConfig:
@@ -42,22 +42,48 @@ def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) 
     A directory written by train-lm (it has ``training.json``) is a stage of the same preset: the preset's model is
     built and the weights loaded with exactly matching shapes. Any other model directory (a pretrained checkpoint:
     SmolLM2, Gemma-3, ...) keeps its own architecture, loaded in float32 (``train.dtype=bfloat16`` autocasts on top);
-    the preset's model section is then ignored except ``attention``, which must be ``sdpa`` or ``eager`` (attention
-    kernels are built for the preset's Llama architecture)."""
+    the preset's model section is then ignored except ``attention``, which must be ``sdpa``, ``eager`` or a
+    stateless kernel (``sf_attn``: no parameters, installed on top; kernels with parameters are built for the
+    preset's Llama architecture)."""
     if (model_dir / "training.json").is_file():
         model = build_model(spec, tokenizer, seed=seed)
         load_weights(model, model_dir)
         return model
     from transformers import AutoModelForCausalLM
 
-    if spec.attention not in ("sdpa", "eager") or spec.qk_layernorm:
-        raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa or "
-                         f"eager and model.qk_layernorm false (got {spec.attention!r}, {spec.qk_layernorm})")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=spec.attention)
+    implementation, kernel = spec.kernel()
+    if (kernel is not None and not kernel.stateless) or spec.qk_layernorm:
+        raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa, "
+                         f"eager or a kernel without parameters (sf_attn), and model.qk_layernorm false (got "
+                         f"{spec.attention!r}, {spec.qk_layernorm})")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation)
+    if kernel is not None:
+        install(model, kernel)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens, the model embeds only "
                          f"{model.get_input_embeddings().num_embeddings}")
     return model
+
+
+def prepare_training(model: torch.nn.Module, spec: TrainSpec) -> torch.nn.Module:
+    """The model to train: with LoRA adapters when ``train.lora`` is set (checked against the model first)."""
+    if spec.lora is None:
+        return model
+    from components.lm import lora
+
+    return lora.wrap(model, spec.lora)
+
+
+def finish_training(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to evaluate and save: LoRA adapters merged into the weights, training-time kernels removed."""
+    from components.kernels.base import uninstall
+    from components.lm import lora
+
+    model = lora.merged(model)
+    kernel = getattr(model, "_attnflow_kernel", None)
+    if kernel is not None and kernel.stateless and getattr(kernel, "train_only", False):
+        uninstall(model)
+    return model.eval()
 
 
 def describe(model: torch.nn.Module) -> str:
