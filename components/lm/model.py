@@ -17,10 +17,17 @@ def llama_config(spec: ModelSpec, tokenizer: Any) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.context, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        max_position_embeddings=spec.context, rope_parameters=rope(spec.rope_theta, spec.rope_scaling),
         tie_word_embeddings=spec.tie_embeddings, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def rope(theta: float, scaling: float) -> dict[str, Any]:
+    """transformers' rope_parameters: default RoPE, or linear position interpolation by ``scaling`` (> 1)."""
+    if scaling == 1.0:
+        return {"rope_type": "default", "rope_theta": theta}
+    return {"rope_type": "linear", "factor": float(scaling), "rope_theta": theta}
 
 
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
@@ -42,7 +49,8 @@ def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) 
     A directory written by train-lm (it has ``training.json``) is a stage of the same preset: the preset's model is
     built and the weights loaded with exactly matching shapes. Any other model directory (a pretrained checkpoint:
     SmolLM2, Gemma-3, ...) keeps its own architecture, loaded in float32 (``train.dtype=bfloat16`` autocasts on top);
-    the preset's model section is then ignored except ``attention``, which must be ``sdpa``, ``eager`` or a
+    the preset's model section is then ignored except ``rope_scaling`` (linear position interpolation applied to the
+    checkpoint's RoPE) and ``attention``, which must be ``sdpa``, ``eager`` or a
     stateless kernel (``sf_attn``: no parameters, installed on top; kernels with parameters are built for the
     preset's Llama architecture)."""
     if (model_dir / "training.json").is_file():
@@ -56,7 +64,18 @@ def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) 
         raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa, "
                          f"eager or a kernel without parameters (sf_attn), and model.qk_layernorm false (got "
                          f"{spec.attention!r}, {spec.qk_layernorm})")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if spec.rope_scaling != 1.0:  # position interpolation on top of the checkpoint's RoPE (LongLoRA's recipe)
+        text = config.get_text_config()
+        params = dict(getattr(text, "rope_parameters", None) or {})
+        if params.get("rope_type", "default") != "default":
+            raise ValueError(f"model.rope_scaling: {model_dir} already scales RoPE ({params})")
+        text.rope_parameters = rope(params.get("rope_theta", spec.rope_theta), spec.rope_scaling)
+        text.max_position_embeddings = int(text.max_position_embeddings * spec.rope_scaling)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32,
+                                                 attn_implementation=implementation)
     if kernel is not None:
         install(model, kernel)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):

@@ -38,12 +38,14 @@ class ModelSpec:
     tie_embeddings: bool = False
     attention: str = "sdpa"  # "sdpa"/"eager", or an attention kernel spec: "softmax", "lightning(block=64)", ...
     qk_layernorm: bool = False  # LayerNorm on each head's q and k before RoPE (installs the softmax kernel if needed)
+    rope_scaling: float = 1.0  # linear RoPE position interpolation (Chen et al. 2023): positions / factor; 1 = none
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
             check_range(f"model.{name}", getattr(self, name), 1)
         check_range("model.vocab_size", self.vocab_size, 64)
         check_range("model.number_tokens", self.number_tokens, 0, 3)
+        check_range("model.rope_scaling", self.rope_scaling, 1.0)
         if self.hidden % self.heads:
             raise ParamError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads}")
         if self.heads % self.kv_heads:
@@ -202,7 +204,7 @@ class LMPreset:
 
 # Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory
 # (and resumption) of an existing preset does not change.
-ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0},
+ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0, "rope_scaling": 1.0},
                "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": "", "task_loss": "all",
                          "lora": None}}
 
