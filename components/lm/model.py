@@ -57,25 +57,12 @@ def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) 
         model = build_model(spec, tokenizer, seed=seed)
         load_weights(model, model_dir)
         return model
-    from transformers import AutoModelForCausalLM
-
     implementation, kernel = spec.kernel()
     if (kernel is not None and not kernel.stateless) or spec.qk_layernorm:
         raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa, "
                          f"eager or a kernel without parameters (sf_attn), and model.qk_layernorm false (got "
                          f"{spec.attention!r}, {spec.qk_layernorm})")
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir)
-    if spec.rope_scaling != 1.0:  # position interpolation on top of the checkpoint's RoPE (LongLoRA's recipe)
-        text = config.get_text_config()
-        params = dict(getattr(text, "rope_parameters", None) or {})
-        if params.get("rope_type", "default") != "default":
-            raise ValueError(f"model.rope_scaling: {model_dir} already scales RoPE ({params})")
-        text.rope_parameters = rope(params.get("rope_theta", spec.rope_theta), spec.rope_scaling)
-        text.max_position_embeddings = int(text.max_position_embeddings * spec.rope_scaling)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32,
-                                                 attn_implementation=implementation)
+    model = load_pretrained(model_dir, implementation, spec.rope_scaling)
     if kernel is not None:
         install(model, kernel)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -103,6 +90,23 @@ def finish_training(model: torch.nn.Module) -> torch.nn.Module:
     if kernel is not None and kernel.stateless and getattr(kernel, "train_only", False):
         uninstall(model)
     return model.eval()
+
+
+def load_pretrained(model_dir: Path, implementation: str = "sdpa", rope_scaling: float = 1.0) -> torch.nn.Module:
+    """A pretrained checkpoint in float32; ``rope_scaling`` > 1 adds linear position interpolation (positions /
+    factor, LongLoRA's recipe) to its RoPE and multiplies ``max_position_embeddings`` by the factor."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if rope_scaling != 1.0:
+        text = config.get_text_config()
+        params = dict(getattr(text, "rope_parameters", None) or {})
+        if params.get("rope_type", "default") != "default" or "rope_theta" not in params:
+            raise ValueError(f"model.rope_scaling: {model_dir} has no plain RoPE to interpolate ({params})")
+        text.rope_parameters = rope(params["rope_theta"], rope_scaling)
+        text.max_position_embeddings = int(text.max_position_embeddings * rope_scaling)
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32,
+                                                attn_implementation=implementation)
 
 
 def describe(model: torch.nn.Module) -> str:
