@@ -124,3 +124,20 @@ def test_lora_override_keys_and_run_keys():
     assert spec.train.lora == LoRASpec(r=4, target_modules=("q_proj", "v_proj"))
     assert run_key(spec) != run_key(plain)
     assert run_key(LMPreset.from_dict("tiny", tiny, {"train.lora": "none"})) == run_key(plain)
+
+
+def test_rope_scaling_interpolates_positions_of_a_pretrained_checkpoint(src, tmp_path):
+    """model.rope_scaling = s: position p of the loaded model rotates as position p / s of the checkpoint."""
+    from components.lm.model import load_pretrained
+
+    plain, scaled = load_pretrained(src), load_pretrained(src, rope_scaling=2.0)
+    assert scaled.config.max_position_embeddings == 2 * plain.config.max_position_embeddings
+    x = torch.zeros(1, 8, plain.config.hidden_size)
+    cos2, sin2 = scaled.model.rotary_emb(x, torch.arange(0, 16, 2)[None])  # positions 0, 2, ..., 14
+    cos1, sin1 = plain.model.rotary_emb(x, torch.arange(8)[None])  # positions 0, 1, ..., 7
+    assert torch.allclose(cos2, cos1, atol=1e-6) and torch.allclose(sin2, sin1, atol=1e-6)
+    again = save_model_dir(scaled, tokenizer(), tmp_path / "scaled", "# scaled\n")
+    with pytest.raises(ValueError, match="no plain RoPE to interpolate"):
+        load_pretrained(again, rope_scaling=2.0)
+    with pytest.raises(ParamError, match="model.rope_scaling"):
+        LMPreset.from_dict("x", {"model": {"rope_scaling": 0.5}, "mixture": MIXTURE})
