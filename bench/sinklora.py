@@ -31,15 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def variants(base: str, tuned: str, scaling: float):
-    """(name, loader) for each model compared; loaders return (model, tokenizer)."""
+    """(key, name, loader) for each model compared; loaders return (model, tokenizer)."""
     def interpolated():
         _, tok = load_model(base)
         return load_pretrained(Path(base), rope_scaling=scaling).eval(), tok
 
-    out = [("base", lambda: load_model(base))]
+    out = [("base", "base", lambda: load_model(base))]
     if scaling != 1.0:
-        out.append((f"base + PI x{scaling:g} (no training)", interpolated))
-    out.append(("SF-Attn + LoRA", lambda: load_model(tuned)))
+        out.append(("pi", f"base + PI x{scaling:g} (no training)", interpolated))
+    out.append(("tuned", "SF-Attn + LoRA", lambda: load_model(tuned)))
     return out
 
 
@@ -74,20 +74,25 @@ def main() -> None:
     ap.add_argument("--press", default="h2o(ratio=0.5)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default="base,pi,tuned", help="which of base, pi, tuned to evaluate")
     ap.add_argument("--out", default="")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         demo = str(REPO / "assets" / "demo-lm")
         a.base, a.tuned, a.lengths, a.depths, a.n_per_cell = demo, demo, [20], [0.5], 1
-    if not a.base or not a.tuned:
-        ap.error("--base and --tuned model directories are required (or --smoke)")
+    keys = a.models.split(",")
+    if not a.base or ("tuned" in keys and not a.tuned) or set(keys) - {"base", "pi", "tuned"}:
+        ap.error("--base (and --tuned unless --models leaves it out) are required (or --smoke); --models: "
+                 "base, pi, tuned")
     torch.set_num_threads(a.threads)
     bench = parse(f"passkey(lengths={';'.join(map(str, a.lengths))}, depths={';'.join(f'{d:g}' for d in a.depths)},"
                   f" n_per_cell={a.n_per_cell})").create("benchmark")
     rows = bench.build("eval")
     results = []
-    for name, loader in variants(a.base, a.tuned, a.rope_scaling):
+    for key, name, loader in variants(a.base, a.tuned, a.rope_scaling):
+        if key not in keys:
+            continue
         model, tok = loader()
         for press in (None, a.press):
             r = score(model, tok, bench, rows, press, a.batch_size)
