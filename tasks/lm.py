@@ -265,6 +265,11 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
         *([f"- Continued from: `{_home_relative(run.preset.train.init_from)}` (weights fingerprint "
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]
           if run.preset.train.init_from else []),
+        *([f"- LoRA (merged into the weights): {run.preset.train.lora}; {info['n_trainable']:,} trainable parameters"]
+          if run.preset.train.lora else []),
+        *([f"- Training-time attention: `{m.attention}` (removed after training)"]
+          if getattr(m.kernel()[1], "train_only", False) else []),
+        *([f"- RoPE position interpolation: x{m.rope_scaling:g}"] if m.rope_scaling != 1.0 else []),
         f"- Training data fingerprint: `{run.data_fingerprint}` (mixture + seed {run.preset.train.seed})",
         f"- Steps: {info['steps']}, tokens: {info['tokens']:,} (this process), final loss: "
         + (f"{info['final_loss']:.4f}" if info["final_loss"] is not None else "n/a"),
