@@ -1,14 +1,14 @@
 """SF-Attn (SinkLoRA) and S2-Attn (LongLoRA): grouped, shifted, causal attention for long-context fine-tuning.
 
 S2-Attn (LongLoRA, exact from the reference code): the T tokens are cut into groups of G = ratio * T tokens; every
-query attends causally inside its group only. The first H - H // 2 heads use the groups [0, G), [G, 2G), ...; the
-other H // 2 heads ("shifted") roll q, k, v by -G/2 along the sequence first, so their groups are
-[G/2, 3G/2), ... and the last group wraps around: [T - G/2, T) followed by [0, G/2), where the first G/2 tokens
-attend to the last G/2 (information flows backwards in time). Outputs are rolled back by +G/2.
+query attends causally inside its group only. The first H // 2 heads use the groups [0, G), [G, 2G), ...; the
+other H - H // 2 heads ("shifted", ``qkv[:, num_heads // 2:]``) roll q, k, v by -G/2 along the sequence first, so
+their groups are [G/2, 3G/2), ... and the last group wraps around: [T - G/2, T) followed by [0, G/2), where the
+first G/2 tokens attend to the last G/2 (information flows backwards in time). Outputs are rolled back by +G/2.
 
 SF-Attn (SinkLoRA, reconstructed: the published code has no SF-Attn) removes the wrap-around and adds sinks:
 
-    g_h(i) = i // G                  unshifted heads (h < H - H // 2)
+    g_h(i) = i // G                  unshifted heads (h < H // 2)
     g_h(i) = (i + G // 2) // G       shifted heads: [0, G/2), [G/2, 3G/2), ..., [.., T) (segments in order)
     visible_h(i, j) = M(i, j) and (g_h(i) == g_h(j) or j < n_sink)
     O_h = softmax(Q_h K_h^T / sqrt(d) + log visible_h) V_h
@@ -95,7 +95,7 @@ def reference_visible(call: KernelCall, b: int, h: int, t: int, g: int, n_sink: 
     i = torch.arange(t, device=device)
     sink = base & (i < n_sink)[None, None, :]  # (B, T, T)
     out = []
-    for shifted in [False] * (h - h // 2) + [True] * (h // 2):
+    for shifted in [False] * (h // 2) + [True] * (h - h // 2):
         slots = slot_positions(t, g, shifted, realign).to(device)
         slot_of = torch.empty(t, dtype=torch.long, device=device)
         real = slots >= 0
@@ -119,7 +119,7 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: K
     valid = key_valid(call, b, t, dev)  # (B, T)
     ns = min(n_sink, t)
     out = torch.empty_like(q)
-    for heads, shifted in ((slice(0, h - h // 2), False), (slice(h - h // 2, h), True)):
+    for heads, shifted in ((slice(0, h // 2), False), (slice(h // 2, h), True)):
         if heads.start == heads.stop:
             continue
         slots = slot_positions(t, g, shifted, realign).to(dev)  # (n,)
