@@ -74,7 +74,8 @@ def train_lm(
         profile = profile_attention(model, tokenizer, run.mlflow_run_id)
         command = "attnflow train-lm " + " ".join(
             [f"--preset {shlex.quote(preset)}"] + ([f"--out {shlex.quote(out)}"] if out else [])
-            + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else []))
+            + [f"--set {k}={v}" for k, v in extra.items()] + ([f"--corpus {shlex.quote(corpus)}"] if corpus else [])
+            + ([f"--corpus-weight {corpus_weight:g}"] if corpus and corpus_weight != 0.2 else []))
         model_dir = save_model(model, tokenizer, run, out, info, metrics, command, profile)
         log_final(run.mlflow_run_id, metrics, info)
         version = None

@@ -160,6 +160,7 @@ def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any,
               f"{first:.3f} (a uniform guess: ln V = {math.log(len(tokenizer)):.3f})")
     else:
         model = lm_model.build_model(spec.model, tokenizer, seed=spec.train.seed)
+    model = lm_model.prepare_training(model, spec.train)  # LoRA adapters (train.lora), checked before training
     client = tracking.client()
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
@@ -171,12 +172,15 @@ def train_model(run: LMRun, tokenizer: Any, progress: bool = True) -> tuple[Any,
 
     result = trainer.train(model, mixture.batch, spec.train, run.ckpt_dir, on_log=on_log,
                            on_eval=_eval_fn(mixture, model, tokenizer, spec.train.eval_examples), progress=progress)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model = lm_model.finish_training(model)  # adapters merged, training-time kernels (sf_attn) removed
     final_loss = result.losses[-1][1] if result.losses else None
     if final_loss is None and (last := trainer.latest_checkpoint(run.ckpt_dir)) is not None:  # already finished
         final_loss = json.loads((last / "state.json").read_text()).get("loss")
     info = {"steps": result.step, "resumed_from": result.resumed_from, "train_seconds": result.seconds,
             "tokens": result.tokens, "final_loss": final_loss,
-            "n_params": lm_model.n_params(model), "architecture": lm_model.describe(model)}
+            "n_params": lm_model.n_params(model), "n_trainable": n_trainable,
+            "architecture": lm_model.describe(model)}
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     print(f"trained {info['n_params']:,} parameters for {result.step} steps in {result.seconds:.0f}s")
@@ -261,6 +265,11 @@ def _model_card(run: LMRun, info: dict[str, Any], metrics: dict[str, float], com
         *([f"- Continued from: `{_home_relative(run.preset.train.init_from)}` (weights fingerprint "
             f"`{modeling.model_fingerprint(str(Path(run.preset.train.init_from).expanduser()))}`)"]
           if run.preset.train.init_from else []),
+        *([f"- LoRA (merged into the weights): {run.preset.train.lora}; {info['n_trainable']:,} trainable parameters"]
+          if run.preset.train.lora else []),
+        *([f"- Training-time attention: `{m.attention}` (removed after training)"]
+          if getattr(m.kernel()[1], "train_only", False) else []),
+        *([f"- RoPE position interpolation: x{m.rope_scaling:g}"] if m.rope_scaling != 1.0 else []),
         f"- Training data fingerprint: `{run.data_fingerprint}` (mixture + seed {run.preset.train.seed})",
         f"- Steps: {info['steps']}, tokens: {info['tokens']:,} (this process), final loss: "
         + (f"{info['final_loss']:.4f}" if info["final_loss"] is not None else "n/a"),

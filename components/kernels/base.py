@@ -108,6 +108,7 @@ class AttentionKernel(Component):
     needs_input: ClassVar[bool] = False  # keeps the attention input x for the call (routers, gates)
     transforms: ClassVar[tuple[str, ...]] = ()  # which of "q", "k", "v" ``transform`` edits (before RoPE)
     patchable: ClassVar[bool] = False  # attention is plain softmax over q, k: attnflow patches still apply
+    stateless: ClassVar[bool] = False  # no parameters, no hooks: installs into a pretrained model and uninstalls
 
     # -- validation -----------------------------------------------------------------------------------------------
     def check_shape(self, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
@@ -228,6 +229,24 @@ def install(model: nn.Module, kernel: AttentionKernel, qk_layernorm: bool = Fals
     setattr(config, CONFIG_KEY, kernel.spec_text())
     setattr(config, QK_NORM_KEY, bool(qk_layernorm))
     model.set_attn_implementation(IMPLEMENTATION)
+    return model
+
+
+def uninstall(model: nn.Module) -> nn.Module:
+    """Remove a stateless kernel (training-time attention such as sf_attn): the model is a stock SDPA model again."""
+    kernel = getattr(model, "_attnflow_kernel", None)
+    if kernel is None:
+        return model
+    if not kernel.stateless:
+        raise ParamError(f"the kernel {kernel.spec_text()} has parameters and hooks: it is part of the model")
+    for mod in attention_modules(model).values():
+        if hasattr(mod, "attnflow_kernel"):
+            del mod.attnflow_kernel
+    model._attnflow_kernel, model._attnflow_states, model.attnflow_unpatchable = None, [], None
+    for key in (CONFIG_KEY, QK_NORM_KEY):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    model.set_attn_implementation("sdpa")
     return model
 
 

@@ -10,17 +10,24 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.kernels.base import RNG_LOCK, install
-from components.lm.preset import ModelSpec
+from components.lm.preset import ModelSpec, TrainSpec
 
 
 def llama_config(spec: ModelSpec, tokenizer: Any) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.context, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        max_position_embeddings=spec.context, rope_parameters=rope(spec.rope_theta, spec.rope_scaling),
         tie_word_embeddings=spec.tie_embeddings, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def rope(theta: float, scaling: float) -> dict[str, Any]:
+    """transformers' rope_parameters: default RoPE, or linear position interpolation by ``scaling`` (> 1)."""
+    if scaling == 1.0:
+        return {"rope_type": "default", "rope_theta": theta}
+    return {"rope_type": "linear", "factor": float(scaling), "rope_theta": theta}
 
 
 def build_model(spec: ModelSpec, tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
@@ -42,22 +49,64 @@ def init_model(spec: ModelSpec, tokenizer: Any, model_dir: Path, seed: int = 0) 
     A directory written by train-lm (it has ``training.json``) is a stage of the same preset: the preset's model is
     built and the weights loaded with exactly matching shapes. Any other model directory (a pretrained checkpoint:
     SmolLM2, Gemma-3, ...) keeps its own architecture, loaded in float32 (``train.dtype=bfloat16`` autocasts on top);
-    the preset's model section is then ignored except ``attention``, which must be ``sdpa`` or ``eager`` (attention
-    kernels are built for the preset's Llama architecture)."""
+    the preset's model section is then ignored except ``rope_scaling`` (linear position interpolation applied to the
+    checkpoint's RoPE) and ``attention``, which must be ``sdpa``, ``eager`` or a
+    stateless kernel (``sf_attn``: no parameters, installed on top; kernels with parameters are built for the
+    preset's Llama architecture)."""
     if (model_dir / "training.json").is_file():
         model = build_model(spec, tokenizer, seed=seed)
         load_weights(model, model_dir)
         return model
-    from transformers import AutoModelForCausalLM
-
-    if spec.attention not in ("sdpa", "eager") or spec.qk_layernorm:
-        raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa or "
-                         f"eager and model.qk_layernorm false (got {spec.attention!r}, {spec.qk_layernorm})")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=spec.attention)
+    implementation, kernel = spec.kernel()
+    if (kernel is not None and not kernel.stateless) or spec.qk_layernorm:
+        raise ValueError(f"train.init_from={str(model_dir)!r} is a pretrained model: model.attention must be sdpa, "
+                         f"eager or a kernel without parameters (sf_attn), and model.qk_layernorm false (got "
+                         f"{spec.attention!r}, {spec.qk_layernorm})")
+    model = load_pretrained(model_dir, implementation, spec.rope_scaling)
+    if kernel is not None:
+        install(model, kernel)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens, the model embeds only "
                          f"{model.get_input_embeddings().num_embeddings}")
     return model
+
+
+def prepare_training(model: torch.nn.Module, spec: TrainSpec) -> torch.nn.Module:
+    """The model to train: with LoRA adapters when ``train.lora`` is set (checked against the model first)."""
+    if spec.lora is None:
+        return model
+    from components.lm import lora
+
+    return lora.wrap(model, spec.lora)
+
+
+def finish_training(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to evaluate and save: LoRA adapters merged into the weights, training-time kernels removed."""
+    from components.kernels.base import uninstall
+    from components.lm import lora
+
+    model = lora.merged(model)
+    kernel = getattr(model, "_attnflow_kernel", None)
+    if kernel is not None and kernel.stateless and getattr(kernel, "train_only", False):
+        uninstall(model)
+    return model.eval()
+
+
+def load_pretrained(model_dir: Path, implementation: str = "sdpa", rope_scaling: float = 1.0) -> torch.nn.Module:
+    """A pretrained checkpoint in float32; ``rope_scaling`` > 1 adds linear position interpolation (positions /
+    factor, LongLoRA's recipe) to its RoPE and multiplies ``max_position_embeddings`` by the factor."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if rope_scaling != 1.0:
+        text = config.get_text_config()
+        params = dict(getattr(text, "rope_parameters", None) or {})
+        if params.get("rope_type", "default") != "default" or "rope_theta" not in params:
+            raise ValueError(f"model.rope_scaling: {model_dir} has no plain RoPE to interpolate ({params})")
+        text.rope_parameters = rope(params["rope_theta"], rope_scaling)
+        text.max_position_embeddings = int(text.max_position_embeddings * rope_scaling)
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32,
+                                                attn_implementation=implementation)
 
 
 def describe(model: torch.nn.Module) -> str:

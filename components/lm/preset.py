@@ -38,12 +38,14 @@ class ModelSpec:
     tie_embeddings: bool = False
     attention: str = "sdpa"  # "sdpa"/"eager", or an attention kernel spec: "softmax", "lightning(block=64)", ...
     qk_layernorm: bool = False  # LayerNorm on each head's q and k before RoPE (installs the softmax kernel if needed)
+    rope_scaling: float = 1.0  # linear RoPE position interpolation (Chen et al. 2023): positions / factor; 1 = none
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
             check_range(f"model.{name}", getattr(self, name), 1)
         check_range("model.vocab_size", self.vocab_size, 64)
         check_range("model.number_tokens", self.number_tokens, 0, 3)
+        check_range("model.rope_scaling", self.rope_scaling, 1.0)
         if self.hidden % self.heads:
             raise ParamError(f"model.hidden={self.hidden} must be divisible by model.heads={self.heads}")
         if self.heads % self.kv_heads:
@@ -57,6 +59,27 @@ class ModelSpec:
         from components.kernels.base import resolve
 
         return resolve(self.attention, self.qk_layernorm)
+
+
+@dataclass(frozen=True)
+class LoRASpec:
+    """``train.lora``: low-rank adapters (peft) on the named linear modules; everything else stays frozen.
+
+    ``trainable`` lists extra parameter-name substrings trained in full (LongLoRA / SinkLoRA train
+    ``embed,norm``); the default trains the adapters only."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    trainable: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_range("train.lora.r", self.r, 1)
+        check_range("train.lora.alpha", self.alpha, 0.0, None, lo_open=True)
+        check_range("train.lora.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ParamError(f"train.lora.target_modules={self.target_modules!r} must name at least one module")
 
 
 @dataclass(frozen=True)
@@ -82,8 +105,15 @@ class TrainSpec:
     z_loss: float = 0.0  # weight of the output z-loss, mean(log^2 Z) over predicted tokens (Wortsman et al.: 1e-4)
     independent_weight_decay: bool = False  # decay by (lr_t / lr) * weight_decay, not lr_t * weight_decay
     task_loss: Literal["all", "answers"] = "all"  # generated task examples: loss on every token, or on answers only
+    lora: Any = None  # LoRASpec (a mapping in YAML: {r, alpha, dropout, target_modules, trainable}) or None
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, str) and self.lora.strip().lower() in ("", "none", "null"):
+            object.__setattr__(self, "lora", None)
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", _build(LoRASpec, self.lora, "train.lora"))
+        elif self.lora is not None and not isinstance(self.lora, LoRASpec):
+            raise ParamError(f"train.lora={self.lora!r} must be a mapping {{r, alpha, dropout, target_modules}}")
         check_range("train.steps", self.steps, 1)
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.lr", self.lr, 0.0, None, lo_open=True)
@@ -148,6 +178,10 @@ class LMPreset:
             section, _, attr = key.partition(".")
             if section not in ("model", "train") or not attr:
                 raise ParamError(f"override {key!r} must look like model.<knob> or train.<knob>")
+            if attr.startswith("lora.") and section == "train":  # train.lora.r=8: one key of the LoRA mapping
+                lora = data.setdefault("train", {}).get("lora")
+                data["train"]["lora"] = {**(dict(lora) if isinstance(lora, dict) else {}), attr[5:]: value}
+                continue
             data.setdefault(section, {})[attr] = value
         unknown = set(data) - {"model", "train", "mixture"}
         if unknown:
@@ -170,8 +204,9 @@ class LMPreset:
 
 # Knobs added after presets were first trained: left out of run keys while at their defaults, so the run directory
 # (and resumption) of an existing preset does not change.
-ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0},
-               "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": "", "task_loss": "all"}}
+ADDED_KNOBS = {"model": {"qk_layernorm": False, "number_tokens": 0, "rope_scaling": 1.0},
+               "train": {"z_loss": 0.0, "independent_weight_decay": False, "init_from": "", "task_loss": "all",
+                         "lora": None}}
 
 
 def compact(d: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ gradient clipping, fp32 or bf16 autocast, a checkpoint every N steps and resume 
 
 Checkpoints are directories ``step-000123/`` holding ``model.safetensors``, ``optimizer.pt`` (loaded with
 ``weights_only=True``) and ``state.json``; each is written under a temporary name and renamed, so a crash never
-leaves a half-written checkpoint that looks complete. Batches come from ``batch_fn(step)``, deterministic in the
+leaves a half-written checkpoint that looks complete. A model with frozen parameters (LoRA) checkpoints only its
+trainable ones (``trainable.safetensors``). Batches come from ``batch_fn(step)``, deterministic in the
 step, so a resumed run continues exactly where an uninterrupted one would be.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
 from components.kernels.base import RNG_LOCK, auxiliary_loss
@@ -78,7 +79,11 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, opt: torc
     final = ckpt_dir / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}-", dir=ckpt_dir))
     try:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        if partial(model):  # LoRA: only what trains (the frozen base comes from train.init_from again)
+            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      str(tmp / "trainable.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
         if final.exists():
@@ -92,8 +97,21 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, opt: torc
     return final
 
 
+def partial(model: torch.nn.Module) -> bool:
+    """Whether some parameters are frozen (LoRA): checkpoints then hold the trainable parameters only."""
+    return any(not p.requires_grad for p in model.parameters())
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
+    if partial(model):
+        state = load_file(str(path / "trainable.safetensors"))
+        want = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(state) != want:
+            raise ValueError(f"{path}: the checkpoint's trainable parameters differ from the model's "
+                             f"(e.g. {sorted(set(state) ^ want)[:3]}): another LoRA configuration?")
+        model.load_state_dict(state, strict=False)
+    else:
+        load_model(model, str(path / "model.safetensors"), strict=True)
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())
 

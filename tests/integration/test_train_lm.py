@@ -169,5 +169,5 @@ def test_init_from_a_pretrained_checkpoint_keeps_its_architecture(tmp_path):
         assert torch.equal(value, want[name]), name
     assert batch_loss(model, Mixture(spec, tokenizer()).batch(0)) > 0
     kernel = LMPreset.from_dict("x", load_preset("lm/tiny"), {"model.attention": "lightning(block=64)"}).model
-    with pytest.raises(ValueError, match="is a pretrained model: model.attention must be sdpa or eager"):
+    with pytest.raises(ValueError, match="is a pretrained model: model.attention must be sdpa, eager or a kernel"):
         init_model(kernel, tokenizer(), src)
