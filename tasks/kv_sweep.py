@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -35,25 +36,55 @@ def plan_presses(presses: list[str], ratios: list[float]) -> list[ResolvedSpec]:
     return out
 
 
+@task(cache_policy=NO_CACHE, task_run_name="validate kv-sweep modes")
+def check_sweep_modes(benchmarks: list[ResolvedSpec], query_aware: bool, patch: ResolvedSpec | None) -> None:
+    """Query-agnostic scoring needs benchmarks whose prompts split into context + question; a patch must need
+    neither fitting nor per-prompt inputs. Raises naming the problem before compute."""
+    if not query_aware:
+        bad = [b.label for b in benchmarks if not b.component.query_split]
+        if bad:
+            raise SpecError(f"{', '.join(bad)}: no context/question split, so they cannot be scored query-agnostic; "
+                            "pass --query-aware or leave them out")
+    if patch is not None:
+        comp = patch.component
+        if comp.needs_fit or getattr(comp, "needs_inputs", False):
+            raise SpecError(f"{patch.label}: kv-sweep applies patches that need neither fitting nor prompt inputs")
+
+
 def _point_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Same weights + press code/params (ratio included) + benchmark code/params/data content -> same point."""
+    """Same weights + press code/params (ratio included) + benchmark code/params/data content + mode + patch code and
+    params -> same point."""
     loaded: LoadedModel = parameters["loaded"]
     press, bench = resolved(parameters["press"], "press"), resolved(parameters["benchmark"], "benchmark")
+    patch = parameters.get("patch")
+    patch_key = None if patch is None else [resolved(patch, "patch").fingerprint,
+                                            resolved(patch, "patch").code_fingerprint]
     key = [loaded.fingerprint, press.fingerprint, press.code_fingerprint, bench.fingerprint, bench.code_fingerprint,
-           content_key(parameters["data_path"]), parameters.get("batch_size")]
-    return "kvpoint1-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+           content_key(parameters["data_path"]), parameters.get("batch_size"), bool(parameters.get("query_aware")),
+           patch_key]
+    return "kvpoint2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
 @task(cache_key_fn=_point_key, result_serializer=CHECKED, retries=0, task_run_name="{press} on {benchmark}")
 def press_point(loaded: LoadedModel, press: ResolvedSpec | str, benchmark: ResolvedSpec | str, data_path: str,
-                batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+                batch_size: int = 8, progress: bool = False, query_aware: bool = False,
+                patch: ResolvedSpec | str | None = None) -> dict[str, Any]:
     """Score ``benchmark`` with ``press`` compressing every prefill; returns the metrics, measured cache bytes
-    (summed over the prefills) and seconds. The prompt (question included) is what gets compressed."""
+    (summed over the prefills) and seconds. Query-agnostic (default): each prompt's context is prefilled and
+    compressed alone, the question and answer run on the compressed cache; ``query_aware``: the whole prompt
+    (question included) is compressed. ``patch``: an attention patch applied inside the press scope."""
+    from components.presses._query import query_agnostic
+
     p, b = resolved(press, "press"), resolved(benchmark, "benchmark")
     rows = load_data(data_path)
+    splits = {} if query_aware else {r["prompt"]: b.component.question_start(r) for r in rows}
+    mode = contextlib.nullcontext() if query_aware else query_agnostic(splits)
     start = time.perf_counter()
-    with p.component.applied(loaded.model) as state:
-        result = b.component.evaluate(loaded.model, loaded.tokenizer, rows, batch_size=batch_size, progress=progress)
+    with p.component.applied(loaded.model) as state, contextlib.ExitStack() as stack:
+        session = stack.enter_context(resolved(patch, "patch").component.applied(loaded.model)) if patch else None
+        with mode:
+            result = b.component.evaluate(loaded.model, loaded.tokenizer, rows, session=session,
+                                          batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
     ratio = state.total_kept_bytes / state.total_full_bytes if state.total_full_bytes else 1.0
     print(f"{p.label} on {b.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
@@ -67,7 +98,8 @@ def press_point(loaded: LoadedModel, press: ResolvedSpec | str, benchmark: Resol
         "data_fingerprint": (content_key(data_path) or "")[:16],
         "press": p.component.component_name, "ratio": float(p.component.ratio),
         "cache_full_bytes": state.total_full_bytes, "cache_kept_bytes": state.total_kept_bytes,
-        "cache_bytes_ratio": ratio,
+        "cache_bytes_ratio": ratio, "query_aware": bool(query_aware),
+        "patch": resolved(patch, "patch").label if patch else "",
     }
 
 

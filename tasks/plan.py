@@ -83,6 +83,12 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
     config = checked_config(model, trust_remote_code=trust_remote_code)  # read once, for every component
     for comp in comps:
         comp.check_model(config)
+    # benchmarks that count lengths in model tokens (RULER tasks) get the evaluated model's tokenizer when left empty
+    bench_objs = [b.replace(tokenizer=model) if getattr(b, "needs_tokenizer", False) and not b.tokenizer else b
+                  for b in bench_objs]
+    for bench in bench_objs:
+        if hasattr(bench, "check_model"):
+            bench.check_model(config)
     pinned: dict[str, ResolvedSpec] = {}
     seed_of: dict[ResolvedSpec, int | None] = {}
     for bench in bench_objs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,6 +40,11 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+#: when set, :func:`greedy_continuations` hands its prompts to this function instead (same signature): the
+#: query-agnostic generation of ``components.presses._query`` (context compressed alone, question on its cache)
+GENERATOR: contextvars.ContextVar = contextvars.ContextVar("attnflow_greedy_generator", default=None)
+
+
 @torch.no_grad()
 def greedy_continuations(
     model: torch.nn.Module,
@@ -53,6 +59,10 @@ def greedy_continuations(
 ) -> list[str]:
     """Greedy continuations of left-padded prompt batches (KV cache; patches see prefill then decode steps).
     Prompts are batched by token length; the continuations come back in the prompts' order."""
+    generator = GENERATOR.get()
+    if generator is not None:
+        return generator(model, tokenizer, list(prompts), max_new_tokens, session=session, batch_size=batch_size,
+                         progress=progress, desc=desc)
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     prompts = list(prompts)

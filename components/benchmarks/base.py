@@ -46,6 +46,9 @@ class Benchmark(Component):
     training_only_params: ClassVar[tuple[str, ...]] = ()
     #: the scoring code attaches each prompt's text (patches that read prompt texts, e.g. PASTA's spans, can run)
     prompt_texts: ClassVar[bool] = True
+    #: a row's prompt splits into context + question (``question_start``): the kv-sweep flow can then compress the
+    #: context alone and ask the question on the compressed cache (query-agnostic evaluation)
+    query_split: ClassVar[bool] = False
 
     def build(self, split: str) -> list[dict[str, Any]]:
         """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""
@@ -67,6 +70,11 @@ class Benchmark(Component):
         with unpredictable text (e.g. the random keys of extra queries) return only the answers."""
         start = len(row["prompt"])
         return [(start, start + len(row["target"]))]
+
+    def question_start(self, row: dict[str, Any]) -> int | None:
+        """Character offset in ``row["prompt"]`` where the question starts (everything before it is the context);
+        None when the benchmark has no such split."""
+        return None
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, Any]], *,
                  session: Any = None, batch_size: int = 16, progress: bool = False) -> EvalResult:

@@ -108,6 +108,7 @@ class KVRetrieval(Benchmark):
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
     training_only_params: ClassVar[tuple[str, ...]] = ("queries",)
     primary_metric: ClassVar[str] = "accuracy"
+    query_split: ClassVar[bool] = True
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"by_depth": ("line", "depth", "accuracy")}
 
     def __post_init__(self) -> None:
@@ -147,6 +148,10 @@ class KVRetrieval(Benchmark):
             "depth": q / max(self.n_pairs - 1, 1),
             "n_pairs": self.n_pairs,
         }
+
+    def question_start(self, row: dict[str, Any]) -> int | None:
+        """The queried key (after the last ``". "``) is the question; the pairs are the context."""
+        return row["prompt"].rindex(". ") + 1
 
     def answer_spans(self, row: dict[str, Any]) -> list[tuple[int, int]]:
         """Each value of the target with the character after it (``,`` or the end: the model learns where an answer

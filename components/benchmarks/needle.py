@@ -103,6 +103,7 @@ class Needle(NeedleGrid, Benchmark):
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True, "recall": True}
     primary_metric: ClassVar[str] = "accuracy"
+    query_split: ClassVar[bool] = True
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"depth_x_length": ("heatmap", "length", "depth", "recall")}
     example: ClassVar[dict[str, str]] = {"lengths": "20,40", "depths": "0,1", "n_per_cell": "1"}
 
@@ -116,6 +117,13 @@ class Needle(NeedleGrid, Benchmark):
 
     def data_fingerprint(self) -> str:
         return self.grid_fingerprint()
+
+    def question_start(self, row: dict[str, Any]) -> int | None:
+        """The template's text after ``{context}`` (the question in it filled in) is the question."""
+        template = self.template or (_needle.BUILTIN_TEMPLATE if self.needles in _needle.BUILTIN_NEEDLES
+                                     else _needle.FILE_TEMPLATE)
+        suffix = template.split("{context}", 1)[1].replace("{question}", row["question"])
+        return len(row["prompt"]) - len(suffix)
 
     def evaluate(self, model, tokenizer, rows, *, session=None, batch_size=16, progress=False) -> EvalResult:
         conts = _scoring.greedy_continuations(

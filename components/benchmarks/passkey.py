@@ -55,6 +55,7 @@ class Passkey(Benchmark):
 
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
     primary_metric: ClassVar[str] = "accuracy"
+    query_split: ClassVar[bool] = True
     figures: ClassVar[dict[str, tuple[str, ...]]] = {"depth_x_length": ("heatmap", "length", "depth", "accuracy")}
     example: ClassVar[dict[str, str]] = {"lengths": "20,40", "depths": "0,1", "n_per_cell": "2"}
 
@@ -83,6 +84,9 @@ class Passkey(Benchmark):
         before, after = " ".join(words[:cut]), " ".join(words[cut:])
         prompt = (before + needle + (" " + after if after else "")).strip() + QUESTION
         return {"prompt": prompt, "target": f" {key}.", "answer": key, "length": length, "depth": depth}
+
+    def question_start(self, row: dict[str, Any]) -> int | None:
+        return len(row["prompt"]) - len(QUESTION)
 
     def evaluate(self, model, tokenizer, rows, *, session=None, batch_size=16, progress=False) -> EvalResult:
         conts = _scoring.greedy_continuations(

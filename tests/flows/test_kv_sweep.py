@@ -44,3 +44,25 @@ def test_kv_sweep_logs_points_and_curves(tiny_llama_dir):
     again = kv_sweep(model=str(tiny_llama_dir), presses=PRESSES, ratios=RATIOS, tasks=TASKS,
                      experiment="kv-sweep-test")
     assert again["table"] == out["table"]
+
+
+def test_query_modes_and_patches_are_checked_before_compute(tiny_llama_dir):
+    from tasks.kv_sweep import check_sweep_modes
+    from tasks.plan import plan_request
+
+    plan = plan_request.fn(str(tiny_llama_dir), ["baseline"], ["perplexity", "kv_retrieval"], [0])
+    with pytest.raises(SpecError, match="perplexity.*cannot be scored query-agnostic"):
+        check_sweep_modes.fn(plan.benchmarks, False, None)
+    check_sweep_modes.fn(plan.benchmarks, True, None)  # query-aware: any benchmark
+    pasta = plan_request.fn(str(tiny_llama_dir), ["pasta(spans=0:20)"], ["kv_retrieval"], [0]).components[0]
+    with pytest.raises(SpecError, match="neither fitting nor prompt inputs"):
+        check_sweep_modes.fn(plan.benchmarks[1:], False, pasta)
+
+
+def test_kv_sweep_with_a_patch_query_aware(tiny_llama_dir):
+    out = kv_sweep(model=str(tiny_llama_dir), presses=["knorm"], ratios=[0.5], tasks=["kv_retrieval(n_examples=2)"],
+                   experiment="kv-sweep-test-patch", query_aware=True, patch="zerotuning(gamma=2.0)")
+    assert out["points"] == 1 and "| knorm |" in out["table"]
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    parent = mlflow.get_run(out["run_id"])
+    assert parent.data.params["query_aware"] == "True" and parent.data.params["patch"].startswith("zerotuning@")
