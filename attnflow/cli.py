@@ -192,20 +192,25 @@ def components(
     family: Optional[str] = typer.Option(None, help="Only this family (patch, benchmark, analyzer, ...)."),
     show: Optional[str] = typer.Option(None, help="Show one component's parameters and docstring."),
     all_versions: bool = typer.Option(False, "--all-versions", help="List every version, not only the newest."),
-    update_readme: bool = typer.Option(False, "--update-readme", help="Rewrite the methods table in README.md."),
+    update_docs: bool = typer.Option(False, "--update-docs",
+                                     help="Rewrite the methods tables in README.md (by family) and docs/methods.md."),
 ) -> None:
     """List registered components: name, version, family, paper, summary."""
     import registry
 
-    if update_readme:
+    if update_docs:
         from pathlib import Path
 
-        readme = Path(__file__).resolve().parents[1] / "README.md"
-        head, rest = readme.read_text().split("<!-- methods:start -->", 1)
-        _, tail = rest.split("<!-- methods:end -->", 1)
-        table = methods_markdown(registry.latest())
-        readme.write_text(f"{head}<!-- methods:start -->\n{table}\n<!-- methods:end -->{tail}")
-        typer.echo(f"updated {readme}")
+        root = Path(__file__).resolve().parents[1]
+        infos = registry.latest()
+        for path, table in ((root / "README.md", families_markdown(infos)), (root / "docs" / "methods.md",
+                                                                              methods_markdown(infos))):
+            head, rest = path.read_text().split(METHODS_START, 1)
+            _, tail = rest.split(METHODS_END, 1)
+            tmp = path.with_suffix(".md.tmp")
+            tmp.write_text(f"{head}{METHODS_START}\n{table}\n{METHODS_END}{tail}")
+            tmp.replace(path)
+            typer.echo(f"updated {path}")
         return
     if show:
         typer.echo(guarded(lambda: registry.get(show)).describe())
@@ -225,8 +230,21 @@ def components(
     Console().print(t)
 
 
+METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
+
+
+def families_markdown(infos: list[Any]) -> str:
+    """README's summary: one row per family with its components, generated from the registry."""
+    by_family: dict[str, list[str]] = {}
+    for i in infos:
+        by_family.setdefault(i.family, []).append(f"`{i.name}`")
+    lines = ["| family | components |", "|---|---|"]
+    lines += [f"| {family} | {', '.join(names)} |" for family, names in by_family.items()]
+    return "\n".join(lines)
+
+
 def methods_markdown(infos: list[Any]) -> str:
-    """The README methods table, generated from the registry."""
+    """docs/methods.md's table (component, family, version, paper, summary), generated from the registry."""
     lines = ["| component | family | version | paper | summary |", "|---|---|---|---|---|"]
     for i in infos:
         paper = f"[{i.paper}]({i.paper_url})" if i.paper_url else (i.paper or "-")
