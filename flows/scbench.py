@@ -45,8 +45,10 @@ def scbench(
         model: Hub id, local model directory, or "demo".
         presses: Press specs without ratio, e.g. "snapkv(window=32)" or "streaming_llm(n_sink=4)".
         ratios: Compression ratios (fraction of the context removed), each in [0, 1).
-        tasks: SCBench tasks: "kv(n_pairs=40, n_queries=4)", "passkey(words=800, n_needles=4)", "text(source=essay.txt)", "file(source=data.jsonl)" or a .jsonl/.parquet path in SCBench's layout.
-        modes: multi_turn (earlier turns with their reference answers precede each query) and/or multi_request (independent queries on the same context).
+        tasks: SCBench tasks: "kv(n_pairs=40, n_queries=4)", "passkey(words=800, n_needles=4)",
+            "text(source=essay.txt)", "file(source=data.jsonl)" or a .jsonl/.parquet path in SCBench's layout.
+        modes: multi_turn (earlier turns with their reference answers precede each query) and/or
+            multi_request (independent queries on the same context).
         experiment: MLflow experiment name.
         dtype: float32, bfloat16 or float16.
         trust_remote_code: Allow model code from the hub (off by default).

@@ -125,7 +125,7 @@ def scbench_point(loaded: LoadedModel, press: ResolvedSpec | str, sessions: Sess
         turns = sorted({r["turn"] for r in rs})
         per_mode[mode] = {
             "accuracy": sum(r["correct"] for r in rs) / len(rs),
-            "by_turn": {t: sum(r["correct"] for r in rs if r["turn"] == t) / sum(r["turn"] == t for r in rs)
+            "by_turn": {str(t): sum(r["correct"] for r in rs if r["turn"] == t) / sum(r["turn"] == t for r in rs)
                         for t in turns},
             "answer_seconds": answer_s[mode], "n_queries": len(rs)}
     ratio = kept / full if full else 1.0

@@ -14,7 +14,8 @@ from components.scbench import protocol
 from components.scbench.sessions import SessionDataError, read_layout
 
 ROWS = [{"id": "a", "context": "The sky is blue. The grass is green.",
-         "multi_turns": [{"input": "Sky colour?", "answer": "blue"}, {"input": "Grass colour?", "answer": ["green", "verde"]}]},
+         "multi_turns": [{"input": "Sky colour?", "answer": "blue"},
+                         {"input": "Grass colour?", "answer": ["green", "verde"]}]},
         {"context": "Two plus two is four.", "multi_turns": [{"input": "2+2?", "answer": 4}]}]
 
 
