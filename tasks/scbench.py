@@ -19,7 +19,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-import registry
 from components.scbench import protocol
 from components.scbench.sessions import Format, Session
 from registry.specs import ResolvedSpec, SpecError, resolved
@@ -41,6 +40,18 @@ class SessionSet:
     digest: str
 
 
+def protocol_code() -> str:
+    """Fingerprint of the protocol's code: components/scbench/protocol.py and every project module it imports
+    (sessions, scoring, the prefill snapshot), each by its syntax tree without comments and docstrings."""
+    from registry import sources
+
+    h = hashlib.sha256()
+    for mod in sources.closure(["components.scbench.protocol"]):
+        h.update(mod.encode())
+        h.update(sources.normalized_source(mod).encode())
+    return h.hexdigest()[:16]
+
+
 @task(cache_policy=NO_CACHE, task_run_name="validate scbench tasks")
 def plan_tasks(tasks: list[str], modes: list[str]) -> list[SessionSet]:
     """Build every task's sessions (a user file is read and checked row by row); raises naming a bad spec, mode, row
@@ -48,7 +59,7 @@ def plan_tasks(tasks: list[str], modes: list[str]) -> list[SessionSet]:
     bad = [m for m in modes if m not in protocol.MODES]
     if bad or not modes:
         raise SpecError(f"modes {modes} must be a non-empty subset of {', '.join(protocol.MODES)}")
-    code = registry.code_fingerprint(protocol.FileSessions) + registry.code_fingerprint(protocol.Format)
+    code = protocol_code()
     out = []
     for text in tasks:
         t = protocol.task_from_spec(text)
@@ -86,8 +97,7 @@ def check_lengths(loaded: LoadedModel, sets: list[SessionSet], modes: list[str])
 def _point_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     loaded: LoadedModel = parameters["loaded"]
     press = resolved(parameters["press"], "press")
-    code = registry.code_fingerprint(protocol.Format) + registry.code_fingerprint(type(press.component))
-    key = [loaded.fingerprint, model_dtype(loaded.model), press.fingerprint, press.code_fingerprint, code,
+    key = [loaded.fingerprint, model_dtype(loaded.model), press.fingerprint, press.code_fingerprint, protocol_code(),
            parameters["sessions"].digest, list(parameters["modes"])]
     return "scbench1-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
