@@ -11,7 +11,7 @@ import pytest
 
 from components.base import ParamError
 from components.scbench import protocol
-from components.scbench.sessions import SessionDataError, read_layout
+from components.scbench.layout import SessionDataError, read_layout
 
 ROWS = [{"id": "a", "context": "The sky is blue. The grass is green.",
          "multi_turns": [{"input": "Sky colour?", "answer": "blue"},
