@@ -46,6 +46,9 @@ class Benchmark(Component):
     training_only_params: ClassVar[tuple[str, ...]] = ()
     #: the scoring code attaches each prompt's text (patches that read prompt texts, e.g. PASTA's spans, can run)
     prompt_texts: ClassVar[bool] = True
+    #: rows carry ``query`` and ``content`` and the scorer reads prompt variants: prompt components
+    #: (``components/prompts``) can rewrite them
+    accepts_prompts: ClassVar[bool] = False
 
     def build(self, split: str) -> list[dict[str, Any]]:
         """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""
