@@ -25,7 +25,8 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     key = [loaded.fingerprint, comp.fingerprint, bench.fingerprint, content_key(parameters["data_path"]),
            parameters.get("batch_size"), bench.code_fingerprint]
     if parameters.get("prompt") is not None:  # a prompt component in the cell (rows rewritten before scoring)
-        key.append(resolved(parameters["prompt"], "prompt").fingerprint)
+        prompt = resolved(parameters["prompt"], "prompt")
+        key += [prompt.fingerprint, prompt.component.data_fingerprint()]
     if parameters.get("train_path"):  # components fitted on the train split (needs_fit)
         key.append(content_key(parameters["train_path"]))
     return "eval2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
@@ -91,9 +92,11 @@ def cell_label(prompt_label: str | None, patch_label: str) -> str:
 
 
 def cell_record(prompt: ResolvedSpec, patch_record: dict[str, Any]) -> dict[str, Any]:
-    """The patch's record labelled with the cell (prompt + patch), the prompt's own record under ``prompt``."""
+    """The patch's record labelled with the cell (prompt + patch), the prompt's own record under ``prompt``; the
+    cell's fingerprint combines both."""
+    both = hashlib.sha256(f"{prompt.fingerprint}+{patch_record['fingerprint']}".encode()).hexdigest()[:16]
     return {**patch_record, "label": cell_label(prompt.label, patch_record["label"]), "prompt": prompt.record(),
-            "spec": f"{prompt.text}+{patch_record['spec']}"}
+            "spec": f"{prompt.text}+{patch_record['spec']}", "fingerprint": both}
 
 
 def component_record(comp: Any) -> dict[str, Any]:

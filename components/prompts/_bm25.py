@@ -24,6 +24,7 @@ from typing import Any
 from components import data as data_sources
 
 FORMAT = 1
+SUFFIXES = (*data_sources.FILE_SUFFIXES, ".md")  # .md files are read as plain text, like .txt
 _LOCK = threading.Lock()
 _LOADED: dict[str, "Index"] = {}
 
@@ -52,12 +53,14 @@ def corpus_files(corpus: str) -> list[Path]:
     """The files of a corpus (one file, or every supported file under a directory, sorted)."""
     path = Path(corpus).expanduser()
     if path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise data_sources.DataSourceError(f"corpus {corpus!r}: unsupported file type; use {'/'.join(SUFFIXES)}")
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in data_sources.FILE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
         if files:
             return files
-        raise data_sources.DataSourceError(f"corpus {corpus!r}: no {'/'.join(data_sources.FILE_SUFFIXES)} files")
+        raise data_sources.DataSourceError(f"corpus {corpus!r}: no {'/'.join(SUFFIXES)} files")
     raise data_sources.DataSourceError(f"corpus {corpus!r} does not exist (a file or a directory of files)")
 
 
@@ -70,8 +73,11 @@ def split_paragraphs(text: str, chunk_sentences: int) -> list[str]:
 def read_paragraphs(corpus: str, text_field: str, chunk_sentences: int) -> list[str]:
     paragraphs: list[str] = []
     for f in corpus_files(corpus):
-        records = data_sources.read_records(str(f))
-        for text in data_sources.texts(records, text_field, str(f)):
+        if f.suffix.lower() in (".txt", ".md"):
+            texts = [t for t in f.read_text(encoding="utf-8", errors="replace").split("\n\n") if t.strip()]
+        else:
+            texts = data_sources.texts(data_sources.read_records(str(f)), text_field, str(f))
+        for text in texts:
             paragraphs += split_paragraphs(text, chunk_sentences)
     if not paragraphs:
         raise data_sources.DataSourceError(f"corpus {corpus!r} has no text in field {text_field!r}")

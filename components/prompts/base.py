@@ -51,6 +51,11 @@ class PromptTransform(Component):
         """True when these parameters leave every prompt as it is."""
         return False
 
+    def data_fingerprint(self) -> str:
+        """Content identity of files the component reads (a corpus, a paraphrase file); '' when none. Part of
+        the evaluation cache key, so a changed file is never answered from the cache."""
+        return ""
+
     def check_model(self, config: Any) -> None:
         """Validate parameters against a model config; the default accepts any model."""
 

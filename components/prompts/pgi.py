@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from components.base import ParamError, unescape
-from components.prompts.base import PromptTransform, with_content
+from components.prompts.base import PromptTransform, parts, with_content
 from registry import register
 
 
@@ -84,5 +84,6 @@ class PGI(PromptTransform):
         out = []
         for row in rows:
             key = "before_all" if self.position == "prefix" else "before_query"
-            out.append({**row, "prompt": with_content(row, row["content"], **{key: text})})
+            _, _, content = parts(row)
+            out.append({**row, "prompt": with_content(row, content, **{key: text})})
         return out

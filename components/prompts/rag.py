@@ -50,8 +50,8 @@ class RAG(PromptTransform):
     Parameters
     ----------
     corpus : str
-        The evidence corpus: a .txt (blank-line paragraphs), .jsonl, .json, .csv or .parquet file, or a directory
-        of them. Required.
+        The evidence corpus: a .txt or .md file (blank-line paragraphs), a .jsonl, .json, .csv or .parquet file
+        (records with ``text_field``), or a directory of them. Required.
     text_field : str
         Field holding the text in record files. Default ``text``.
     k : int
@@ -85,13 +85,15 @@ class RAG(PromptTransform):
     b: float = 0.75
     cache_dir: str = ""
 
-    example: ClassVar[dict[str, str]] = {"corpus": "README.md", "k": "2"}
+    example: ClassVar[dict[str, str]] = {"corpus": "docs", "k": "2"}
 
     def __post_init__(self) -> None:
         if not self.corpus.strip():
             raise ParamError("rag.corpus: required (a text/JSONL/JSON/CSV/Parquet file or a directory of them)")
-        if not Path(self.corpus).expanduser().exists():
-            raise ParamError(f"rag.corpus: {self.corpus!r} does not exist")
+        try:
+            _bm25.corpus_files(self.corpus)
+        except ValueError as e:
+            raise ParamError(f"rag.corpus: {e}") from None
         check_range("rag.k", self.k, 1, 64)
         check_range("rag.chunk_sentences", self.chunk_sentences, 1, 1000)
         check_range("rag.retrieval_temperature", self.retrieval_temperature, 0, lo_open=True)
@@ -99,6 +101,9 @@ class RAG(PromptTransform):
         check_range("rag.b", self.b, 0, 1)
         if "{evidence}" not in unescape(self.evidence_template):
             raise ParamError("rag.evidence_template must contain {evidence}")
+
+    def data_fingerprint(self) -> str:
+        return _bm25.index_key(self.corpus, self.text_field, self.chunk_sentences, self.k1, self.b)
 
     def index(self) -> _bm25.Index:
         """The corpus index (built on first use, then read from the disk cache)."""
