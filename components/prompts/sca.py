@@ -12,8 +12,9 @@ Procedure for each row (``components/prompts/_ig.py`` has the IG formula):
    ``seed`` for more) or read from ``paraphrase_file`` (JSONL ``{"text": original, "paraphrases": [...]}``).
 2. Pauses: ``pause_tokens`` copies of ``pause_text`` inserted into every variant at ``pause_position`` (after each
    sentence, at the start, or at the end of the content).
-3. Attribution: IG with ``ig_steps`` path points (spaced as a = t^``ig_spacing``) from a ``baseline`` embedding (zero or pad) to each variant's
-   query (the template with the variant as content), for the log-probability of the model's top next token.
+3. Attribution: IG with ``ig_steps`` path points (spaced as a = t^``ig_spacing``) from a ``baseline`` embedding
+   (zero or pad) to each variant's query (the template with the variant as content), for the log-probability of
+   the model's top next token.
 4. Selection (``selection``):
    - ``consensus`` (METHODS section 16): each variant's attribution profile (|IG| of its content tokens, pooled
      into ``profile_bins`` equal bins of relative position, normalised to sum 1) is compared by cosine
@@ -38,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,12 @@ from components.base import ParamError, check_range, unescape
 from components.prompts import _ig
 from components.prompts.base import PromptTransform, parts, with_content
 from registry import register
+
+
+#: model -> {(fingerprint, query, content): (variant, scores)}: selections already made in this process (evaluation
+#: rows repeat across data seeds, which only redraw the demonstrations); dropped with the model
+_CHOSEN: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], tuple[str, list[float]]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 @register("sca", version="1.0.0", family="prompt", paper="arXiv:2403.18976",
@@ -231,11 +239,13 @@ class SCA(PromptTransform):
             return [dict(r) for r in rows]
         for r in rows:
             parts(r)  # every row checked before any generation
-        para = self.paraphrases(model, tokenizer, [r["content"] for r in rows])
-        chosen: dict[tuple[str, str], tuple[str, list[float]]] = {}  # (query, content) -> (variant, scores)
+        fp = self.fingerprint()
+        chosen = _CHOSEN.setdefault(model, {})
+        todo = [r["content"] for r in rows if (fp, r["query"], r["content"]) not in chosen]
+        para = self.paraphrases(model, tokenizer, todo)
         out = []
         for r in rows:
-            key = (r["query"], r["content"])
+            key = (fp, r["query"], r["content"])
             if key not in chosen:
                 variants = [self.with_pauses(v) for v in [r["content"], *para[r["content"]]]]
                 scores = self.score_variants(model, tokenizer, r, variants) if len(variants) > 1 else [0.0]
