@@ -12,7 +12,8 @@ Tasks (benchmarks only; the product reads user files the same way):
   task: no offline corpus is fair for TruthfulQA (its sources are URLs; text built from its reference answers
   would leak them), so RAG is measured where the evidence exists and the model cannot know the answer.
 
-    ATTNFLOW_HOME=/work/home/bench python bench/prompts.py --model smollm2-135m --n 60 --seeds 0,1,2 --json out.json
+    ATTNFLOW_SHARED=../shared ATTNFLOW_HOME=~/bench \
+        python bench/prompts.py --model smollm2-135m --n 60 --seeds 0,1,2 --json out.json
     python bench/prompts.py --smoke    # demo model, generated rows only, a few examples
 
 Rewrites run on the unpatched model, then each cell's patch (if any) is applied while scoring, as the compare
@@ -25,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -34,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = REPO / ".." / "shared" / "data" / "tasks"
+SHARED = Path(os.environ.get("ATTNFLOW_SHARED", REPO / ".." / "shared")) / "data" / "tasks"
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 SYL = ["ka", "lo", "ri", "zu", "mek", "tan", "vor", "sil", "qua", "dre", "pol", "nix", "bar", "fen", "gul", "hoz"]
