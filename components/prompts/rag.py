@@ -59,10 +59,10 @@ class RAG(PromptTransform):
     chunk_sentences : int
         Sentences per indexed paragraph. Default 6.
     scoring : str
-        ``direct`` (max over paragraphs of log p(a | q, p)) or ``mixture`` (log sum_i p(p_i | q) p(a | q, p_i)).
+        ``direct`` (max over paragraphs of log p(a|q,p)) or ``mixture`` (log sum_i p(p_i|q) p(a|q,p_i)).
         Default ``direct``.
     retrieval_temperature : float
-        Temperature of the BM25 softmax p(p | q) in ``mixture``. Default 1.0.
+        Temperature of the BM25 softmax p(p|q) in ``mixture``. Default 1.0.
     evidence_template : str
         Text put before the query; ``{evidence}`` is the paragraph; escapes decoded. Default
         ``Evidence: {evidence}\\n``.

@@ -27,6 +27,7 @@ SMOKE_LINES = {
     "reproduce_fewshot": r"(?m)^\| pasta \(\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|",
     "kv_press": r"(?m)^\s+snapkv ratio 0\.500 T=128: cache x0\.[45]\d+, prefill x[\d.]+, decode x[\d.]+$",
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
+    "prompts": r"(?m)^\| planted \| pgi\+zerotuning\(gamma=2\) \| [\d.]+ ± [\d.]+ \| [+-][\d.]+ ± [\d.]+ \|$",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 
