@@ -217,9 +217,9 @@ class SCA(PromptTransform):
         """The selection score of each variant (higher is better)."""
         _, query, content = parts(row)
         profiles, masses = [], []
+        start = query.rindex(content)  # where the content sits in the query (as ``with_content`` replaces it)
         for v in variants:
-            text = query.replace(content, v, 1)
-            start = text.index(v)
+            text = query[:start] + v + query[start + len(content):]
             ids, spans = _ig.token_spans(tokenizer, text)
             attr = _ig.integrated_gradients(model, ids, steps=self.ig_steps, baseline=self.baseline,
                                             pad_id=tokenizer.pad_token_id, spacing=self.ig_spacing)
