@@ -5,10 +5,10 @@ a 95% t-interval over seeds and the paired difference to the plain prompt.
 Tasks (benchmarks only; the product reads user files the same way):
 
 - ``truthfulqa``: TruthfulQA as 4-way multiple choice (best answer + 3 incorrect answers, shuffled with a fixed
-  seed), ``multiple_choice`` with 2 shots (../shared/data/tasks/truthfulqa);
-- ``sst2``, ``rte``: ``classification`` with 4 / 2 shots (../shared/data/tasks);
+  seed), ``multiple_choice`` with 1 shot (../shared/data/tasks/truthfulqa);
+- ``sst2``, ``rte``: ``classification`` with 2 shots (../shared/data/tasks);
 - ``planted``: synthetic planted-fact QA, generated here: fictional countries with a capital and an export, one
-  paragraph each in a corpus, 4-way multiple choice whose wrong options are other countries' facts. It is the RAG
+  paragraph each in a corpus, 4-way multiple choice (1 shot) whose wrong options are other countries' facts. It is the RAG
   task: no offline corpus is fair for TruthfulQA (its sources are URLs; text built from its reference answers
   would leak them), so RAG is measured where the evidence exists and the model cannot know the answer.
 
@@ -106,11 +106,11 @@ def rte(root: Path) -> Path:
 def tasks(root: Path, n: int, smoke: bool) -> dict[str, tuple[str, str | None]]:
     """name -> (benchmark spec, RAG corpus or None)."""
     qpath, cpath = planted(root, n + max(n, 20))  # the rows after the first n are the demonstration pool
-    out = {"planted": (f"multiple_choice(source={qpath}, shots=2, n_examples={n})", str(cpath))}
+    out = {"planted": (f"multiple_choice(source={qpath}, shots=1, n_examples={n})", str(cpath))}
     if smoke:
         return out
-    out["truthfulqa"] = (f"multiple_choice(source={truthfulqa(root)}, shots=2, n_examples={n})", None)
-    out["sst2"] = (f"classification(source={sst2(root)}, labels=negative;positive, shots=4, n_examples={n})", None)
+    out["truthfulqa"] = (f"multiple_choice(source={truthfulqa(root)}, shots=1, n_examples={n})", None)
+    out["sst2"] = (f"classification(source={sst2(root)}, labels=negative;positive, shots=2, n_examples={n})", None)
     out["rte"] = (f"classification(source={rte(root)}, labels=False;True, shots=2, n_examples={n}, "
                   "template=Input: {text}\\nAnswer:)", None)
     return out
