@@ -8,8 +8,8 @@ Tasks (benchmarks only; the product reads user files the same way):
   seed), ``multiple_choice`` with 1 shot (../shared/data/tasks/truthfulqa);
 - ``sst2``, ``rte``: ``classification`` with 2 shots (../shared/data/tasks);
 - ``planted``: synthetic planted-fact QA, generated here: fictional countries with a capital and an export, one
-  paragraph each in a corpus, 4-way multiple choice (1 shot) whose wrong options are other countries' facts. It is the RAG
-  task: no offline corpus is fair for TruthfulQA (its sources are URLs; text built from its reference answers
+  paragraph each in a corpus, 4-way multiple choice (1 shot) whose wrong options are other countries' facts. It
+  is the RAG task: no offline corpus is fair for TruthfulQA (its sources are URLs; text built from its reference answers
   would leak them), so RAG is measured where the evidence exists and the model cannot know the answer.
 
     ATTNFLOW_SHARED=../shared ATTNFLOW_HOME=~/bench \
