@@ -41,10 +41,12 @@ def run_plan(plan: Plan, *, experiment: str, run_name: str, dtype: str, batch_si
                              "tasks": plan.texts("benchmarks")}) as parent:
         # 4. Evaluate every component on every task (cached by model/component/benchmark fingerprints); all at once
         #    when the flow's task runner is a process runner (ATTNFLOW_TASK_RUNNER=dask).
+        #    A cell may hold a prompt component, which rewrites the rows before the patch scores them.
         results = map_calls(evaluate, [dict(loaded=loaded, component=c, benchmark=b, data_path=data[b],
                                              batch_size=batch_size, progress=progress,
-                                             **({"train_path": train[b]} if c in fitted else {}))
-                                        for c in plan.components for b in plan.benchmarks])
+                                             **({"train_path": train[b]} if c in fitted else {}),
+                                             **({"prompt": p} if p is not None else {}))
+                                        for p, c in plan.cells for b in plan.benchmarks])
         # 5. Log one run per evaluation, then the comparison.
         for r, (c, b) in zip(results, [(c, b) for c in plan.components for b in plan.benchmarks]):
             log_evaluation(r, experiment, parent, versions, seed=plan.seeds.get(b))
@@ -71,7 +73,8 @@ def compare(
 
     Args:
         model: Hub id, local model directory, or "demo".
-        components: Component specs, e.g. "zerotuning@1(gamma=4)" or "head_mask(heads=0:1;2:3)".
+        components: Component specs, e.g. "zerotuning@1(gamma=4)" or "head_mask(heads=0:1;2:3)"; a prompt
+            component ("pgi", "sca", "rag(corpus=...)") alone or joined to a patch with "+" ("pgi+zerotuning").
         tasks: Benchmark specs, e.g. "kv_retrieval(n_pairs=16)" or "perplexity(source=data.txt)".
         seeds: Data seeds for benchmarks that have one; results report mean and std over seeds.
         batch_size: Evaluation batch size.

@@ -24,6 +24,9 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     bench = resolved(parameters["benchmark"], "benchmark")
     key = [loaded.fingerprint, comp.fingerprint, bench.fingerprint, content_key(parameters["data_path"]),
            parameters.get("batch_size"), bench.code_fingerprint]
+    if parameters.get("prompt") is not None:  # a prompt component in the cell (rows rewritten before scoring)
+        prompt = resolved(parameters["prompt"], "prompt")
+        key += [prompt.fingerprint, prompt.component.data_fingerprint()]
     if parameters.get("train_path"):  # components fitted on the train split (needs_fit)
         key.append(content_key(parameters["train_path"]))
     return "eval2-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
@@ -32,14 +35,19 @@ def _eval_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(cache_key_fn=_eval_cache_key, result_serializer=CHECKED, retries=0,
       task_run_name="evaluate {component} on {benchmark}")
 def evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: ResolvedSpec | str, data_path: str,
-             batch_size: int = 16, progress: bool = True, train_path: str | None = None) -> dict[str, Any]:
+             batch_size: int = 16, progress: bool = True, train_path: str | None = None,
+             prompt: ResolvedSpec | str | None = None) -> dict[str, Any]:
     """Apply ``component`` to the model and score ``benchmark`` on the prepared rows (components with
     ``needs_fit`` are first fitted on the rows of ``train_path``). Both are resolved specs (a plan's) or spec
-    strings."""
+    strings. ``prompt`` (a ``prompt`` component) first rewrites the rows with the unpatched model; the patch then
+    scores the rewritten rows."""
     spec, bench_spec = resolved(component, "patch"), resolved(benchmark, "benchmark")
     comp, bench = spec.component, bench_spec.component
     rows = load_data(data_path)
     start = time.perf_counter()
+    prompt_spec = resolved(prompt, "prompt") if prompt is not None else None
+    if prompt_spec is not None:
+        rows = prompt_spec.component.rewrite(loaded.model, loaded.tokenizer, rows, progress=progress)
     fit: dict[str, Any] = {}
     record = spec.record()
     if comp.needs_fit:
@@ -54,6 +62,8 @@ def evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: Reso
         result = bench.evaluate(loaded.model, loaded.tokenizer, rows, session=session, batch_size=batch_size,
                                 progress=progress)
     seconds = time.perf_counter() - start
+    if prompt_spec is not None:
+        record = cell_record(prompt_spec, record)
     print(f"{record['label']} on {bench_spec.label}: "
           + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f" ({seconds:.1f}s)")
     table, figure = fit.pop("table", None), fit.pop("figure", None)
@@ -72,6 +82,21 @@ def evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: Reso
         "model_fingerprint": loaded.fingerprint,
         "data_fingerprint": (content_key(data_path) or "")[:16],
     }
+
+
+def cell_label(prompt_label: str | None, patch_label: str) -> str:
+    """The row label of a compare cell: ``prompt+patch``, or the prompt alone when the patch is the baseline."""
+    if not prompt_label:
+        return patch_label
+    return prompt_label if patch_label == "baseline" else f"{prompt_label}+{patch_label}"
+
+
+def cell_record(prompt: ResolvedSpec, patch_record: dict[str, Any]) -> dict[str, Any]:
+    """The patch's record labelled with the cell (prompt + patch), the prompt's own record under ``prompt``; the
+    cell's fingerprint combines both."""
+    both = hashlib.sha256(f"{prompt.fingerprint}+{patch_record['fingerprint']}".encode()).hexdigest()[:16]
+    return {**patch_record, "label": cell_label(prompt.label, patch_record["label"]), "prompt": prompt.record(),
+            "spec": f"{prompt.text}+{patch_record['spec']}", "fingerprint": both}
 
 
 def component_record(comp: Any) -> dict[str, Any]:

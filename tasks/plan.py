@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,22 @@ class Plan:
     components: list[ResolvedSpec]
     benchmarks: list[ResolvedSpec]
     seeds: dict[ResolvedSpec, int | None]  # benchmark -> seed it was built with
+    #: the prompt component of each cell (parallel to ``components``; None: the benchmark's own prompt)
+    prompts: list[ResolvedSpec | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            self.prompts = [None] * len(self.components)
+
+    @property
+    def cells(self) -> list[tuple[ResolvedSpec | None, ResolvedSpec]]:
+        """(prompt component or None, patch) per compare row."""
+        return list(zip(self.prompts, self.components))
 
     @property
     def refs(self) -> list[str]:
-        return [s.ref for s in self.components + self.benchmarks]
+        prompts = list(dict.fromkeys(p.ref for p in self.prompts if p is not None))
+        return [s.ref for s in self.components + self.benchmarks] + prompts
 
     def texts(self, which: str) -> list[str]:
         """The pinned spec strings of ``components`` or ``benchmarks`` (for run parameters)."""
@@ -63,7 +75,8 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
                  trust_remote_code: bool = False) -> Plan:
     """Parse, build and validate every spec once; raises with a message naming the problem, before any model is
     loaded. Specs are strings (comma-separated lists allowed) or parsed :class:`~registry.specs.Spec` objects."""
-    comps = [resolve_refs(s).create("patch") for s in _parsed(components)]
+    cells = [(p and resolve_refs(p).create("prompt"), resolve_refs(c).create("patch")) for p, c in _cells(components)]
+    comps = [c for _, c in cells]
     if not comps:
         raise specs.SpecError("no components given")
     bench_objs = [s.create("benchmark", extra=benchmark_overrides) for s in _parsed(benchmarks)]
@@ -80,8 +93,13 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
         for bench in (b for b in bench_objs if not b.prompt_texts):
             raise specs.SpecError(f"{comp.component_name} reads the prompt texts, and {bench.component_name} scores "
                                   "token windows without prompts: leave one of them out of this request")
+    for prompt in {p.component_name: p for p, _ in cells if p is not None}.values():
+        for bench in (b for b in bench_objs if not b.accepts_prompts):
+            raise specs.SpecError(f"{prompt.component_name} rewrites prompts, and {bench.component_name} builds no "
+                                  "query/content rows (prompt components work with classification and "
+                                  "multiple_choice): leave one of them out of this request")
     config = checked_config(model, trust_remote_code=trust_remote_code)  # read once, for every component
-    for comp in comps:
+    for comp in comps + [p for p, _ in cells if p is not None]:
         comp.check_model(config)
     # benchmarks that count lengths in model tokens (RULER tasks) get the evaluated model's tokenizer when left empty
     bench_objs = [b.replace(tokenizer=model) if getattr(b, "needs_tokenizer", False) and not b.tokenizer else b
@@ -99,7 +117,40 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
                 pinned[text] = ResolvedSpec.of(b)
                 seed_of[pinned[text]] = getattr(b, "seed", None)
     return Plan(model=model, components=[ResolvedSpec.of(c) for c in comps], benchmarks=list(pinned.values()),
-                seeds=seed_of)
+                seeds=seed_of, prompts=[ResolvedSpec.of(p) if p is not None else None for p, _ in cells])
+
+
+def _cells(items: list[str | specs.Spec]) -> list[tuple[specs.Spec | None, specs.Spec]]:
+    """(prompt spec or None, patch spec) per cell. A cell is ``patch``, ``prompt`` (on the baseline patch) or
+    ``prompt+patch``; a parsed Spec object is one patch or one prompt component."""
+    import registry
+
+    out: list[tuple[specs.Spec | None, specs.Spec]] = []
+    for item in items:
+        if isinstance(item, specs.Spec):
+            out.append((item, specs.Spec("baseline")) if _family(item) == "prompt" else (None, item))
+            continue
+        for cell in specs.split_top_level(item):
+            parts = [specs.parse(p) for p in specs.split_top_level(cell, "+")]
+            if not parts:
+                raise specs.SpecError(f"empty component cell in {item!r}")
+            prompts = [p for p in parts if _family(p) == "prompt"]
+            patches = [p for p in parts if p not in prompts]
+            if len(prompts) > 1 or len(patches) > 1:
+                raise specs.SpecError(f"cell {cell!r}: a cell holds at most one prompt component and one patch "
+                                      f"(prompt components: {', '.join(i.name for i in registry.latest('prompt'))})")
+            out.append((prompts[0] if prompts else None, patches[0] if patches else specs.Spec("baseline")))
+    return out
+
+
+def _family(spec: specs.Spec) -> str | None:
+    """The registered family of a spec's name (None for an unknown name: the patch lookup then names it)."""
+    import registry
+
+    try:
+        return registry.get(spec.ref).family
+    except registry.UnknownComponentError:
+        return None
 
 
 def _parsed(items: list[str | specs.Spec]) -> list[specs.Spec]:

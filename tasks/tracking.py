@@ -148,8 +148,10 @@ def _flow_tags() -> dict[str, str]:
 def component_tags(comp: dict[str, Any], versions: dict[str, str]) -> dict[str, str]:
     """The standard tags of a run about one component (a ``tasks.evaluate.component_record``): flow and git tags,
     name, version, fingerprints, paper, label and the published registry version."""
+    prompt = {"attnflow.prompt": comp["prompt"]["spec"], "attnflow.prompt_fingerprint": comp["prompt"]["fingerprint"]} \
+        if comp.get("prompt") else {}
     return {
-        **_flow_tags(),
+        **_flow_tags(), **prompt,
         "attnflow.component": comp["name"], "attnflow.component_version": comp["version"],
         "attnflow.fingerprint": comp["fingerprint"], "attnflow.code_fingerprint": comp["code_fingerprint"],
         "attnflow.paper": comp["paper"] or "", "attnflow.component_label": comp["label"],

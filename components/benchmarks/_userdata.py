@@ -50,6 +50,7 @@ class UserDataBenchmark(Benchmark):
     seed: int = 0
 
     placeholder: ClassVar[str] = ""  # the field name the template must contain
+    accepts_prompts: ClassVar[bool] = True  # rows carry query + content; score_options reads prompt variants
     metrics: ClassVar[dict[str, bool]] = {"accuracy": True}
     primary_metric: ClassVar[str] = "accuracy"
 
@@ -112,20 +113,54 @@ def few_shot_rows(bench: Any, split: str, fields: list[str],
         prefix = "".join(p + t + unescape(bench.separator) for p, t, _, _ in map(make, demos))
         prompt, target, choices, answer = make(rec)
         out.append({"prompt": prefix + prompt, "target": target, "answer": answer, "choices": choices,
-                    "query": prompt})
+                    "query": prompt, "content": str(rec[fields[0]])})
     return out
 
 
 def score_options(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, session: Any, batch_size: int,
                   progress: bool, normalize: bool = False) -> EvalResult:
-    """Accuracy of the highest-log-probability option (``normalize``: mean per token instead of the sum)."""
-    scores = _scoring.choice_logprobs(model, tokenizer, [r["prompt"] for r in rows], [r["choices"] for r in rows],
-                                      session=session, batch_size=batch_size, progress=progress)
+    """Accuracy of the highest-log-probability option (``normalize``: mean per token instead of the sum).
+
+    Rows rewritten by a prompt component may hold ``prompt_variants`` (several prompts for one question): every
+    option is scored after every variant, ``variant_prior`` (log-weights) is added, and the variants are combined
+    per option by ``variant_combine`` (``max`` or ``logsumexp``; see ``components/prompts/base.py``)."""
+    flat = [(i, p) for i, r in enumerate(rows) for p in r.get("prompt_variants") or [r["prompt"]]]  # (row, prompt)
+    flat_scores = _scoring.choice_logprobs(model, tokenizer, [p for _, p in flat],
+                                           [rows[i]["choices"] for i, _ in flat],
+                                           session=session, batch_size=batch_size, progress=progress)
+    per_row: list[list[list[float]]] = [[] for _ in rows]  # row -> variant -> option scores
+    for (i, _), s in zip(flat, flat_scores):
+        per_row[i].append(s)
     examples = []
-    for r, s in zip(rows, scores):
+    for r, variants in zip(rows, per_row):
         if normalize:
-            s = [v / max(len(tokenizer(c, add_special_tokens=False)["input_ids"]), 1) for v, c in zip(s, r["choices"])]
+            lens = [max(len(tokenizer(c, add_special_tokens=False)["input_ids"]), 1) for c in r["choices"]]
+            variants = [[v / n for v, n in zip(s, lens)] for s in variants]
+        s = combine_variants(variants, r.get("variant_prior"), r.get("variant_combine", "max"))
         pred = r["choices"][max(range(len(s)), key=s.__getitem__)]
         examples.append({"answer": r["answer"], "prediction": pred.strip(), "correct": pred == r["target"]})
     acc = sum(e["correct"] for e in examples) / len(examples)
     return EvalResult(metrics={"accuracy": acc}, examples=examples)
+
+
+def combine_variants(scores: list[list[float]], prior: list[float] | None, how: str) -> list[float]:
+    """Option scores of one question from its per-variant scores (variants x options): ``max`` over variants of
+    score + prior, or ``logsumexp`` (the mixture sum_v exp(prior_v) p(option | variant v)). One variant and no
+    prior: the scores unchanged."""
+    import math
+
+    if len(scores) == 1 and not prior:
+        return list(scores[0])
+    prior = list(prior) if prior else [0.0] * len(scores)
+    if len(prior) != len(scores):
+        raise ValueError(f"variant_prior has {len(prior)} entries for {len(scores)} prompt variants")
+    table = [[v + w for v in s] for s, w in zip(scores, prior)]  # (variants, options)
+    if how == "max":
+        return [max(col) for col in zip(*table)]
+    if how == "logsumexp":
+        out = []
+        for col in zip(*table):
+            m = max(col)
+            out.append(m + math.log(sum(math.exp(v - m) for v in col)))
+        return out
+    raise ValueError(f"variant_combine must be max or logsumexp, got {how!r}")

@@ -49,6 +49,9 @@ class Benchmark(Component):
     #: a row's prompt splits into context + question (``question_start``): the kv-sweep flow can then compress the
     #: context alone and ask the question on the compressed cache (query-agnostic evaluation)
     query_split: ClassVar[bool] = False
+    #: rows carry ``query`` and ``content`` and the scorer reads prompt variants: prompt components
+    #: (``components/prompts``) can rewrite them
+    accepts_prompts: ClassVar[bool] = False
 
     def build(self, split: str) -> list[dict[str, Any]]:
         """Rows of one split. Generated benchmarks implement ``sample`` and inherit this."""

@@ -1,0 +1,1 @@
+"""Prompting methods applied to benchmark rows before tokenisation (family ``prompt``)."""
