@@ -42,7 +42,9 @@ __all__ = [
     "fingerprint",
 ]
 
-FAMILIES = ("patch", "benchmark", "analyzer", "detector", "kernel", "study", "press", "prompt", "diffusion", "uncertainty")
+FAMILIES = (
+    "patch", "benchmark", "analyzer", "detector", "kernel", "study", "press", "prompt", "diffusion", "uncertainty",
+)
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
