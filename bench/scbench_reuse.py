@@ -10,6 +10,7 @@ The answers of the three ways are compared token by token (they must be equal).
 Usage (one process, CPU):
     python bench/scbench_reuse.py --model smollm2-135m --press "snapkv(ratio=0.5)" --words 1000 --queries 4 \
         --out /tmp/scbench_reuse.json
+    python bench/scbench_reuse.py --smoke   # the demo model, a 60-word context, 2 queries (make test)
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes on the demo model shipped in assets/, seconds, no downloads (make test)")
     a = ap.parse_args()
+    if a.smoke:
+        a.model, a.words, a.queries = "demo", 60, 2
     torch.set_num_threads(a.threads)
     loaded = load_model.fn(a.model)
     press = ResolvedSpec.of(parse(a.press).create("press"))
@@ -81,6 +86,8 @@ def main() -> None:
            "bytes_ratio": stored.bytes_ratio, "answers_identical": same,
            "correct": [protocol.score(t, turn.answers, fmt.metric) for t, turn in zip(answers, session.turns)]}
     print(json.dumps(out, indent=1))
+    print(f"scbench reuse: compress once x{out['speedup']:.2f} vs per query, stored prefill loaded in "
+          f"{load_s:.3f} s, answers identical {same}")
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
     if not same:

@@ -19,6 +19,7 @@ saved as safetensors, loadable by ``components.modeling.load_vision_model`` and 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -51,13 +52,15 @@ def build_llava(lm: torch.nn.Module, tokenizer: Any, *, image_size: int = 64, pa
                 vision_hidden: int = 128, vision_layers: int = 4, vision_heads: int = 4,
                 seed: int = 0) -> tuple[torch.nn.Module, Any]:
     """A LLaVA model around ``lm`` (its weights copied) with a new random CLIP vision tower and projector, and the
-    matching processor. ``tokenizer`` gains the ``<image>`` token."""
+    matching processor, whose tokenizer is a copy of ``tokenizer`` with the ``<image>`` token (the caller's object is
+    left unchanged)."""
     import transformers as T
 
     if vision_hidden % vision_heads:
         raise ValueError(f"vision_hidden {vision_hidden} is not a multiple of vision_heads {vision_heads}")
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -195,6 +195,8 @@ class SFAttn(AttentionKernel):
     realign: bool = True
     train_only: bool = True
     stateless: ClassVar[bool] = True
+    # a training-time kernel: train-lm uninstalls it and saves stock attention, which is what export-onnx exports
+    onnx_exportable: ClassVar[bool] = False
     example: ClassVar[dict[str, str]] = {"ratio": "0.25", "n_sink": "4"}
 
     def __post_init__(self) -> None:

@@ -31,6 +31,8 @@ SMOKE_LINES = {
     "sink_dims": r"(?m)^demo: \d+ tokens, hidden \d+, sink dims \(\d+, \d+\)\n(layer\s+\d+: .*\n)+",
     "uncertainty": r"(?m)^\| sar \| (nan|[\d.]+) \|(.*\n)*^speed-up scoring from cache vs regenerating: x[\d,]+",
     "sinklora": r"(?m)^\| SF-Attn \+ LoRA \| h2o\(ratio=0\.5\) \| [01]/1 \[0\.\d\d, [01]\.\d\d\] \|$",
+    "scbench_reuse": r"(?m)^scbench reuse: compress once x[\d.]+ vs per query, stored prefill loaded in [\d.]+ s, "
+                     r"answers identical True$",
     "prompts": r"(?m)^\| planted \| pgi\+zerotuning\(gamma=2\) \| [\d.]+ ± [\d.]+ \| [+-][\d.]+ ± [\d.]+ \|$",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -19,9 +20,14 @@ REAL_ARCHS = ("gemma3", "llama_gqa")
 
 
 @functools.lru_cache(maxsize=1)
-def tokenizer():
+def _trained_tokenizer():
     corpus = _text.stories(0, 300) + [f"abc:{i:03d} xyz:{i * 7 % 1000:03d}." for i in range(300)]
     return train_tokenizer(corpus, vocab_size=320)
+
+
+def tokenizer():
+    """The tests' 320-token tokenizer: a fresh copy each call, so a test that adds tokens changes no other test."""
+    return copy.deepcopy(_trained_tokenizer())
 
 
 def tiny_model(family: str = "llama", seed: int = 0, vocab_size: int = 320, layers: int = 2,
