@@ -107,16 +107,8 @@ def plan_request(model: str, components: list[str | specs.Spec], benchmarks: lis
     for bench in bench_objs:
         if hasattr(bench, "check_model"):
             bench.check_model(config)
-    pinned: dict[str, ResolvedSpec] = {}
-    seed_of: dict[ResolvedSpec, int | None] = {}
-    for bench in bench_objs:
-        for seed in (seeds or [None]) if bench.uses_seed() else [None]:
-            b = bench.replace(seed=seed) if seed is not None else bench
-            text = specs.spec_text(b)
-            if text not in pinned:
-                pinned[text] = ResolvedSpec.of(b)
-                seed_of[pinned[text]] = getattr(b, "seed", None)
-    return Plan(model=model, components=[ResolvedSpec.of(c) for c in comps], benchmarks=list(pinned.values()),
+    pinned, seed_of = pin_benchmarks(bench_objs, seeds)
+    return Plan(model=model, components=[ResolvedSpec.of(c) for c in comps], benchmarks=pinned,
                 seeds=seed_of, prompts=[ResolvedSpec.of(p) if p is not None else None for p, _ in cells])
 
 
@@ -158,3 +150,19 @@ def _parsed(items: list[str | specs.Spec]) -> list[specs.Spec]:
     for item in items:
         out += [item] if isinstance(item, specs.Spec) else specs.parse_list(item)
     return out
+
+
+def pin_benchmarks(benches: list[Any],
+                   seeds: list[int] | None) -> tuple[list[ResolvedSpec], dict[ResolvedSpec, int | None]]:
+    """One pinned spec per (benchmark, seed) (a benchmark without a seed once), duplicates dropped, in order; and
+    the seed each pinned spec carries."""
+    pinned: dict[str, ResolvedSpec] = {}
+    seed_of: dict[ResolvedSpec, int | None] = {}
+    for bench in benches:
+        for seed in (seeds or [None]) if bench.uses_seed() else [None]:
+            b = bench.replace(seed=seed) if seed is not None else bench
+            text = specs.spec_text(b)
+            if text not in pinned:
+                pinned[text] = ResolvedSpec.of(b)
+                seed_of[pinned[text]] = getattr(b, "seed", None)
+    return list(pinned.values()), seed_of

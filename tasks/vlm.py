@@ -25,7 +25,7 @@ from registry.specs import ResolvedSpec, resolved
 from tasks.data import load_data
 from tasks.integrity import CHECKED, content_key
 from tasks.models import LoadedModel
-from tasks.plan import resolve_refs
+from tasks.plan import pin_benchmarks, resolve_refs
 from tasks.retry import transient
 
 
@@ -81,16 +81,8 @@ def plan_vlm_request(model: str, components: list[str], benchmarks: list[str],
     config = check_vision(model)
     for c in comps:
         c.check_model(config)
-    pinned: dict[str, ResolvedSpec] = {}
-    seed_of: dict[ResolvedSpec, int | None] = {}
-    for bench in benches:
-        for seed in (seeds or [None]) if bench.uses_seed() else [None]:
-            b = bench.replace(seed=seed) if seed is not None else bench
-            text = specs.spec_text(b)
-            if text not in pinned:
-                pinned[text] = ResolvedSpec.of(b)
-                seed_of[pinned[text]] = getattr(b, "seed", None)
-    return VLMPlan(model, [ResolvedSpec.of(c) for c in comps], list(pinned.values()), seed_of)
+    pinned, seed_of = pin_benchmarks(benches, seeds)
+    return VLMPlan(model, [ResolvedSpec.of(c) for c in comps], pinned, seed_of)
 
 
 def check_encoder(model: str) -> Any:

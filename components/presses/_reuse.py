@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from components.presses._decode import greedy_after
 from components.presses.base import KVPress, PressState
 
 #: press-state entries left out of a snapshot (diagnostics of the last selection; no later call reads them)
@@ -121,11 +122,4 @@ def answer(model: torch.nn.Module, press: KVPress, prefill: CompressedPrefill, q
         prefill.restore_state(state)
         cache = prefill.cache()
         mask = torch.ones(b, state.seen + query_ids.shape[1], dtype=torch.long, device=query_ids.device)
-        logits = model(input_ids=query_ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
-        out = []
-        for _ in range(max_new_tokens):
-            tok = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            out.append(tok)
-            mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
-            logits = model(input_ids=tok, attention_mask=mask, past_key_values=cache, use_cache=True).logits
-    return torch.cat(out, 1)
+        return greedy_after(model, query_ids, mask, cache, max_new_tokens)
