@@ -18,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -134,7 +135,10 @@ def main() -> None:
           f"(vs regenerating + similarity: x{(regen_s_per_q + sim_s_per_q) / score_s_per_q:,.0f})")
     if a.out:
         Path(a.out).write_text(json.dumps({"rows": rows, "deltas": deltas, "accuracy": float(correct.mean()), "n": n,
-                                           "args": vars(a), "generations_key": gens["key"],
+                                           # the data file by name and content, not by a path on this machine
+                                           "args": {**vars(a), "data": Path(a.data).name},
+                                           "data_sha256": hashlib.sha256(Path(a.data).read_bytes()).hexdigest(),
+                                           "generations_key": gens["key"],
                                            "similarity_key": sims["key"], "gen_s_per_q": gen_s_per_q,
                                            "regen_s_per_q": regen_s_per_q, "sim_s_per_q": sim_s_per_q,
                                            "score_s_per_q": score_s_per_q, "greedy": out["greedy"],
