@@ -145,9 +145,11 @@ def loss_on(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any
 
 def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, steps: int,
                 batch_size: int = 8, lr: float = 1e-3, image_size: int = 64, seed: int = 0,
-                progress: bool = True, desc: str = "train") -> list[float]:
+                progress: bool = True, desc: str = "train", mixed_precision: bool = False) -> list[float]:
     """AdamW on the vision tower + projector (LM frozen), cosine decay, ``steps`` minibatches drawn from ``rows``;
-    returns the training loss per step. ``progress`` shows a step bar with the running loss."""
+    returns the training loss per step. ``progress`` shows a step bar with the running loss. ``mixed_precision``
+    runs forward and backward under bfloat16 autocast on the model's device (weights, gradients and the optimizer
+    stay float32)."""
     if steps < 1 or batch_size < 1 or not rows:
         raise ValueError("train_stage needs steps >= 1, batch_size >= 1 and rows")
     params = trainable(model)
@@ -157,8 +159,10 @@ def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any
     losses = []
     model.train()
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    device = next(model.parameters()).device.type
     for _ in range(steps):
-        loss = model(**batch(processor, rng.sample(rows, min(batch_size, len(rows))), image_size)).loss
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed_precision):
+            loss = model(**batch(processor, rng.sample(rows, min(batch_size, len(rows))), image_size)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

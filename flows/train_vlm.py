@@ -22,16 +22,17 @@ from tasks.train_vlm import build, log_training, plan_train_vlm, save, train_sta
 def train_vlm(
     lm: ModelName = "smollm2-135m",
     out: str = "",
-    image_size: Positive = 64,
-    patch_size: Positive = 8,
+    image_size: Positive = 48,
+    patch_size: Positive = 16,
     vision_hidden: Positive = 192,
     vision_layers: Positive = 4,
     vision_heads: Positive = 4,
-    align_steps: Positive = 300,
+    align_steps: Positive = 150,
     instruct_steps: Positive = 600,
     n_scenes: Positive = 3000,
     batch_size: BatchSize = 16,
     lr: float = 1e-3,
+    mixed_precision: bool = True,
     seed: int = 0,
     experiment: Experiment = "train-vlm",
 ) -> dict[str, Any]:
@@ -50,6 +51,7 @@ def train_vlm(
         n_scenes: Generated scenes per stage.
         batch_size: Examples per step.
         lr: Peak AdamW learning rate (cosine decay).
+        mixed_precision: Forward and backward under bfloat16 autocast (weights and optimizer stay float32).
         seed: Seed of the vision weights and the data.
         experiment: MLflow experiment name.
     """
@@ -61,12 +63,13 @@ def train_vlm(
     params = {"lm": lm, "image_size": image_size, "patch_size": patch_size, "vision_hidden": vision_hidden,
               "vision_layers": vision_layers, "vision_heads": vision_heads, "align_steps": align_steps,
               "instruct_steps": instruct_steps, "n_scenes": n_scenes, "batch_size": batch_size, "lr": lr,
-              "seed": seed}
+              "mixed_precision": mixed_precision, "seed": seed}
     with tracked_run(experiment, f"train-vlm {loaded.name}", tags={"attnflow.kind": "train-vlm",
                                                                    "attnflow.model": loaded.name},
                      params=params) as run_id:
         # 3. Stage 1 (align) then stage 2 (instruct), the language model frozen.
-        stages = [train_stage(model, processor, stage, steps, n_scenes, batch_size, lr, image_size, seed)
+        stages = [train_stage(model, processor, stage, steps, n_scenes, batch_size, lr, image_size, seed,
+                                      mixed_precision)
                   for stage, steps in (("align", align_steps), ("instruct", instruct_steps))]
         # 4. Save weights, processor and model card; log the curves.
         card = {**params, "stages": [{k: v for k, v in s.items() if k != "losses"} for s in stages],

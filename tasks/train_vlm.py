@@ -47,14 +47,15 @@ def build(loaded: LoadedModel, image_size: int, patch_size: int, vision_hidden: 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="train stage {stage}")
 def train_stage(model: Any, processor: Any, stage: str, steps: int, n_scenes: int, batch_size: int, lr: float,
-                image_size: int, seed: int) -> dict[str, Any]:
+                image_size: int, seed: int, mixed_precision: bool = False) -> dict[str, Any]:
     """Train one stage in place; held-out target loss (other scenes, same stage) before and after, loss per step."""
     rows = vlm_train.stage_rows(stage, seed, n_scenes)
     held = vlm_train.stage_rows(stage, seed + 7919, max(6, n_scenes // 20))[:64]
     start = time.perf_counter()
     before = vlm_train.loss_on(model, processor, held, image_size)
     losses = vlm_train.train_stage(model, processor, rows, steps=steps, batch_size=batch_size, lr=lr,
-                                   image_size=image_size, seed=seed, desc=stage)
+                                   image_size=image_size, seed=seed, desc=stage,
+                                   mixed_precision=mixed_precision)
     after = vlm_train.loss_on(model, processor, held, image_size)
     seconds = time.perf_counter() - start
     print(f"{stage}: {len(rows)} rows, {steps} steps, held-out loss {before:.4f} -> {after:.4f} ({seconds:.0f}s)")
