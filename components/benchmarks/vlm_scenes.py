@@ -67,8 +67,19 @@ def row_image(row: dict[str, Any], image_size: int = 96):
     raise ValueError(f"row {row.get('scene_id', '?')} has no scene, image_bytes or image_path")
 
 
+def processor_size(processor: Any, default: int = 96) -> int:
+    """The square input side of ``processor``'s image processor (crop size, else resize size), else ``default``."""
+    ip = getattr(processor, "image_processor", None)
+    for attr, key in (("crop_size", "height"), ("size", "height"), ("size", "shortest_edge")):
+        value = getattr(ip, attr, None)  # a dict or transformers' SizeDict
+        side = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if side:
+            return int(side)
+    return default
+
+
 @torch.no_grad()
-def answer(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]], *, image_size: int = 96,
+def answer(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]], *, image_size: int = 0,
            template: str = TEMPLATE, max_new_tokens: int = 4, batch_size: int = 8, patches: Sequence = (),
            force: Force = None, paired: bool = False,
            session_inputs: Callable[[dict], dict] | None = None) -> list[str]:
@@ -88,6 +99,7 @@ def answer(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device
     out: list[str] = []
+    image_size = image_size or processor_size(processor)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         images = [row_image(r, image_size) for r in chunk]
@@ -168,7 +180,8 @@ class VLMScenes(Benchmark):
     text_prob : float
         Probability that a scene has a written word. Default 0.3.
     image_size : int
-        Side of the rendered images in pixels. Default 96.
+        Side of the rendered images in pixels; 0 (default) renders at the model's input size (its image
+        processor's crop size), so scenes are drawn as the model saw them in training, not resized.
     max_new_tokens : int
         Greedy tokens generated per answer. Default 4.
     seed : int
@@ -179,7 +192,7 @@ class VLMScenes(Benchmark):
     strategy: Literal["random", "popular", "adversarial"] = "random"
     max_objects: int = 4
     text_prob: float = 0.3
-    image_size: int = 96
+    image_size: int = 0
     max_new_tokens: int = 4
     seed: int = 0
 
@@ -198,8 +211,9 @@ class VLMScenes(Benchmark):
             raise ParamError(f"vlm_scenes.max_objects: {self.max_objects} is outside [1, {len(_scenes.CELLS)}]")
         if not 0.0 <= self.text_prob <= 1.0:
             raise ParamError(f"vlm_scenes.text_prob: {self.text_prob} is outside [0, 1]")
-        if self.image_size < 16 or self.max_new_tokens < 1:
-            raise ParamError("vlm_scenes: image_size must be >= 16 and max_new_tokens >= 1")
+        if (self.image_size and self.image_size < 16) or self.max_new_tokens < 1:
+            raise ParamError("vlm_scenes: image_size must be 0 (the model's input size) or >= 16, and "
+                             "max_new_tokens >= 1")
 
     def build(self, split: str) -> list[dict[str, Any]]:
         return _scenes.dataset(self.split_seed(split), self.n_scenes, self.strategy, self.max_objects,

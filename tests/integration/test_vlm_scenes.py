@@ -76,3 +76,17 @@ def test_bad_template_and_text_models_are_refused():
         answer(model, proc, rows, template="{question}")
     with pytest.raises(ValueError, match="not a supported vision-language decoder"):
         answer(tiny_model("llama"), proc, rows)
+
+
+def test_scenes_render_at_the_models_input_size_by_default(monkeypatch):
+    """image_size 0 draws each scene at the processor's crop size (what train-vlm trains on), not a resized 96 px."""
+    from components.benchmarks import vlm_scenes
+
+    model, proc, rows = _setup()
+    assert vlm_scenes.processor_size(proc) == 32
+    sizes = []
+    real = vlm_scenes.row_image
+    monkeypatch.setattr(vlm_scenes, "row_image", lambda r, s=96: sizes.append(s) or real(r, s))
+    assert answer(model, proc, rows[:2], max_new_tokens=1) == answer(model, proc, rows[:2], image_size=32,
+                                                                    max_new_tokens=1)
+    assert sizes == [32, 32, 32, 32]
