@@ -3,7 +3,8 @@
 Paper: Xu et al., "In-Context Brush: Zero-shot Customized Subject Insertion with Context-Aware Latent Space
 Manipulation", SIGGRAPH Asia 2025, arXiv:2505.20271; reference code github.com/ICTMCG/In-context-Brush (a patched
 diffusers ``FluxAttnProcessor2_0`` in ``diffusers/src/diffusers/models/attention_processor.py``, commit 759700b,
-read for the formulas below; not vendored).
+read for the formulas below; not vendored; only the paper's abstract was available offline, so the formulas are
+the reference code's).
 
 Setting. The image is a vertical diptych: the subject ("demo", top half of the patch grid, rows 0..h/2) above the
 target ("query", bottom half), the prompt's text tokens alongside; an inpainting MMDiT fills the masked part of

@@ -3,7 +3,8 @@
 Paper: Manukyan et al., "HD-Painter: High-Resolution and Prompt-Faithful Text-Guided Image Inpainting with
 Diffusion Models", ICLR 2025, arXiv:2312.14091, Sec. 3.2; reference code github.com/Picsart-AI-Research/HD-Painter
 (``src/smplfusion/patches/transformerpatch/painta.py`` and ``attentionpatch/painta.py``, read for the details below;
-not vendored). RASG, the paper's second mechanism, is components/diffusion/rasg.py.
+not vendored; the paper's full text was not available offline, so the formula below is the reference code's).
+RASG, the paper's second mechanism, is components/diffusion/rasg.py.
 
 Mechanism, on the self-attention (``attn1``) of each ``BasicTransformerBlock`` whose grid is the latent's size over
 one of ``factors``. With x the block's input, y = attn1(norm1(x)) the unedited self-attention output, and the

@@ -2,7 +2,8 @@
 
 Paper: Manukyan et al., "HD-Painter: High-Resolution and Prompt-Faithful Text-Guided Image Inpainting with
 Diffusion Models", ICLR 2025, arXiv:2312.14091, Sec. 3.3; reference code github.com/Picsart-AI-Research/HD-Painter
-(``src/methods/rasg.py``, ``src/utils/scores.py``: ``bce``; read, not vendored). PAIntA is painta.py.
+(``src/methods/rasg.py``, ``src/utils/scores.py``: ``bce``; read, not vendored; the paper's full text was not available
+offline, so the score and step below are the reference code's). PAIntA is painta.py.
 
 Score. In a conditional denoiser pass at x_t, the cross-attention logits (before softmax, no bias) of every call on
 the grids of the latent's height over ``factors`` are averaged over calls and heads, ``sim`` (B, T, L), and
