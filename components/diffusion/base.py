@@ -65,6 +65,11 @@ class DiffusionComponent(Component):
         """Validate parameters against the denoiser's attention modules (path -> module, in layer order) before
         anything changes; raise ValueError naming the problem."""
 
+    def scope_hooks(self, model: torch.nn.Module, session: DiffusionSession) -> list:
+        """Forward hooks (``RemovableHandle`` objects) the component registers on the denoiser's modules for the
+        scope, e.g. to read a transformer block's input; the dispatcher removes them on exit (default: none)."""
+        return []
+
     # -- where ---------------------------------------------------------------------------------------------------
     def acts_on(self, call: DiffusionCallInfo) -> bool:
         """Whether this call is edited at all (default: every call)."""

@@ -119,12 +119,14 @@ def applied(target: Any, *components: "DiffusionComponent", force: str | None = 
                 f"{name}.processor": (JointProcessor if name in joint else AttnflowProcessor)(
                     originals[f"{name}.processor"], name, layer, stack)
                 for layer, name in enumerate(mods)})
+        for c in components:  # forward hooks a component reads (a block's input, the denoiser's sample)
+            handles.extend(c.scope_hooks(model, session))
         yield session
     finally:
         stack.pop()
+        for h in handles:
+            h.remove()
         if outermost:
-            for h in handles:
-                h.remove()
             model.set_attn_processor(dict(originals))  # set_attn_processor pops from the dict it is given
             del model._attnflow_diffusion_stack
 
@@ -258,6 +260,7 @@ class AttnflowProcessor:
             else:
                 out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
                                                      is_causal=False, scale=call.scale)
+            call.attn_mask = mask  # closed forms that re-run the kernel (a second call) add the same biases
             for s, c in editors:
                 call.session = s
                 out = c.post_attention(call, out)

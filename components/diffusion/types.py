@@ -92,6 +92,9 @@ class DiffusionCallInfo:
     n_steps: int | None = None
     # joint (MMDiT) calls only: the first n_image queries / keys are image tokens, the text tokens follow
     n_image: int | None = None
+    # fast path only, set before ``post_attention``: the fused kernel's float mask (the attention mask plus every
+    # active score bias), broadcastable to (B, H, T, S), or None; a closed form that calls the kernel again uses it
+    attn_mask: torch.Tensor | None = None
 
     @property
     def is_self(self) -> bool:
