@@ -21,7 +21,8 @@ TINY = dict(image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, visi
 def test_bad_request_fails_before_loading(tmp_path, tiny_llama_dir):
     (tmp_path / "notes.txt").write_text("mine")
     for args, message in ((["--out", str(tmp_path)], "exists and is not a model directory"),
-                          (["--image-size", "30", "--patch-size", "8"], "image_size 30 is not a multiple of patch_size 8")):
+                          (["--image-size", "30", "--patch-size", "8"],
+                           "image_size 30 is not a multiple of patch_size 8")):
         out = CliRunner().invoke(app, ["train-vlm", "--lm", str(tiny_llama_dir), *args])
         assert out.exit_code == 2, out.output
         assert message in re.sub(r"\s+", " ", out.output) and "Starting temporary server" not in out.output
