@@ -28,6 +28,7 @@ SMOKE_LINES = {
     "kv_press": r"(?m)^\s+snapkv ratio 0\.500 T=128: cache x0\.[45]\d+, prefill x[\d.]+, decode x[\d.]+$",
     "training_free_eval": r"(?m)^## kv_retrieval on demo\n(.*\n)*.*pasta",
     "vlm_patch_overhead": r"(?m)^var \[materialised\]\s+[\d.]+ ms\s+x\s*[\d.]+$",
+    "vlm_fixes": r"(?m)^var\(sink_dims=0;1, tau=0.5, start_layer=0\)\s+halluc [\d.]+ \[[\d.]+, [\d.]+\]\s+acc_rest",
     "sink_dims": r"(?m)^demo: \d+ tokens, hidden \d+, sink dims \(\d+, \d+\)\n(layer\s+\d+: .*\n)+",
     "uncertainty": r"(?m)^\| sar \| (nan|[\d.]+) \|(.*\n)*^speed-up scoring from cache vs regenerating: x[\d,]+",
     "sinklora": r"(?m)^\| SF-Attn \+ LoRA \| h2o\(ratio=0\.5\) \| [01]/1 \[0\.\d\d, [01]\.\d\d\] \|$",
