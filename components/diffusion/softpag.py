@@ -27,8 +27,8 @@ replaces only the image-to-image block by the identity (image queries still see 
 HeadHunter's SoftPAG uses on SD3 is to be checked against its code; the UNet form is unaffected.
 
 Deviations: HeadHunter selects heads by an iterative search against a user objective on SD3/FLUX; here the heads
-are given (``heads``, a HeadSet over attention-module indices); the
-head search is not implemented (docs/diffusion.md). Its native setting (SD3 / FLUX) is supported for SD3 only.
+are given (``heads``, a HeadSet over attention-module indices), and the search that picks them is
+components/diffusion/head_hunter.py (``hunt``). Its native setting (SD3 / FLUX) is supported for SD3 only.
 """
 
 from __future__ import annotations
