@@ -78,7 +78,7 @@ def window_bias(h: int, w: int, shift: tuple[int, int], dtype=torch.float32) -> 
 
 
 @register("hidiffusion", version="0.1.0", family="diffusion", paper="arXiv:2311.17528",
-          summary="HiDiffusion: RAU-Net (dilated 4x downsampler in early steps) + MSW-MSA shifted-window self-attention.")
+          summary="HiDiffusion: RAU-Net (4x dilated downsampler in early steps) + MSW-MSA windowed self-attention.")
 @dataclasses.dataclass(frozen=True)
 class HiDiffusion(DiffusionComponent):
     """Higher-resolution sampling of a UNet: windowed self-attention at the outer blocks and a resolution-aware
@@ -200,7 +200,8 @@ class HiDiffusion(DiffusionComponent):
             return
         downs, ups = getattr(model, "down_blocks", None), getattr(model, "up_blocks", None)
         if downs is None or ups is None:
-            raise ValueError(f"hidiffusion.raunet needs a UNet with down_blocks / up_blocks, not {type(model).__name__}")
+            raise ValueError("hidiffusion.raunet needs a UNet with down_blocks / up_blocks, not "
+                             f"{type(model).__name__}")
         d, m = self.down_block, len(ups) - 2 - self.down_block
         if d >= len(downs) or m < 0 or getattr(downs[d], "downsamplers", None) is None \
                 or getattr(ups[m], "upsamplers", None) is None:

@@ -60,7 +60,8 @@ def _ref_relocate(maps, region, c):
     n = torch.sqrt((d**2).sum()) + EPS
     rep = torch.clamp(-(c.repulsive**2) * n * n / d, -c.move, c.move)
     mar = torch.zeros(k, 2, dtype=torch.float64)
-    for dist, (uy, ux) in ((cen[:, 0], (1, 0)), (h - cen[:, 0], (-1, 0)), (cen[:, 1], (0, 1)), (w - cen[:, 1], (0, -1))):
+    edges = ((cen[:, 0], (1, 0)), (h - cen[:, 0], (-1, 0)), (cen[:, 1], (0, 1)), (w - cen[:, 1], (0, -1)))
+    for dist, (uy, ux) in edges:
         f = -c.margin / (dist**2 + EPS)
         mar[:, 0] += f * uy
         mar[:, 1] += f * ux
