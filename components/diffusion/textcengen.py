@@ -64,8 +64,8 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 def _centroid(m: torch.Tensor) -> torch.Tensor:
     """(K, h, w) -> (K, 2) weighted mean (y, x) in cell units."""
     h, w = m.shape[-2:]
-    ys = torch.arange(h, dtype=m.dtype)[:, None]
-    xs = torch.arange(w, dtype=m.dtype)[None, :]
+    ys = torch.arange(h, dtype=m.dtype, device=m.device)[:, None]
+    xs = torch.arange(w, dtype=m.dtype, device=m.device)[None, :]
     total = m.sum((1, 2)) + EPS
     return torch.stack([(m * ys).sum((1, 2)) / total, (m * xs).sum((1, 2)) / total], -1)
 
@@ -73,10 +73,10 @@ def _centroid(m: torch.Tensor) -> torch.Tensor:
 def relocate(maps: torch.Tensor, region: torch.Tensor, *, f_rep: float, f_margin: float, move: float,
              threshold: float, sharpness: float, rho: float, theta: float) -> torch.Tensor:
     """(heads, K, h, w) maps of one row's tokens, (h, w) 0/1 region -> relocated and excluded maps (steps 1-6)."""
-    dtype = maps.dtype
+    dtype, dev = maps.dtype, maps.device
     heads, k, h, w = maps.shape
     m = _minmax(torch.sigmoid(sharpness * (_minmax(maps.mean(0)) - threshold)))  # (K, h, w)
-    region = region.to(dtype)
+    region = region.to(dev, dtype)
     conflict = ((m * region).sum((1, 2)) / region.sum()) > theta  # (K,)
     if not bool(conflict.any()):
         return maps
@@ -86,16 +86,16 @@ def relocate(maps: torch.Tensor, region: torch.Tensor, *, f_rep: float, f_margin
     norm = d.norm() + EPS
     rep = (-(f_rep**2) * norm / (d / norm)).clamp(-move, move)  # (K, 2)
     dist = torch.stack([c[:, 0], h - c[:, 0], c[:, 1], w - c[:, 1]], -1)  # (K, 4)
-    units = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=dtype)  # (4, 2)
+    units = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=dtype, device=dev)  # (4, 2)
     margin = ((-f_margin / (dist**2 + EPS))[..., None] * units).sum(1).clamp(-move, move)  # (K, 2)
     disp = (rep + margin) * conflict[:, None].to(dtype)  # (K, 2) in (y, x), fractions of the sides
-    size = torch.tensor([h, w], dtype=dtype)
+    size = torch.tensor([h, w], dtype=dtype, device=dev)
     new = c + disp * size
-    clamped = torch.minimum(torch.maximum(new, torch.zeros(2, dtype=dtype)), size - 1)
+    clamped = torch.minimum(torch.maximum(new, torch.zeros(2, dtype=dtype, device=dev)), size - 1)
     correction = clamped - new
     s = ((size - 1) / clamped).clamp(max=1.0)  # (K, 2)
     o = disp * size + correction
-    affine = torch.zeros(k, 2, 3, dtype=dtype)
+    affine = torch.zeros(k, 2, 3, dtype=dtype, device=dev)
     affine[:, 0, 0], affine[:, 1, 1] = s[:, 1], s[:, 0]
     affine[:, 0, 2], affine[:, 1, 2] = o[:, 1] / w, o[:, 0] / h
     grid = F.affine_grid(affine, [k, heads, h, w], align_corners=False)  # (K, h, w, 2)
@@ -174,6 +174,9 @@ class TextCenGen(DiffusionComponent):
         if call.word_tokens is None:
             raise ValueError("textcengen reads prompt-word positions, but the prompts' word tokens were not set "
                              "(Runtime.set_word_tokens)")
+        if len(call.word_tokens) != call.batch:
+            raise ValueError(f"textcengen: word tokens were set for {len(call.word_tokens)} rows, the call has "
+                             f"{call.batch}")
         wanted = {w.lower() for w in self.words}
         return [sorted({p for word, pos in row if not wanted or word.lower() in wanted for p in pos
                         if 0 <= p < call.kv_len}) for row in call.word_tokens]
@@ -189,7 +192,7 @@ class TextCenGen(DiffusionComponent):
         for b, toks in enumerate(self.row_tokens(call)):
             if not toks:
                 continue
-            maps = probs[b][:, :, toks].double().cpu()  # (heads, T, K)
+            maps = probs[b][:, :, toks].double()  # (heads, T, K), float64 on the call's device
             maps = maps.transpose(1, 2).reshape(maps.shape[0], len(toks), h, w)  # (heads, K, h, w)
             moved = relocate(maps, region, f_rep=self.repulsive, f_margin=self.margin, move=self.move,
                              threshold=self.threshold, sharpness=self.sharpness, rho=self.region_exclusion,

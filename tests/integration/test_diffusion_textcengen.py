@@ -162,5 +162,11 @@ def test_bad_parameters_are_refused_before_anything_changes():
     before = dict(unet.attn_processors)
     with pytest.raises(ValueError, match="textcengen.blocks"), applied(unet, TextCenGen(blocks=("mid",))):
         pass
+    tok, te = tiny_tokenizer(), tiny_text_encoder()
+    enc, words = encode_prompts(tok, te, PROMPTS[:1])
+    x, _ = inputs()
+    with torch.no_grad(), applied(unet, TextCenGen()) as session, pytest.raises(ValueError, match="set for 1 rows"):
+        session.runtime.set_word_tokens(words)
+        unet(x, 5, encoder_hidden_states=enc.expand(2, -1, -1))
     assert all(unet.attn_processors[k] is before[k] for k in before)
     assert TextCenGen.from_params(TextCenGen.example).box == (0.3, 0.3, 0.7, 0.7)
