@@ -256,12 +256,13 @@ class AttnflowProcessor:
             default_scale = call.scale == call.head_dim**-0.5
             if mask is not None:
                 mask = mask.to(query.dtype)
-            kernels = [c for _, c in editors if c.replaces_kernel]
+            kernels = [(s, c) for s, c in editors if c.replaces_kernel]
             if len(kernels) > 1:
-                raise ValueError(f"{call.name}: {', '.join(c.component_name for c in kernels)} each replace the "
+                raise ValueError(f"{call.name}: {', '.join(c.component_name for _, c in kernels)} each replace the "
                                  "attention kernel; at most one may act on a call")
             if kernels:
-                out = kernels[0].fused_attention(call, query, key, value, mask)
+                call.session = kernels[0][0]
+                out = kernels[0][1].fused_attention(call, query, key, value, mask)
             elif default_scale:  # exactly the stock call
                 out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
                                                      is_causal=False)

@@ -181,6 +181,10 @@ def test_bad_parameters_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match="down_blocks.1 needs a downsampler"), applied(unet, HiDiffusion(down_block=1)):
         pass
     _same(unet, snap)
+    x, enc = _inputs()
+    with torch.no_grad(), pytest.raises(ValueError, match="each replace the attention kernel"), applied(
+            unet, HiDiffusion(raunet=False), HiDiffusion(raunet=False, shift=1)):
+        unet(x, 5, encoder_hidden_states=enc)
     x, enc = _inputs(side=10)  # the mid block runs on a 5x5 grid: no 2 x 2 windows of whole cells
     with torch.no_grad(), pytest.raises(ValueError, match="needs even sides"), applied(
             unet, HiDiffusion(raunet=False, window_blocks=("mid_block",))):
