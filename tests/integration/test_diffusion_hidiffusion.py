@@ -168,6 +168,18 @@ def test_scope_restores_after_exit_and_after_an_error():
         assert torch.equal(unet(x, 5, encoder_hidden_states=enc).sample, plain)
 
 
+def test_sd3_is_refused_before_anything_changes():
+    from tests.integration.test_diffusion_joint import tiny_sd3
+
+    model = tiny_sd3()
+    before = dict(model.attn_processors)
+    with pytest.raises(ValueError, match="hidiffusion.window_blocks"), applied(model, HiDiffusion()):
+        pass
+    with pytest.raises(ValueError, match="needs a UNet with down_blocks"), applied(model, HiDiffusion(msw_msa=False)):
+        pass
+    assert all(model.attn_processors[k] is before[k] for k in before) and not model._forward_pre_hooks
+
+
 def test_bad_parameters_are_refused_before_anything_changes():
     with pytest.raises(ParamError, match="hidiffusion.shift"):
         HiDiffusion(shift=4)

@@ -168,5 +168,9 @@ def test_bad_parameters_are_refused_before_anything_changes():
     with torch.no_grad(), applied(unet, TextCenGen()) as session, pytest.raises(ValueError, match="set for 1 rows"):
         session.runtime.set_word_tokens(words)
         unet(x, 5, encoder_hidden_states=enc.expand(2, -1, -1))
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"), applied(unet, TextCenGen()):
+        raise RuntimeError("boom")
     assert all(unet.attn_processors[k] is before[k] for k in before)
+    assert all(torch.equal(v, state[k]) for k, v in unet.state_dict().items())
     assert TextCenGen.from_params(TextCenGen.example).box == (0.3, 0.3, 0.7, 0.7)
