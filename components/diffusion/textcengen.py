@@ -24,8 +24,9 @@ On every cross-attention call with queries on an (h, w) grid, for each row b and
 6. spatial exclusion: ``A'_k = rho A~_k + (1 - rho) A~_k (1 - R)`` (rho = ``region_exclusion``), rows not
    renormalised.
 
-Defaults (``sd1.5_replacement.py``): repulsive 50, margin 0.4, move 1, threshold 0.5, sharpness 1,
-region_exclusion 0.75, theta 0.25, every cross-attention call and step. ``reference`` in the tests re-derives all of
+Defaults (``sd1.5_replacement.py``): repulsive 50 (``generate.py`` and ``sd2_replacement.py`` use 14; with move 1
+the repulsion is usually clamped either way), margin 0.4, move 1, threshold 0.5, sharpness 1, region_exclusion 0.75,
+theta 0.25, every cross-attention call and step. ``reference`` in the tests re-derives all of
 it in float64 with hand-written bilinear sampling.
 
 Deviations: the reference flattens batch and heads together, averages the maps over the unconditional and
