@@ -211,7 +211,9 @@ def compose(unet: torch.nn.Module, scheduler: Any, cond: torch.Tensor, composite
     n = len(ts)
     cfg = uncond is not None
     enc_both = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond  # (2B | B, L, E)
-    rows = list(word_tokens) if word_tokens is not None else [[("_", [])] for _ in range(b)]
+    # per-row word tokens; without prompts' words a placeholder entry still marks the conditional rows (non-empty)
+    # apart from the unconditional ones (empty), which is how PrimeComposer._rows picks the rows it steers
+    rows = list(word_tokens) if word_tokens is not None else [[("", [])] for _ in range(b)]
     rows_both = ([[] for _ in range(b)] + rows) if cfg else rows
     with applied(unet, component, force=force) as session:
         rt = session.runtime
