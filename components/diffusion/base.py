@@ -19,6 +19,11 @@ and by the pipeline runner (components/diffusion/runner.py):
   rows with ``Runtime.pass_kind == "perturbed"`` and combines it with ``guide``; it skips that pass when
   ``guidance_weight() == 0``.
 - ``needs_word_tokens``: the component reads prompt-word token positions (cross-attention reweighting).
+- ``replaces_kernel``: the component computes the fast path's attention itself (``fused_attention``, e.g. a windowed
+  kernel); its materialised form is its ``edit_logits``. At most one such component may act on a call.
+- ``model_scope(model, session)``: a context manager the dispatcher enters for the life of the scope, after the
+  processors are installed and before the block runs, and leaves on exit (errors included): module surgery that is
+  not an attention edit (HiDiffusion's RAU-Net) is installed and restored there.
 - ``needs_latent_update``: a test-time optimisation method (A-STAR, Attend-and-Excite, TextCenGen, RASG): in each of
   the first ``latent_update_steps()`` steps the runner calls ``begin_update(session)``, runs the denoiser on the
   conditional rows under autograd, and moves the latent by ``-latent_step_size(i, n) * grad latent_loss(session)``
@@ -51,6 +56,7 @@ class DiffusionComponent(Component):
     needs_extra_pass: ClassVar[bool] = False
     needs_word_tokens: ClassVar[bool] = False
     needs_latent_update: ClassVar[bool] = False
+    replaces_kernel: ClassVar[bool] = False
 
     @contextmanager
     def applied(self, target: torch.nn.Module, *, force: str | None = None) -> Iterator[DiffusionSession]:
@@ -69,6 +75,10 @@ class DiffusionComponent(Component):
         """Forward hooks (``RemovableHandle`` objects) the component registers on the denoiser's modules for the
         scope, e.g. to read a transformer block's input; the dispatcher removes them on exit (default: none)."""
         return []
+    @contextmanager
+    def model_scope(self, model: torch.nn.Module, session: DiffusionSession) -> Iterator[None]:
+        """Module surgery for the life of the scope (default: none); must restore the model exactly on exit."""
+        yield
 
     # -- where ---------------------------------------------------------------------------------------------------
     def acts_on(self, call: DiffusionCallInfo) -> bool:
@@ -95,6 +105,12 @@ class DiffusionComponent(Component):
     def edit_output(self, call: DiffusionCallInfo, out: torch.Tensor) -> torch.Tensor:
         """(B, H, T, D) per-head outputs -> edited outputs (before the output projection)."""
         return out
+
+    def fused_attention(self, call: DiffusionCallInfo, query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Fast path of a ``replaces_kernel`` component: (B, H, T, D) outputs equal to
+        ``softmax(q k^T * scale + mask + edit_logits) v``, computed by the component's own kernel."""
+        raise NotImplementedError(f"{self.component_name} declares no fused attention")
 
     # -- test-time latent updates (needs_latent_update) ----------------------------------------------------------
     def latent_update_steps(self) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -101,6 +101,7 @@ def applied(target: Any, *components: "DiffusionComponent", force: str | None = 
     outermost = not stack
     originals = dict(model.attn_processors) if outermost else None
     handles = []
+    surgery = ExitStack()
     stack.append(session)
     try:
         if outermost:
@@ -121,8 +122,11 @@ def applied(target: Any, *components: "DiffusionComponent", force: str | None = 
                 for layer, name in enumerate(mods)})
         for c in components:  # forward hooks a component reads (a block's input, the denoiser's sample)
             handles.extend(c.scope_hooks(model, session))
+        for c in components:  # module surgery (e.g. HiDiffusion's RAU-Net), undone by the exit stack
+            surgery.enter_context(c.model_scope(model, session))
         yield session
     finally:
+        surgery.close()
         stack.pop()
         for h in handles:
             h.remove()
@@ -254,7 +258,14 @@ class AttnflowProcessor:
             default_scale = call.scale == call.head_dim**-0.5
             if mask is not None:
                 mask = mask.to(query.dtype)
-            if default_scale:  # exactly the stock call
+            kernels = [(s, c) for s, c in editors if c.replaces_kernel]
+            if len(kernels) > 1:
+                raise ValueError(f"{call.name}: {', '.join(c.component_name for _, c in kernels)} each replace the "
+                                 "attention kernel; at most one may act on a call")
+            if kernels:
+                call.session = kernels[0][0]
+                out = kernels[0][1].fused_attention(call, query, key, value, mask)
+            elif default_scale:  # exactly the stock call
                 out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
                                                      is_causal=False)
             else:
