@@ -86,7 +86,7 @@ def model_dir(model: str) -> Path:
                          f"{settings().models_dir})")
     if not is_t2i_dir(p):
         missing = [part for part in PARTS if not (p / part).is_dir()]
-        raise ValueError(f"{p} is not a text-to-image model folder: missing {', '.join(missing)}/")
+        raise ValueError(f"{p} is not a text-to-image model folder: missing {', '.join(m + '/' for m in missing)}")
     return p
 
 

@@ -55,7 +55,8 @@ def check_hook(spec: str) -> str:
 
 
 def resolve_hooks(names: Sequence[str]) -> tuple[dict[str, Callable[[Any, str], dict[str, float]]], list[str]]:
-    """Importable hooks by name, and one message per skipped hook (module absent or no such function)."""
+    """Importable hooks by short name (the ``HOOKS`` name, or the function's name for a ``module:function`` path),
+    and one message per skipped hook (module absent or no such function)."""
     hooks, skipped = {}, []
     for name in names:
         module, _, func = check_hook(name).partition(":")
@@ -70,7 +71,7 @@ def resolve_hooks(names: Sequence[str]) -> tuple[dict[str, Callable[[Any, str], 
         if not callable(fn):
             skipped.append(f"metric {name!r} skipped: {module} has no function {func}")
             continue
-        hooks[name] = fn
+        hooks[name if name in HOOKS else func] = fn
     return hooks, skipped
 
 
