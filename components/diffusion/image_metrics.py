@@ -111,8 +111,6 @@ class ClipScorer:
         batch = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
                                truncation=True)
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        img = self.model.get_image_features(pixel_values=batch["pixel_values"])  # (N, P)
-        txt = self.model.get_text_features(input_ids=batch["input_ids"],
-                                           attention_mask=batch.get("attention_mask"))  # (N, P)
-        cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)  # (N,)
+        out = self.model(**batch)  # image_embeds, text_embeds: (N, P), L2-normalised projections
+        cos = (out.image_embeds.float() * out.text_embeds.float()).sum(-1)  # (N,) the pairs' cosines
         return [float(100.0 * max(c, 0.0)) for c in cos.tolist()]

@@ -143,14 +143,19 @@ def test_a_tampered_or_foreign_cache_entry_is_never_served(t2i_dir):
 
 
 def test_inpaint_scenes_and_files(t2i_dir, tmp_path):
+    from tests.helpers.t2i_folder import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
     out = inpaint(model=str(t2i_dir), scenes=1, prompts=["a red circle"], components=["baseline"], seeds=[0],
-                  steps=2, metrics=[], experiment="inpaint-test")
+                  steps=2, metrics=[], clip_model=str(clip), experiment="inpaint-test")
     (rec,) = out["images"]
+    assert 0.0 <= rec["metrics"]["clip_score"] <= 100.0
     assert rec["source"] == "scene0_0" and rec["metrics"]["known_mse"] == 0.0  # blending keeps the known region
     assert math.isinf(rec["metrics"]["known_psnr"])
     assert "known_psnr" not in mlflow.MlflowClient(settings().tracking_uri).get_run(
         [r for r in mlflow.search_runs(experiment_names=["inpaint-test"], output_format="list")
          if r.data.tags.get("mlflow.parentRunId") == out["run_id"]][0].info.run_id).data.metrics  # +inf not logged
+    assert "baseline/clip_score" in mlflow.MlflowClient(settings().tracking_uri).get_run(out["run_id"]).data.metrics
 
     src, mask = Image.open(rec["source_image"]), Image.open(rec["source_mask"])
     src.save(tmp_path / "src.png")

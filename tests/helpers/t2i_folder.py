@@ -33,3 +33,32 @@ def mean_red(image, prompt: str) -> dict[str, float]:
     """Test metric hook: the mean red channel in [0, 1] and the prompt's word count."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     return {"mean_red": float(arr[..., 0].mean()), "words": float(len(prompt.split()))}
+
+
+def save_tiny_clip(path: str | Path) -> Path:
+    """A random CLIPModel (16-d towers, 8-d projection) with a character-level CLIP tokenizer and a 16 px image
+    processor, saved with its processor (no downloads)."""
+    import json
+    import string
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase)
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16},
+                                                            crop_size={"height": 16, "width": 16}), tokenizer=tok)
+    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+    torch.manual_seed(3)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32, eos_token_id=eos,
+                                      bos_token_id=bos, pad_token_id=eos),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=16, patch_size=8), projection_dim=8)
+    CLIPModel(cfg).save_pretrained(path / "model")
+    proc.save_pretrained(path / "model")
+    return path / "model"
