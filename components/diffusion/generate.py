@@ -113,8 +113,10 @@ def generate(
 
 
 def _masked_latents(model: T2IModel, source: Any, mask: Any) -> torch.Tensor | None:
-    """For a latent inpainting denoiser: the vae latents of the source with the fill region set to 0 (grey) in pixel
-    space, as diffusers' ``StableDiffusionInpaintPipeline`` builds them; None otherwise (sample_inpaint's default)."""
+    """For a latent inpainting denoiser: the vae latents of the source with the fill region set to mid-grey in pixel
+    space (128, i.e. 0.004 in [-1, 1]; diffusers' ``StableDiffusionInpaintPipeline`` sets it to 0 exactly on float
+    pixels, here the masked image goes through the same uint8 image path as the source); None otherwise
+    (sample_inpaint's default)."""
     if model.vae is None or denoiser_layout(model.unet) != "inpainting":
         return None
     from PIL import Image
@@ -122,7 +124,7 @@ def _masked_latents(model: T2IModel, source: Any, mask: Any) -> torch.Tensor | N
     size = model.image_size
     keep = np.asarray(mask.convert("L").resize((size, size), resample=_nearest()), dtype=np.uint8) < 128  # (S, S)
     pixels = np.asarray(source.convert("RGB").resize((size, size), resample=_bicubic()), dtype=np.float32)
-    grey = np.where(keep[..., None], pixels, 127.5).round().astype(np.uint8)  # 127.5 -> 0 in [-1, 1]
+    grey = np.where(keep[..., None], pixels, 127.5).round().astype(np.uint8)  # 128: 0.004 in [-1, 1]
     return image_to_sample(model, Image.fromarray(grey))
 
 
