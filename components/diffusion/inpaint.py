@@ -7,8 +7,10 @@ Two denoiser layouts, chosen by the UNet's channels (C = ``out_channels``):
   arXiv:2206.02779). Before step i the sample's known region (mask 0) holds the source noised to the step's timestep,
   ``x_known = scheduler.add_noise(source, z_i, t_i)`` with fresh noise z_i; the region to fill (mask 1) comes from
   the denoiser: ``x <- m * x + (1 - m) * x_known`` (a binary-mask ``where``). After the last step the known region
-  is the source itself. Deviation from RePaint: no resampling jumps by default (``resample=1``, the SDEdit-style
-  single pass of diffusers' ``StableDiffusionInpaintPipeline`` for 4-channel UNets); ``resample=U > 1`` repeats each
+  is the source itself. Deviation from RePaint: no resampling jumps by default (``resample=1``, the single pass
+  of diffusers' ``StableDiffusionInpaintPipeline`` for 4-channel UNets, which blends the same way but reuses one
+  noise tensor for every step and does not blend the initial noise; here z_i is fresh per step, as in RePaint,
+  and the initial sample is blended too); ``resample=U > 1`` repeats each
   step U times, re-noising the blended sample from t_{i+1} back to t_i by
   ``x_t = sqrt(abar_t / abar_{t+1}) x_{t+1} + sqrt(1 - abar_t / abar_{t+1}) z`` (RePaint's jump length 1; DDPM and
   DDIM schedulers only, whose ``step`` keeps no state).

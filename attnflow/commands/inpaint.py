@@ -1,0 +1,32 @@
+"""`attnflow inpaint`: source images + masks (or generated scenes) x prompts x diffusion components x seeds
+(generated from the flow); the model folder, sources, masks, prompts and components are validated before any
+server starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from attnflow.flowcli import Call, lazy_flow_command
+
+
+def check(call: Call) -> None:
+    from tasks.diffusion import plan_inpaint
+
+    p = call.params
+    plan_inpaint.fn(p["model"], p["prompts"], p["prompt_file"] or None, p["components"], p["seeds"], p["images"],
+                    p["masks"], p["scenes"], p["scene_seed"], p["steps"], p["cfg_scale"], p["resample"], p["maps"],
+                    p["metrics"], p["clip_model"] or None)
+
+
+def show(out: dict[str, Any], call: Call) -> None:
+    from attnflow.output import print_mlflow
+    from tasks.image_log import summary_markdown
+
+    typer.echo(summary_markdown(out["summary"]))
+    print_mlflow(call.params["experiment"], out["run_id"])
+
+
+def register(app: typer.Typer) -> None:
+    lazy_flow_command("inpaint", "flows.inpaint:inpaint", lambda: {"prepare": check, "show": show})
