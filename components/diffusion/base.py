@@ -28,6 +28,12 @@ and by the pipeline runner (components/diffusion/runner.py):
   the first ``latent_update_steps()`` steps the runner calls ``begin_update(session)``, runs the denoiser on the
   conditional rows under autograd, and moves the latent by ``-latent_step_size(i, n) * grad latent_loss(session)``
   before the step's guided prediction.
+- ``needs_embedding_update``: a prompt-learning method (Dynamic Prompt Learning): in each of the first
+  ``embedding_update_steps()`` steps the runner optimises the input-token embeddings at ``learned_positions`` of
+  each prompt (an optimiser from ``embedding_optimizer``, at most ``embedding_iterations()`` iterations of: encode
+  the prompt with them, run the denoiser on the conditional rows under autograd, read ``embedding_loss``, stop
+  when every image's targets are met), then encodes the prompt with the learned embeddings for that step and the
+  following ones. The runner needs the text encoder and the prompts' token ids for it.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class DiffusionComponent(Component):
     needs_word_tokens: ClassVar[bool] = False
     needs_latent_update: ClassVar[bool] = False
     replaces_kernel: ClassVar[bool] = False
+    needs_embedding_update: ClassVar[bool] = False
 
     @contextmanager
     def applied(self, target: torch.nn.Module, *, force: str | None = None) -> Iterator[DiffusionSession]:
@@ -127,6 +134,28 @@ class DiffusionComponent(Component):
     def latent_step_size(self, step: int, n_steps: int) -> float:
         """Step size of the latent update at denoising step ``step`` of ``n_steps``."""
         return 0.0
+
+    # -- learned prompt embeddings (needs_embedding_update) ----------------------------------------------------------
+    def embedding_update_steps(self) -> int:
+        """How many of the first denoising steps update the learned token embeddings (0: none)."""
+        return 0
+
+    def embedding_iterations(self) -> int:
+        """At most this many optimiser iterations per step."""
+        return 0
+
+    def learned_positions(self, word_tokens: list) -> list[list[int]]:
+        """Per prompt (its ``WordTokens``), the token positions whose input embeddings are learned."""
+        return [[] for _ in word_tokens]
+
+    def embedding_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """A fresh optimiser over the learned embeddings, made at each updated step."""
+        raise NotImplementedError(f"{self.component_name} declares no embedding optimizer")
+
+    def embedding_loss(self, session: DiffusionSession, step: int, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image (B,): the loss from what the update pass recorded, and (B,) bool: its targets are met
+        (that image is not updated, and the iterations stop when every image's are)."""
+        raise NotImplementedError(f"{self.component_name} declares no embedding loss")
 
     # -- guidance (needs_extra_pass) -------------------------------------------------------------------------------
     def guidance_weight(self) -> float:

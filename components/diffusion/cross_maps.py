@@ -93,3 +93,82 @@ class CrossAttentionMaps(DiffusionComponent):
     def reset(self, session: DiffusionSession) -> None:
         """Forget the recorded maps (e.g. between denoising steps)."""
         session.state.pop((id(self), "maps"), None)
+
+
+# -- per-token map recording for the test-time optimisers (A-STAR, Dynamic Prompt Learning) -----------------------
+# They need the maps of every prompt token (Attend-and-Excite's softmax runs over the tokens) and gradients
+# through them, and they record only inside their own update passes (``start_recording`` ... ``token_maps``).
+
+def start_recording(owner: object, session: DiffusionSession) -> None:
+    """Forget ``owner``'s token maps and record the cross-attention calls that follow."""
+    session.state[(id(owner), "token_maps")] = {}
+    session.state[(id(owner), "recording")] = True
+
+
+def stop_recording(owner: object, session: DiffusionSession) -> None:
+    session.state[(id(owner), "recording")] = False
+
+
+def is_recording(owner: object, session: DiffusionSession) -> bool:
+    return bool(session.state.get((id(owner), "recording"), False))
+
+
+def record_token_maps(owner: object, call: DiffusionCallInfo, probs: torch.Tensor) -> None:
+    """Add one call's head-averaged (B, S, h, w) map to ``owner``'s store of its grid (autograd kept)."""
+    h, w = call.spatial
+    m = probs.float().mean(1).transpose(1, 2).reshape(probs.shape[0], probs.shape[-1], h, w)  # (B, S, h, w)
+    store = call.session.state.setdefault((id(owner), "token_maps"), {})
+    total, count = store.get((h, w), (0.0, 0))
+    store[(h, w)] = (total + m, count + 1)
+
+
+def token_maps(owner: object, session: DiffusionSession, resolution: int = 0, who: str = "") -> torch.Tensor:
+    """(B, S, h, w) maps averaged over the recorded calls of one grid: ``resolution`` x ``resolution``, or with
+    ``resolution`` 0 the grid with the most recorded calls, ties to the coarser grid (16 x 16 on Stable
+    Diffusion 1.x at 512 px, Attend-and-Excite's ``attention_res``)."""
+    store = session.state.get((id(owner), "token_maps"), {})
+    if not store:
+        raise ValueError(f"{who}: no cross-attention call was recorded in the update pass")
+    key = min(store, key=lambda k: (-store[k][1], k[0] * k[1])) if resolution == 0 else (resolution, resolution)
+    if key not in store:
+        raise ValueError(f"{who}.resolution={resolution}: no cross-attention call on a {key[0]}x{key[1]} grid; "
+                         f"recorded grids: {sorted(store)}")
+    total, count = store[key]
+    return total / count
+
+
+def softmax_over_text(maps: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
+    """Attend-and-Excite's normalisation: (B, S, h, w) -> softmax over the tokens 1..S-2 of ``temperature`` x
+    the map (start token and last position left out, returned as zeros), per cell."""
+    out = torch.zeros_like(maps)
+    out[:, 1:-1] = torch.softmax(maps[:, 1:-1] * temperature, dim=1)
+    return out
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float = 0.5, kernel_size: int = 3) -> torch.Tensor:
+    """(..., h, w) maps smoothed as Attend-and-Excite's ``GaussianSmoothing`` does: a normalised separable kernel
+    ``exp(-((x - c) / (2 sigma))^2)`` (its exponent, not the textbook 2 sigma^2), reflect padding."""
+    if sigma <= 0:
+        return maps
+    x = torch.arange(kernel_size, dtype=maps.dtype, device=maps.device) - (kernel_size - 1) / 2
+    g = torch.exp(-((x / (2 * sigma)) ** 2))
+    k2 = g[:, None] * g[None, :]
+    k2 = (k2 / k2.sum())[None, None]  # (1, 1, k, k)
+    shape = maps.shape
+    flat = maps.reshape(-1, 1, shape[-2], shape[-1])
+    pad = kernel_size // 2
+    flat = torch.nn.functional.pad(flat, (pad, pad, pad, pad), mode="reflect")
+    return torch.nn.functional.conv2d(flat, k2).reshape(shape)
+
+
+def word_token_masks(rows: list, words: tuple[str, ...], n_tokens: int, device=None) -> torch.Tensor:
+    """(B, W, S) bool: the token positions of each of ``words`` in each row's ``WordTokens``."""
+    mask = torch.zeros(len(rows), len(words), n_tokens, dtype=torch.bool, device=device)
+    wanted = [w.lower() for w in words]
+    for b, entries in enumerate(rows):
+        for word, positions in entries:
+            if word.lower() in wanted:
+                for p in positions:
+                    if 0 <= p < n_tokens:
+                        mask[b, wanted.index(word.lower()), p] = True
+    return mask
