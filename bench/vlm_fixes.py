@@ -58,14 +58,33 @@ def smoke_model():
     return tiny_vlm("llava", image_token=tok.convert_tokens_to_ids("<image>"), vocab_size=len(tok)), proc
 
 
-def auto_sink_dims(model, proc, rows) -> list[int]:
+def _prompts(proc, rows) -> dict:
     size = processor_size(proc)
     proc.tokenizer.padding_side = "left"
-    enc = proc(images=[_scenes.render(r["scene"], size) for r in rows[:8]],
-               text=[TEMPLATE.format(image=proc.image_token, question=r["question"]) for r in rows[:8]],
-               return_tensors="pt", padding=True)
+    return dict(proc(images=[_scenes.render(r["scene"], size) for r in rows[:8]],
+                     text=[TEMPLATE.format(image=proc.image_token, question=r["question"]) for r in rows[:8]],
+                     return_tensors="pt", padding=True))
+
+
+def auto_sink_dims(model, proc, rows) -> list[int]:
     with torch.no_grad():
-        return list(find_sink_dims(model, dict(enc)))
+        return list(find_sink_dims(model, _prompts(proc, rows)))
+
+
+def sink_peaks(model, proc, rows, dims: list[int]) -> dict[int, dict[str, list[float]]]:
+    """Per layer input: the largest |RMSNorm(h)| in each sink dimension over image tokens and over text tokens
+    (VAR calls a token a sink when it exceeds tau in a sink dimension)."""
+    enc = _prompts(proc, rows)
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states  # (L + 1) x (B, T, d)
+    img = enc["input_ids"] == model.config.image_token_id  # (B, T)
+    txt = enc["attention_mask"].bool() & ~img
+    out = {}
+    for layer, h in enumerate(hidden[:-1]):
+        n = (h.float() * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-6)).abs()  # (B, T, d)
+        out[layer] = {"image": [float(n[..., d][img].max()) for d in dims],
+                      "text": [float(n[..., d][txt].max()) for d in dims]}
+    return out
 
 
 def paired_diff(a: list[bool], b: list[bool], rng: random.Random, n: int = 2000) -> tuple[float, float, float]:
@@ -87,6 +106,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default="")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--sink-probe", action="store_true", help="only find var's sink dims and their peaks")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,10 +127,16 @@ def main() -> None:
     cells = [(s, seed) for s in args.strategies for seed in args.seeds]
     data = {c: VLMScenes(n_scenes=args.n_scenes, strategy=c[0], seed=c[1]).build("eval") for c in cells}
     texts = list(args.components)
-    sink_dims = None
+    sink_dims, peaks = None, None
     if any("sink_dims=auto" in t for t in texts):
         sink_dims = auto_sink_dims(model, proc, data[cells[0]])
         texts = [t.replace("sink_dims=auto", "sink_dims=" + ";".join(map(str, sink_dims))) for t in texts]
+        peaks = sink_peaks(model, proc, data[cells[0]], sink_dims)
+        top = {k: max(max(v[k]) for v in peaks.values()) for k in ("image", "text")}
+        print(f"var: sink dims {sink_dims}; largest |RMSNorm(h)| there: image tokens {top['image']:.1f}, "
+              f"text tokens {top['text']:.1f} (tau 20 marks a sink)", flush=True)
+    if args.sink_probe:
+        return
     results: dict[str, dict] = {}
     for text in texts:
         examples, start = [], time.perf_counter()
@@ -155,7 +181,8 @@ def main() -> None:
               f"{row['hallucination_ci'][1]:.3f}]  acc_rest {row['accuracy_rest']:.3f}  f1 {row['pope_f1']:.3f}  "
               f"yes {row['yes_ratio']:.2f}  {row['seconds']:.0f}s", flush=True)
     out = {"model": args.model or "smoke", "strategies": args.strategies, "seeds": args.seeds,
-           "n_scenes": args.n_scenes, "sink_dims": sink_dims, "components": texts, "results": table}
+           "n_scenes": args.n_scenes, "sink_dims": sink_dims,
+           "sink_peaks": peaks if sink_dims is not None else None, "components": texts, "results": table}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=list))
         print(f"wrote {args.json}")
