@@ -233,6 +233,7 @@ class Wings(AttentionPatch):
     has_fast_path: ClassVar[bool] = False
     needs_images: ClassVar[bool] = True
     needs_layer_inputs: ClassVar[bool] = True
+    runs_without_images: ClassVar[bool] = True  # text-only prompts: the textual learner still acts (vlm-eval)
     onnx_exportable: ClassVar[bool] = False
     onnx_reason: ClassVar[str] = "it adds trained modules through forward hooks outside the attention function"
     example: ClassVar[dict[str, str]] = {"adapter": "./demo-vlm-wings/wings"}
