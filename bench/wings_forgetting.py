@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHARED = Path(os.environ.get("ATTNFLOW_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")) / "data" / "tasks"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ATTNFLOW_SHARED", REPO / ".." / "shared")) / "data" / "tasks"
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
