@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--n-scenes", type=int, default=60)
     ap.add_argument("--n-text", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--cells", default="base,lora,wings", help="cells to run now (others come from --previous)")
+    ap.add_argument("--previous", default="", help="a JSON written by this script: its cells are reused")
     args = ap.parse_args()
 
     import torch
@@ -102,9 +104,18 @@ def main() -> None:
     cells = {"base": (args.base, "baseline"), "lora": (args.lora, "baseline"),
              "wings": (args.wings, f"wings(adapter={Path(args.wings) / 'wings'})")}
     results: dict = {"benchmarks": benches, "cells": {}, "n_rows": {k: len(v) for k, v in rows.items()},
-                     "threads": torch.get_num_threads(), "argv": sys.argv}
+                     "threads": torch.get_num_threads(), "argv": [sys.argv], "outcomes": {}}
     per_row: dict = {}
+    if args.previous:
+        prev = json.loads(Path(args.previous).read_text())
+        if prev["n_rows"] != results["n_rows"]:
+            raise SystemExit(f"--previous has other rows ({prev['n_rows']})")
+        results["cells"], results["outcomes"] = prev["cells"], prev["outcomes"]
+        results["argv"] = prev["argv"] + results["argv"]
+        per_row = {tuple(k.split("|")): v for k, v in prev["outcomes"].items()}
     for cell, (model_dir, patch_spec) in cells.items():
+        if cell not in args.cells.split(","):
+            continue
         loaded = load_vlm.fn(model_dir)
         patch = specs.parse(patch_spec).create("patch")
         results["cells"][cell] = {"model": model_dir, "patch": patch_spec, "metrics": {}}
@@ -117,11 +128,12 @@ def main() -> None:
                 res = text_only(loaded.model, loaded.tokenizer, bench, rows[name], patch, args.batch_size)
             secs = time.perf_counter() - start
             per_row[(cell, name)] = outcomes(name, res)
+            results["outcomes"][f"{cell}|{name}"] = per_row[(cell, name)]
             entry = {"seconds": round(secs, 1), "load_avg_1min": [load0, os.getloadavg()[0]]}
             for metric, vals in per_row[(cell, name)].items():
                 entry[metric] = {"value": sum(vals) / max(len(vals), 1), "n": len(vals),
                                  "wilson95": wilson(sum(vals), len(vals))}
-                if cell != "base":
+                if cell != "base" and ("base", name) in per_row:
                     entry[metric]["vs_base"] = paired_diff(per_row[("base", name)][metric], vals)
             results["cells"][cell]["metrics"][name] = entry
             print(cell, name, json.dumps({k: v for k, v in entry.items()}), flush=True)
