@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from components import vlm_adapters, vlm_train
 from infra.settings import settings
 from tasks import plots, tracking
-from tasks.models import LoadedModel, check_model
+from tasks.models import LoadedModel, checked_config
 
 
 @task(cache_policy=NO_CACHE, task_run_name="validate train-vlm request")
@@ -35,8 +35,9 @@ def plan_train_vlm(lm: str, out: str, image_size: int, patch_size: int, vision_h
         if out and Path(out).expanduser().resolve() == Path(init_from).expanduser().resolve():
             raise ValueError("--out must differ from --init-from (the starting model is kept)")
     else:
-        check_model(lm)
-        vlm_adapters.check(adapter, adapter_rank, layers)
+        config = checked_config(lm)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        vlm_adapters.check(adapter, adapter_rank, layers, getattr(text, "num_hidden_layers", None))
     if not out and (init_from or adapter != "none"):
         raise ValueError("--out is required with --init-from or an adapter (the default folder is demo-vlm's)")
     if image_size % patch_size:

@@ -73,7 +73,9 @@ def test_adapter_requests_fail_before_loading(tmp_path, tiny_llama_dir):
                           (["--init-from", str(tiny_llama_dir), "--out", str(tmp_path / "x")],
                            "is not a vision-language decoder"),
                           (["--adapter", "wings", "--wings-layers", "0,x", "--out", str(tmp_path / "y")],
-                           "give comma-separated layer indices")):
+                           "give comma-separated layer indices"),
+                          (["--adapter", "wings", "--wings-layers", "0,7", "--out", str(tmp_path / "z")],
+                           "wings_layers [0, 7] must lie in [0, 2)")):
         out = CliRunner().invoke(app, ["train-vlm", "--lm", str(tiny_llama_dir), *args])
         assert out.exit_code == 2, out.output
         assert message in re.sub(r"\s+", " ", out.output) and "Starting temporary server" not in out.output
