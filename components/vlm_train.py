@@ -9,7 +9,8 @@ Stages (``stage``):
   vision encoder (randomly initialised) trains together with the projector: a deviation.
 - ``instruct``: scene questions with known answers (components/benchmarks/_scenes.py: present and absent objects,
   counts, positions, text), in the vlm-eval prompt template; vision encoder and projector train, the language model
-  stays frozen (LLaVA's stage 2 also tunes the LM; LoRA on the LM is not implemented here: a deviation).
+  stays frozen (LLaVA's stage 2 also tunes the LM: a deviation; an extra stage with LoRA on the LM, or with Wings
+  learners, is components/vlm_adapters.py).
 
 Loss: next-token cross-entropy on the target tokens only (prompt, image and padding positions are -100). The
 image token of the processor is added to the LM tokenizer; its embedding row is never read (LLaVA replaces image
@@ -23,8 +24,9 @@ import copy
 import json
 import math
 import random
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -136,23 +138,27 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def loss_on(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]], image_size: int) -> float:
-    """Mean target-token loss on ``rows`` (eval mode, no gradient)."""
+def loss_on(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]], image_size: int,
+            scope: Callable[[], ContextManager] = nullcontext) -> float:
+    """Mean target-token loss on ``rows`` (eval mode, no gradient, inside ``scope()``)."""
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), scope():
         return float(model(**batch(processor, rows, image_size)).loss)
 
 
 def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, steps: int,
                 batch_size: int = 8, lr: float = 1e-3, image_size: int = 64, seed: int = 0,
-                progress: bool = True, desc: str = "train", mixed_precision: bool = False) -> list[float]:
-    """AdamW on the vision tower + projector (LM frozen), cosine decay, ``steps`` minibatches drawn from ``rows``;
+                progress: bool = True, desc: str = "train", mixed_precision: bool = False,
+                params: list[torch.nn.Parameter] | None = None,
+                scope: Callable[[], ContextManager] = nullcontext) -> list[float]:
+    """AdamW on ``params`` (default: the vision tower + projector, LM frozen), cosine decay, ``steps`` minibatches
+    drawn from ``rows``, every forward inside ``scope()`` (an adapter's patch scope, components/vlm_adapters.py);
     returns the training loss per step. ``progress`` shows a step bar with the running loss. ``mixed_precision``
     runs forward and backward under bfloat16 autocast on the model's device (weights, gradients and the optimizer
     stay float32)."""
     if steps < 1 or batch_size < 1 or not rows:
         raise ValueError("train_stage needs steps >= 1, batch_size >= 1 and rows")
-    params = trainable(model)
+    params = trainable(model) if params is None else params
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = random.Random(seed)
@@ -161,7 +167,7 @@ def train_stage(model: torch.nn.Module, processor: Any, rows: list[dict[str, Any
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     device = next(model.parameters()).device.type
     for _ in range(steps):
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed_precision):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed_precision), scope():
             loss = model(**batch(processor, rng.sample(rows, min(batch_size, len(rows))), image_size)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,19 +3,21 @@
 validate (config only) -> load the language model -> build vision tower + projector -> stage 1 align (captions)
 -> stage 2 instruct (scene questions, absent objects included) -> save safetensors + processor + model card ->
 MLflow run with loss curves and held-out losses. The language model stays frozen (components/vlm_train.py).
+``--init-from`` starts from an existing VLM instead, and ``--adapter lora|wings`` trains only LoRA on the language
+model or Wings learners (components/vlm_adapters.py), to measure text-only forgetting.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
 
-from flows.params import BatchSize, Experiment, ModelName, Positive
+from flows.params import BatchSize, Count, Experiment, ModelName, Positive
 from tasks.models import load_model
 from tasks.runs import tracked_run
-from tasks.train_vlm import build, log_training, plan_train_vlm, save, train_stage
+from tasks.train_vlm import attach_adapter, build, load_start, log_training, plan_train_vlm, save, train_stage
 
 
 @flow(name="train-vlm", log_prints=True)
@@ -27,13 +29,17 @@ def train_vlm(
     vision_hidden: Positive = 192,
     vision_layers: Positive = 4,
     vision_heads: Positive = 4,
-    align_steps: Positive = 150,
+    align_steps: Count = 150,
     instruct_steps: Positive = 600,
     n_scenes: Positive = 3000,
     batch_size: BatchSize = 16,
     lr: float = 1e-3,
     mixed_precision: bool = True,
     seed: int = 0,
+    init_from: str = "",
+    adapter: Literal["none", "lora", "wings"] = "none",
+    adapter_rank: Positive = 16,
+    wings_layers: str = "",
     experiment: Experiment = "train-vlm",
 ) -> dict[str, Any]:
     """Train a small vision encoder and projector in front of a frozen language model (LLaVA recipe).
@@ -52,29 +58,44 @@ def train_vlm(
         batch_size: Examples per step.
         lr: Peak AdamW learning rate (cosine decay).
         mixed_precision: Forward and backward under bfloat16 autocast (weights and optimizer stay float32).
-        seed: Seed of the vision weights and the data.
+        seed: Seed of the vision weights, the adapters and the data.
+        init_from: Start from this LLaVA-style VLM folder instead of building one (the vision sizes are then read
+            from it); with --align-steps 0 only the instruct stage runs.
+        adapter: What trains: none (vision tower + projector), lora (LoRA on the language model's attention
+            projections, merged before saving) or wings (Wings learners, saved to <out>/wings); with an adapter,
+            everything else stays frozen.
+        adapter_rank: Rank of the LoRA or Wings low-rank matrices.
+        wings_layers: Comma-separated decoder layers that get Wings learners (default every layer).
         experiment: MLflow experiment name.
     """
-    # 1. Validate the language model (config only), the sizes and the output folder.
-    out_dir = plan_train_vlm(lm, out, image_size, patch_size, vision_hidden, vision_heads)
-    # 2. Load the language model and build the LLaVA around it.
-    loaded = load_model(lm)
-    model, processor = build(loaded, image_size, patch_size, vision_hidden, vision_layers, vision_heads, seed)
+    # 1. Validate the language model or starting VLM (config only), the adapter, the sizes and the output folder.
+    out_dir = plan_train_vlm(lm, out, image_size, patch_size, vision_hidden, vision_heads, init_from, adapter,
+                             adapter_rank, wings_layers)
+    # 2. Load the starting VLM, or load the language model and build the LLaVA around it.
+    if init_from:
+        model, processor, image_size = load_start(init_from)
+        name = init_from
+    else:
+        loaded = load_model(lm)
+        model, processor = build(loaded, image_size, patch_size, vision_hidden, vision_layers, vision_heads, seed)
+        name = loaded.name
+    # 3. Choose what trains: vision tower + projector, or an adapter on the frozen model.
+    prepared = attach_adapter(model, adapter, adapter_rank, wings_layers, seed)
     params = {"lm": lm, "image_size": image_size, "patch_size": patch_size, "vision_hidden": vision_hidden,
               "vision_layers": vision_layers, "vision_heads": vision_heads, "align_steps": align_steps,
               "instruct_steps": instruct_steps, "n_scenes": n_scenes, "batch_size": batch_size, "lr": lr,
-              "mixed_precision": mixed_precision, "seed": seed}
-    with tracked_run(experiment, f"train-vlm {loaded.name}", tags={"attnflow.kind": "train-vlm",
-                                                                   "attnflow.model": loaded.name},
+              "mixed_precision": mixed_precision, "seed": seed, "init_from": init_from, "adapter": adapter,
+              "adapter_rank": adapter_rank, "wings_layers": wings_layers}
+    with tracked_run(experiment, f"train-vlm {name}", tags={"attnflow.kind": "train-vlm", "attnflow.model": name},
                      params=params) as run_id:
-        # 3. Stage 1 (align) then stage 2 (instruct), the language model frozen.
-        stages = [train_stage(model, processor, stage, steps, n_scenes, batch_size, lr, image_size, seed,
-                                      mixed_precision)
-                  for stage, steps in (("align", align_steps), ("instruct", instruct_steps))]
-        # 4. Save weights, processor and model card; log the curves.
+        # 4. Stage 1 (align) then stage 2 (instruct); a stage with 0 steps is skipped.
+        stages = [train_stage(prepared, processor, stage, steps, n_scenes, batch_size, lr, image_size, seed,
+                              mixed_precision)
+                  for stage, steps in (("align", align_steps), ("instruct", instruct_steps)) if steps > 0]
+        # 5. Save weights (LoRA merged), processor, model card and a Wings adapter; log the curves.
         card = {**params, "stages": [{k: v for k, v in s.items() if k != "losses"} for s in stages],
                 "mlflow_run": run_id}
-        path = save(model, processor, out_dir, card)
+        path = save(prepared, processor, out_dir, card)
         log_training(run_id, stages)
     print(f"saved {path}; evaluate it with: attnflow vlm-eval --model {path}")
     return {"model_dir": path, "run_id": run_id, "stages": card["stages"]}

@@ -1,9 +1,9 @@
 """vlm-eval: attention patches x image benchmarks x data seeds on one vision-language model, runs in MLflow.
 
 validate (config only) -> prep data (Parquet, cached) -> load the VLM and its processor -> one cached evaluation
-per (patch, benchmark) with greedy decoding inside the patch scope -> one MLflow run each (accuracy, POPE
-precision/recall/F1/yes ratio, hallucination rate on absent objects, per-kind breakdowns) -> a comparison table
-and bar figure on the parent run.
+per (patch, benchmark) with greedy decoding inside the patch scope (text benchmarks: text-only prompts, no image)
+-> one MLflow run each (accuracy, POPE precision/recall/F1/yes ratio, hallucination rate on absent objects,
+per-kind breakdowns) -> a comparison table and bar figure on the parent run.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def vlm_eval(
     Args:
         model: Local model directory or hub id of a LLaVA, Idefics3/SmolVLM or Qwen2-VL model (with its processor).
         components: Patch specs, e.g. "baseline", "vhr(alpha=2)", "var(sink_dims=507;247)".
-        tasks: Image benchmark specs: "vlm_scenes(strategy=adversarial)" or "vlm_qa(source=questions.jsonl)".
+        tasks: Image benchmark specs: "vlm_scenes(strategy=adversarial)" or "vlm_qa(source=questions.jsonl)";
+            text benchmarks (e.g. "induction_copy") run text-only prompts (text-only accuracy), with the patches that
+            run without images (baseline, wings).
         seeds: Data seeds for generated benchmarks; results report mean and std over seeds.
         batch_size: Prompts per generation batch.
         experiment: MLflow experiment name.
@@ -54,7 +56,7 @@ def vlm_eval(
     data = {b: benchmark_data(b.component) for b in plan.benchmarks}
     # 3. Load the model and its processor once.
     loaded = load_vlm(plan.model, dtype=dtype)
-    grid = [(c, b) for c in plan.components for b in plan.benchmarks]
+    grid = plan.pairs()  # image-only patches are not paired with text benchmarks
     with tracked_run(experiment, f"vlm-eval {plan.model}", tags={"attnflow.model": loaded.name,
                                                                  "attnflow.kind": "vlm-eval"},
                      params={"model": plan.model, "components": plan.texts("components"),

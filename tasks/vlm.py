@@ -1,5 +1,6 @@
 """Tasks of the vision-language flows: validate a vlm-eval request (config only), load a VLM with its processor, and
-evaluate one (patch, benchmark) pair on prepared image rows.
+evaluate one (patch, benchmark) pair on prepared image rows, or on a text benchmark's rows without images
+(text-only accuracy of the VLM, ``text_only``).
 
 Model sources: a local model directory or a hub id (with a warm cache offline). The family is checked from the
 config before any weights are read (components/attention/vision.py names unsupported configurations); remote
@@ -45,6 +46,16 @@ class VLMPlan:
     def texts(self, which: str) -> list[str]:
         return [s.text for s in getattr(self, which)]
 
+    def pairs(self) -> list[tuple[ResolvedSpec, ResolvedSpec]]:
+        """(patch, benchmark) pairs to run: every pair, except image-only patches on text benchmarks."""
+        return [(c, b) for c in self.components for b in self.benchmarks if runs_on(c.component, b.component)]
+
+
+def runs_on(patch: Any, bench: Any) -> bool:
+    """Whether ``patch`` can run on ``bench``: image benchmarks take every patch; text benchmarks (text-only
+    prompts, no image) take patches that do not need image tokens, or that declare ``runs_without_images``."""
+    return bench.needs_images or getattr(patch, "runs_without_images", not patch.needs_images)
+
 
 def check_vision(model: str) -> Any:
     """The config of a supported vision-language decoder (config only, before weights); raises naming the problem."""
@@ -70,9 +81,9 @@ def plan_vlm_request(model: str, components: list[str], benchmarks: list[str],
     if not comps or not benches:
         raise specs.SpecError("give at least one component and one benchmark")
     for b in benches:
-        if not b.needs_images:
-            raise specs.SpecError(f"{b.component_name} is a text benchmark; vlm-eval runs image benchmarks "
-                                  "(vlm_scenes, vlm_qa)")
+        if not b.needs_images and not any(runs_on(c, b) for c in comps):
+            raise specs.SpecError(f"{b.component_name} is a text benchmark (text-only prompts) and none of the "
+                                  "patches runs without images; add baseline or wings")
         if hasattr(b, "check_source"):
             b.check_source()
     readers = [c.component_name for c in comps if c.needs_inputs and not hasattr(c, "inputs_for")]
@@ -112,6 +123,17 @@ def load_vlm(model: str, dtype: str = "float32", device: str = "cpu") -> LoadedM
     return LoadedModel(ref, mdl, processor, modeling.model_fingerprint(ref), info, dtype, device, False, vision=True)
 
 
+def text_only(model: Any, processor: Any, bench: Any, rows: list[dict[str, Any]], patch: Any,
+              batch_size: int = 8) -> Any:
+    """A text benchmark's result on a VLM: its prompts without any image, scored through the VLM (the language
+    model behind it, with its image token in the vocabulary) inside the patch scope; measures text-only
+    forgetting (Wings, arXiv:2406.03496)."""
+    from components.attention.session import applied
+
+    with applied(model, patch) as session:
+        return bench.evaluate(model, processor.tokenizer, rows, session=session, batch_size=batch_size)
+
+
 def _vlm_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Same weights + same patch + same benchmark + same prepared rows -> same result."""
     key = [parameters["loaded"].fingerprint, resolved(parameters["component"], "patch").fingerprint,
@@ -129,7 +151,10 @@ def vlm_evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: 
     comp, bench = spec.component, bench_spec.component
     rows = load_data(data_path)
     start = time.perf_counter()
-    result = bench.evaluate(loaded.model, loaded.tokenizer, rows, batch_size=batch_size, patches=[comp])
+    if bench.needs_images:
+        result = bench.evaluate(loaded.model, loaded.tokenizer, rows, batch_size=batch_size, patches=[comp])
+    else:
+        result = text_only(loaded.model, loaded.tokenizer, bench, rows, comp, batch_size)
     seconds = time.perf_counter() - start
     print(f"{spec.label} on {bench_spec.label}: "
           + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()) + f" ({seconds:.1f}s)")

@@ -14,7 +14,8 @@ def check(call: Call) -> None:
     from tasks.train_vlm import plan_train_vlm
 
     p = call.params
-    plan_train_vlm.fn(p["lm"], p["out"], p["image_size"], p["patch_size"], p["vision_hidden"], p["vision_heads"])
+    plan_train_vlm.fn(p["lm"], p["out"], p["image_size"], p["patch_size"], p["vision_hidden"], p["vision_heads"],
+                      p["init_from"], p["adapter"], p["adapter_rank"], p["wings_layers"])
 
 
 def show(out: dict[str, Any], call: Call) -> None:

@@ -140,6 +140,8 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
         handles.append(_capture_mask_hook(model, session))
         if any(getattr(p, "needs_layer_inputs", False) for s in stack for p in s.patches):  # outer scopes too
             handles.extend(_capture_layer_inputs(model, mods, session))
+        for p in patches:
+            handles.extend(p.model_hooks(model, session))
         if previous != IMPLEMENTATION:
             model.set_attn_implementation(IMPLEMENTATION)
         yield session

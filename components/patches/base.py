@@ -88,6 +88,12 @@ class AttentionPatch(Component):
             n_layers, n_heads = model_shape(config)
             heads.validate(n_layers, n_heads, what=f"{self.component_name}.heads")
 
+    def model_hooks(self, model: torch.nn.Module, session: PatchSession) -> list:
+        """Extra module hooks for patches that act outside the attention function (e.g. Wings' learners after
+        ``o_proj``); ``applied`` registers them after ``check_model`` and removes the returned handles on exit. The
+        default adds none."""
+        return []
+
     # -- which layers ---------------------------------------------------------------------------------------------
     def acts_on_layer(self, layer: int, n_layers: int) -> bool:
         """Whether the dispatcher gives this layer's attention calls to the patch at all (default: the layers named

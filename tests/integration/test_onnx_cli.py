@@ -62,6 +62,7 @@ REFUSED = {
     "var": (["--param", "sink_dims=0"], "it reads image-token positions and hidden states captured outside the graph"),
     "vhr": ([], "it pairs batch rows and reads image-token positions captured outside the graph"),
     "visual_logit_boost": ([], "it reads image-token positions captured from input_ids outside the graph"),
+    "wings": ([], "it adds trained modules through forward hooks outside the attention function"),
 }
 
 
