@@ -140,6 +140,9 @@ def applied(model: torch.nn.Module, *patches: "AttentionPatch", force: Force = N
         handles.append(_capture_mask_hook(model, session))
         if any(getattr(p, "needs_layer_inputs", False) for s in stack for p in s.patches):  # outer scopes too
             handles.extend(_capture_layer_inputs(model, mods, session))
+        for p in patches:  # module hooks of patches that act outside attention (e.g. residual-stream steering)
+            if hasattr(p, "install_hooks"):
+                handles.extend(p.install_hooks(model, mods, session))
         if previous != IMPLEMENTATION:
             model.set_attn_implementation(IMPLEMENTATION)
         yield session
