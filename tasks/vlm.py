@@ -121,8 +121,12 @@ def _vlm_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 def _fit_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Same weights + same component code and parameters -> same fitted state (the fit reads generated data only)."""
-    key = [parameters["loaded"].fingerprint, resolved(parameters["component"], "patch").fingerprint]
+    """Same weights + same component code + same fit parameters (``fit_params()``, e.g. not a steering strength)
+    -> same fitted state (the fit reads generated data only)."""
+    from registry import code_fingerprint
+
+    comp = resolved(parameters["component"], "patch").component
+    key = [parameters["loaded"].fingerprint, code_fingerprint(type(comp)), comp.fit_params()]
     return "vlm-fit-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 

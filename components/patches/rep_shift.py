@@ -244,6 +244,11 @@ class RepShift(AttentionPatch):
         sb = layer_states(model, tokenizer, b, self.prompt, self.layer, self.tokens, size)
         return self.with_vector(shift_vector(sa, sb))
 
+    def fit_params(self) -> dict[str, Any]:
+        """The parameters the shift vector depends on (not ``alpha`` or ``scope``): the key of a cached fit."""
+        return {k: getattr(self, k) for k in ("source", "target", "layer", "tokens", "prompt", "n_pairs",
+                                              "image_size", "seed")}
+
     def fitted_state(self) -> dict[str, Any]:
         """The fitted state as plain data ({"vector": list of d floats}); {} when not fitted."""
         return {} if self._vector is None else {"vector": self._vector.tolist()}
