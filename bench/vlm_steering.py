@@ -118,6 +118,14 @@ def main() -> None:
     size = model.config.vision_config.image_size
     start = time.time()
     results = []
+
+    def save() -> None:  # after every configuration, so a stopped run keeps what it measured
+        if args.json:
+            out = {"model": args.model, "model_fingerprint": fingerprint, "args": vars(args),
+                   "seconds": time.time() - start, "machine": platform.platform(), "threads": 1, "results": results}
+            Path(args.json).write_text(json.dumps(out, indent=1))
+
+    fingerprint = modeling.model_fingerprint(ref)
     for pair in args.pairs.split(","):
         source, target = pair.split(":")
         probes = probe_rows(source, target, args.n_eval, seed=1000)
@@ -125,6 +133,8 @@ def main() -> None:
         base = {"probes": run_probes(model, proc, probes, [], size, source, target),
                 "side": run_side(model, proc, side, [], size)}
         print(f"{pair} baseline: {json.dumps(base['probes'])}", flush=True)
+        results.append({"pair": pair, "layer": None, "alpha": 0.0, **base})
+        save()
         for layer in map(int, args.layers.split(",")):
             fitted = RepShift(source=source, target=target, layer=layer, tokens=args.tokens, scope=args.scope,
                               n_pairs=args.n_pairs).fit(model, proc)
@@ -135,13 +145,9 @@ def main() -> None:
                        "probes": run_probes(model, proc, probes, [comp], size, source, target),
                        "side": run_side(model, proc, side, [comp], size)}
                 results.append(res)
+                save()
                 print(f"{pair} layer {layer} alpha {alpha}: {json.dumps(res['probes'])} side "
                       f"{ {k: round(v['rate'], 3) for k, v in res['side'].items()} }", flush=True)
-        results.append({"pair": pair, "layer": None, "alpha": 0.0, **base})
-    out = {"model": args.model, "model_fingerprint": modeling.model_fingerprint(ref), "args": vars(args),
-           "seconds": time.time() - start, "machine": platform.platform(), "threads": 1, "results": results}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
