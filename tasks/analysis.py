@@ -42,10 +42,17 @@ def plan_analysis(model: str, analyzer: str, params: dict[str, Any] | None = Non
     given = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for k, v in (params or {}).items()}
     spec = resolve_refs(Spec(base.name, base.version, {**base.params, **given}))
     comp = spec.create("analyzer")
-    if comp.needs_images:  # a vision encoder, loaded by tasks.vlm.load_vlm (no remote code)
-        from tasks.vlm import check_encoder
+    if comp.needs_images:  # a vision encoder (or a VLM, reads_decoders), loaded by tasks.vlm.load_vlm (no remote code)
+        from components.attention.vision import UnsupportedVisionModelError
+        from tasks.vlm import check_encoder, check_vision
 
-        comp.check_model(check_encoder(model))
+        try:
+            config = check_encoder(model)
+        except UnsupportedVisionModelError:
+            if not getattr(comp, "reads_decoders", False):
+                raise
+            config = check_vision(model)
+        comp.check_model(config)
         return spec_text(comp)
     check_model(model, trust_remote_code=trust_remote_code)
     comp.check_model(modeling.load_config(model, trust_remote_code=trust_remote_code))

@@ -142,6 +142,26 @@ def _vlm_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return "vlm-eval-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
 
 
+def _fit_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Same weights + same component code + same fit parameters (``fit_params()``, e.g. not a steering strength)
+    -> same fitted state (the fit reads generated data only)."""
+    from registry import code_fingerprint
+
+    comp = resolved(parameters["component"], "patch").component
+    key = [parameters["loaded"].fingerprint, code_fingerprint(type(comp)), comp.fit_params()]
+    return "vlm-fit-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+
+
+@task(cache_key_fn=_fit_cache_key, result_serializer=CHECKED, retries=0, task_run_name="fit {component}")
+def fit_vlm_component(loaded: LoadedModel, component: ResolvedSpec | str) -> dict[str, Any]:
+    """The fitted state (``fitted_state()``) of an image patch with ``needs_fit`` whose fit reads generated data
+    only (``rep_shift``: its shift vector from paired scenes), cached by (weights, component fingerprint)."""
+    comp = resolved(component, "patch").component
+    fitted = comp.fit(loaded.model, loaded.tokenizer, [])
+    print(f"fitted {comp.label()}: " + ", ".join(f"{k}={v}" for k, v in fitted.fit_record().items()))
+    return fitted.fitted_state()
+
+
 @task(cache_key_fn=_vlm_cache_key, result_serializer=CHECKED, retries=0,
       task_run_name="vlm-evaluate {component} on {benchmark}")
 def vlm_evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: ResolvedSpec | str,
@@ -151,6 +171,8 @@ def vlm_evaluate(loaded: LoadedModel, component: ResolvedSpec | str, benchmark: 
     comp, bench = spec.component, bench_spec.component
     rows = load_data(data_path)
     start = time.perf_counter()
+    if comp.needs_fit:
+        comp = comp.with_state(fit_vlm_component(loaded, spec))
     if bench.needs_images:
         result = bench.evaluate(loaded.model, loaded.tokenizer, rows, batch_size=batch_size, patches=[comp])
     else:

@@ -13,6 +13,9 @@ A patch declares *how* it acts, so the dispatcher keeps the fused SDPA kernel wh
 - ``edit_logits(call, logits)``: a logit-level edit on materialised logits, before the softmax (for edits that
   depend on the logits' absolute values, e.g. ``l + alpha |l|``); probability editors only.
 - ``edit_output(call, out)``: edit per-head outputs (B, H, T, D) before the output projection.
+- ``model_hooks(model, session)``: module hooks for an edit outside attention (``rep_shift`` adds a vector to a
+  decoder layer's output, Wings adds its learners after ``o_proj``); ``applied`` installs them after every
+  ``check_model`` and removes them on exit, exceptions included.
 
 ``query_scale`` and ``key_bias`` return ``None`` when they have nothing to do for a call; the three edit hooks
 return their input unchanged. Each hook's docstring gives its argument shapes and when it is called. Patches are

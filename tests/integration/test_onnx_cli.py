@@ -58,6 +58,7 @@ REFUSED = {
     "act": ([], "its sink sets are data-dependent"),
     "head_pattern_override": (["--param", "heads=0:1"], "it writes one query row per batch row"),
     "pasta": (["--param", "spans=-12:"], "it reads per-batch inputs (session.set_inputs"),
+    "rep_shift": ([], "it adds a fitted shift vector to a decoder layer's output with a module hook"),
     "soft_injection": ([], "it must be fitted on a benchmark's train split (needs_fit)"),
     "var": (["--param", "sink_dims=0"], "it reads image-token positions and hidden states captured outside the graph"),
     "vhr": ([], "it pairs batch rows and reads image-token positions captured outside the graph"),
