@@ -84,8 +84,9 @@ def sample_and_score(model: T2IModel, n_prompts: int, steps: int, cfg_scale: flo
     images = t2i_train.generate(model, prompts, seed=seed, steps=steps, cfg_scale=cfg_scale)
     seconds = time.perf_counter() - start
     scores = [_shape_detect.score_image(p, im) for p, im in zip(prompts, images)]
-    means = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0] if k != "position"}
-    print("samples: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()) + f" ({seconds / len(prompts):.2f} s/image)")
+    means = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}  # captions always name cells
+    print("samples: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items())
+          + f" ({seconds / len(prompts):.2f} s/image)")
     return {"prompts": prompts, "images": images, "scores": means, "seconds_per_image": seconds / len(prompts)}
 
 

@@ -165,7 +165,8 @@ def masked_fidelity(result: Any, source: Any, mask: np.ndarray, prompt: str | No
     out = {"mse_outside": mse, "psnr_outside": math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)}
     if prompt is not None:
         asked = parse_prompt(prompt)
-        inside = [d for d in detect(result, **detect_kw) if m[int(round(d["centroid"][0])), int(round(d["centroid"][1]))]]
+        inside = [d for d in detect(result, **detect_kw)
+                  if m[int(round(d["centroid"][0])), int(round(d["centroid"][1]))]]
         out["object_in_mask"] = _matched([(o["colour"], o["shape"]) for o in asked],
                                          [(d["colour"], d["shape"]) for d in inside]) / len(asked)
     return out

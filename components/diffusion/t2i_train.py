@@ -1,4 +1,4 @@
-"""Build and train ``demo-t2i``: a small text-conditional pixel-space diffusion model on generated coloured-shape scenes.
+"""Build and train ``demo-t2i``: a small text-conditional pixel-space diffusion model on generated shape scenes.
 
 Recipe (DDPM, Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020, arXiv:2006.11239; text
 conditioning and classifier-free guidance as in Stable Diffusion / Ho & Salimans, "Classifier-Free Diffusion
@@ -163,7 +163,12 @@ def held_out_loss(model: T2IModel, held: dict[str, Any], batch_size: int = 32) -
 
 
 def _lr_lambda(steps: int, warmup: int):
-    return lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+    return f
 
 
 def train(model: T2IModel, *, steps: int, n_scenes: int, batch_size: int = 32, lr: float = 1e-3,
