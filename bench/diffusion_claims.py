@@ -6,7 +6,8 @@ the empty caption), every image is scored by ``components/benchmarks/_shape_dete
 colour_present, shape_present, count, position, extra), metrics are averaged over prompts per seed, and reported as
 mean and 95% Student-t interval over seeds, plus the paired difference to ``baseline`` (same prompts, same seeds,
 same initial noise) with its interval. Seconds per image: wall time of a method's sampling divided by its images
-(all prompts of one seed in one batch, after a one-step warm-up). A grid (first seed, first prompts) per method goes to ``--images``.
+(all prompts of one seed in one batch, after a one-step warm-up). A grid (first seed, first prompts) per method goes
+to ``--images``.
 
 Prompts: unseen captions of 1..3 objects (``t2i_train.sample_prompts``, a stream disjoint from training), or the
 two-object subset with ``--two-objects`` (binding is then the question).

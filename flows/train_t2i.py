@@ -22,17 +22,17 @@ from tasks.train_t2i import build, log_training, plan_train_t2i, sample_and_scor
 def train_t2i(
     out: str = "",
     image_size: Positive = 32,
-    channels: list[int] = [32, 64, 64],  # noqa: B006  (Prefect parameters are values, never mutated)
+    channels: list[int] = [16, 32, 64],  # noqa: B006  (Prefect parameters are values, never mutated)
     layers_per_block: Positive = 1,
     text_hidden: Positive = 64,
     text_layers: Positive = 2,
     heads: Positive = 4,
-    steps: Positive = 1500,
+    steps: Positive = 750,
     n_scenes: Positive = 20000,
     batch_size: BatchSize = 32,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     cfg_dropout: float = 0.1,
-    ema_decay: float = 0.0,
+    ema_decay: float = 0.99,
     mixed_precision: bool = False,
     sample_prompts: Positive = 16,
     sample_steps: Positive = 25,

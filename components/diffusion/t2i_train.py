@@ -81,7 +81,7 @@ def build_tokenizer(max_length: int | None = None) -> Any:
                                    unk_token="[UNK]", model_max_length=max_length or max_caption_tokens())
 
 
-def build_model(*, image_size: int = 32, channels: Sequence[int] = (32, 64, 96), text_hidden: int = 64,
+def build_model(*, image_size: int = 32, channels: Sequence[int] = (16, 32, 64), text_hidden: int = 64,
                 text_layers: int = 2, heads: int = 4, layers_per_block: int = 1, seed: int = 0) -> T2IModel:
     """A random ``T2IModel``: UNet (cross-attention in every block but the first, and in the mid block), CLIP text
     encoder, word-level tokenizer and DDIM scheduler."""
