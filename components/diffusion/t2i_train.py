@@ -19,7 +19,9 @@ Guidance", arXiv:2207.12598; reference code github.com/huggingface/diffusers ``e
   weights are the ones saved and sampled);
 - scheduler saved for sampling: ``DDIMScheduler`` with the training betas (deterministic, few steps).
 
-Defaults are sized for about 30 minutes on 2 CPU cores (docs/diffusion.md, section demo-t2i).
+The flow's defaults (channels 16/32/64, 750 steps x batch 32) were sized from a FLOP count for about 30 minutes on
+2 CPU cores; the measured run took 38 min on a shared machine and its samples are not yet recognisable
+(docs/diffusion.md, section demo-t2i): more steps are needed.
 """
 
 from __future__ import annotations
