@@ -35,6 +35,8 @@ SMOKE_LINES = {
     "scbench_reuse": r"(?m)^scbench reuse: compress once x[\d.]+ vs per query, stored prefill loaded in [\d.]+ s, "
                      r"answers identical True$",
     "prompts": r"(?m)^\| planted \| pgi\+zerotuning\(gamma=2\) \| [\d.]+ ± [\d.]+ \| [+-][\d.]+ ± [\d.]+ \|$",
+    "diffusion_claims": r"(?m)^\| softpag\(strength=1\.0, scale=2\.0\) \| [\d.]+ \(x[\d.]+\) \| "
+                        r"(nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] Δ(nan|[+-][\d.]+)",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 

@@ -21,7 +21,7 @@ EXPECTED = {("", n) for n in ("compare", "evaluate", "quickstart", "analyze", "r
                              "export-onnx", "report", "reproduce", "train-lm", "sink-emergence", "arch-compare",
                              "instability-proxies", "icl-linear", "icl-softmax-heads", "homeostasis")}
 EXPECTED |= {("", n) for n in ("vlm-eval", "train-vlm", "uncertainty")}
-EXPECTED |= {("", n) for n in ("generate-images", "inpaint")}
+EXPECTED |= {("", n) for n in ("generate-images", "inpaint", "train-t2i")}
 EXPECTED |= {("pawn", n) for n in ("prep", "features", "train", "run", "evaluate")}
 
 
