@@ -42,8 +42,7 @@ import torch
 from components.base import ParamError, check_range
 from components.diffusion import cross_maps as cm
 from components.diffusion.base import DiffusionComponent
-from components.diffusion.dispatch import block_of
-from components.diffusion.types import DiffusionCallInfo, DiffusionSession
+from components.diffusion.types import DiffusionSession
 from registry import register
 
 
@@ -83,7 +82,7 @@ def word_maps(maps: torch.Tensor, token_masks: torch.Tensor, smooth_sigma: float
           summary="A-STAR: test-time latent updates against cross-attention overlap (segregation) and decay "
                   "(retention) of the subject words.")
 @dataclasses.dataclass(frozen=True)
-class AStar(DiffusionComponent):
+class AStar(cm.CrossMapRecorder, DiffusionComponent):
     """Attention segregation and retention by test-time latent updates.
 
     Parameters
@@ -136,21 +135,6 @@ class AStar(DiffusionComponent):
         if self.resolution < 0:
             raise ParamError(f"astar.resolution={self.resolution} is negative (0 = the grid with most calls)")
         check_range("astar.smooth_sigma", self.smooth_sigma, 0.0, None)
-
-    def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
-        crosses = [n for n, m in modules.items() if getattr(m, "is_cross_attention", False)]
-        if not [n for n in crosses if not self.blocks or block_of(n) in self.blocks]:
-            raise ValueError(f"astar.blocks={self.blocks!r} names no cross-attention module of this denoiser "
-                             f"(blocks with one: {sorted({block_of(n) for n in crosses})})")
-
-    # -- recording -------------------------------------------------------------------------------------------
-    def acts_on(self, call: DiffusionCallInfo) -> bool:
-        return (call.is_cross and call.pass_kind == "plain" and call.spatial is not None
-                and cm.is_recording(self, call.session) and (not self.blocks or call.block in self.blocks))
-
-    def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
-        cm.record_token_maps(self, call, probs)
-        return probs
 
     # -- the runner's latent-update contract -------------------------------------------------------------------
     def latent_update_steps(self) -> int:

@@ -99,6 +99,28 @@ class CrossAttentionMaps(DiffusionComponent):
 # They need the maps of every prompt token (Attend-and-Excite's softmax runs over the tokens) and gradients
 # through them, and they record only inside their own update passes (``start_recording`` ... ``token_maps``).
 
+class CrossMapRecorder:
+    """Mixin for optimisers that read their own cross-attention maps (A-STAR, DPL): validates ``blocks`` against
+    the denoiser's cross-attention modules and records token maps during the optimiser's own recording pass (the
+    ordinary denoising passes keep the fused kernel). The class needs a ``blocks`` tuple (empty = every block)."""
+
+    blocks: tuple[str, ...]
+
+    def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
+        crosses = [n for n, m in modules.items() if getattr(m, "is_cross_attention", False)]
+        if not [n for n in crosses if not self.blocks or block_of(n) in self.blocks]:
+            raise ValueError(f"{self.component_name}.blocks={self.blocks!r} names no cross-attention module of "
+                             f"this denoiser (blocks with one: {sorted({block_of(n) for n in crosses})})")
+
+    def acts_on(self, call: DiffusionCallInfo) -> bool:
+        return (call.is_cross and call.pass_kind == "plain" and call.spatial is not None
+                and is_recording(self, call.session) and (not self.blocks or call.block in self.blocks))
+
+    def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
+        record_token_maps(self, call, probs)
+        return probs
+
+
 def start_recording(owner: object, session: DiffusionSession) -> None:
     """Forget ``owner``'s token maps and record the cross-attention calls that follow."""
     session.state[(id(owner), "token_maps")] = {}

@@ -44,9 +44,8 @@ import torch.nn.functional as F
 from components.base import ParamError, check_range
 from components.diffusion import cross_maps as cm
 from components.diffusion.base import DiffusionComponent
-from components.diffusion.dispatch import block_of
 from components.diffusion.region_mask import inside_box
-from components.diffusion.types import DiffusionCallInfo, DiffusionSession
+from components.diffusion.types import DiffusionSession
 from registry import register
 
 
@@ -89,7 +88,7 @@ def leakage_losses(raw: torch.Tensor, tokens: torch.Tensor, background: torch.Te
           summary="Dynamic Prompt Learning: noun-token embeddings learned per step against cross-attention "
                   "leakage (balancing, disjoint-object and background losses).")
 @dataclasses.dataclass(frozen=True)
-class DynamicPromptLearning(DiffusionComponent):
+class DynamicPromptLearning(cm.CrossMapRecorder, DiffusionComponent):
     """Learn the noun tokens' input embeddings per denoising step against cross-attention leakage.
 
     Parameters
@@ -164,21 +163,6 @@ class DynamicPromptLearning(DiffusionComponent):
 
     def box_list(self) -> list[tuple[float, float, float, float]]:
         return [tuple(self.object_boxes[i: i + 4]) for i in range(0, len(self.object_boxes), 4)]  # type: ignore
-
-    def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
-        crosses = [n for n, m in modules.items() if getattr(m, "is_cross_attention", False)]
-        if not [n for n in crosses if not self.blocks or block_of(n) in self.blocks]:
-            raise ValueError(f"dpl.blocks={self.blocks!r} names no cross-attention module of this denoiser "
-                             f"(blocks with one: {sorted({block_of(n) for n in crosses})})")
-
-    # -- recording -------------------------------------------------------------------------------------------
-    def acts_on(self, call: DiffusionCallInfo) -> bool:
-        return (call.is_cross and call.pass_kind == "plain" and call.spatial is not None
-                and cm.is_recording(self, call.session) and (not self.blocks or call.block in self.blocks))
-
-    def edit_probs(self, call: DiffusionCallInfo, probs: torch.Tensor) -> torch.Tensor:
-        cm.record_token_maps(self, call, probs)
-        return probs
 
     # -- the runner's embedding-update contract ----------------------------------------------------------------
     def embedding_update_steps(self) -> int:
