@@ -77,10 +77,14 @@ class ImagePlan:
 
 
 def model_dir(model: str) -> Path:
-    """A model folder path, or a name under ``$ATTNFLOW_HOME/models``; ValueError naming what is missing."""
+    """A model folder path, or a name under ``$ATTNFLOW_HOME/models`` (then the checkout's ``assets/``, where the
+    committed demo-t2i lives); ValueError naming what is missing."""
     p = Path(model).expanduser()
     if not p.exists() and not p.is_absolute() and "/" not in model:
         p = settings().models_dir / model
+        bundled = Path(__file__).resolve().parents[1] / "assets" / model
+        if not p.is_dir() and is_t2i_dir(bundled):
+            p = bundled
     if not p.is_dir():
         raise ValueError(f"text-to-image model {model!r}: no folder {p} (give a model folder or a name under "
                          f"{settings().models_dir})")
