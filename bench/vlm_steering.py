@@ -96,6 +96,15 @@ def run_side(model, proc, rows, patches, size) -> dict:
     return {k: prop([correct(r["kind"], r["answer"], t) for r, t in zip(rows, out) if r["kind"] == k]) for k in kinds}
 
 
+def smoke_dir(wings: bool = False) -> str:
+    """A tiny random LLaVA saved to a temporary folder (tests/helpers/tiny_vlm.py), for ``--smoke``."""
+    import tempfile
+
+    from tests.helpers.tiny_vlm import save_tiny_llava
+
+    return str(save_tiny_llava(Path(tempfile.mkdtemp(prefix="smoke-vlm-")) / "m", wings=wings))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="demo-vlm")
@@ -108,7 +117,11 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=40, help="held-out single-object scenes per colour pair")
     ap.add_argument("--n-side", type=int, default=30, help="held-out scenes for the side-effect questions")
     ap.add_argument("--json", default="")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random LLaVA, one pair, tiny sizes")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.pairs, args.layers, args.alphas = smoke_dir(), "red:blue", "1", "1"
+        args.n_pairs, args.n_eval, args.n_side = 2, 2, 2
     torch.set_num_threads(1)
     from transformers import AutoProcessor
 

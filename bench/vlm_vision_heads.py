@@ -51,6 +51,15 @@ def figure(res, path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def smoke_dir(wings: bool = False) -> str:
+    """A tiny random LLaVA saved to a temporary folder (tests/helpers/tiny_vlm.py), for ``--smoke``."""
+    import tempfile
+
+    from tests.helpers.tiny_vlm import save_tiny_llava
+
+    return str(save_tiny_llava(Path(tempfile.mkdtemp(prefix="smoke-vlm-")) / "m", wings=wings))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="demo-vlm")
@@ -59,7 +68,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--json", default="")
     ap.add_argument("--figure", default="")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random LLaVA, 2 scenes (plumbing check)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.n_scenes = smoke_dir(), 2
     torch.set_num_threads(1)
     from transformers import AutoProcessor
 

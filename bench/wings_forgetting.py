@@ -71,18 +71,34 @@ def outcomes(name: str, result) -> dict[str, list[bool]]:
     return out
 
 
+def smoke_dir(wings: bool = False) -> str:
+    """A tiny random LLaVA saved to a temporary folder (tests/helpers/tiny_vlm.py), for ``--smoke``."""
+    import tempfile
+
+    from tests.helpers.tiny_vlm import save_tiny_llava
+
+    return str(save_tiny_llava(Path(tempfile.mkdtemp(prefix="smoke-vlm-")) / "m", wings=wings))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--lora", required=True)
-    ap.add_argument("--wings", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--base", default="")
+    ap.add_argument("--lora", default="")
+    ap.add_argument("--wings", default="")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--smoke", action="store_true", help="tiny random LLaVAs (zero-init Wings), tiny sizes")
     ap.add_argument("--n-scenes", type=int, default=60)
     ap.add_argument("--n-text", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--cells", default="base,lora,wings", help="cells to run now (others come from --previous)")
     ap.add_argument("--previous", default="", help="a JSON written by this script: its cells are reused")
     args = ap.parse_args()
+    if args.smoke:
+        args.base = args.lora = smoke_dir()
+        args.wings, args.n_scenes, args.n_text = smoke_dir(wings=True), 2, 4
+        args.out = str(Path(args.wings).parent / "wings_forgetting.json")
+    elif not (args.base and args.lora and args.wings and args.out):
+        ap.error("--base, --lora, --wings and --out are required")
 
     import torch
 

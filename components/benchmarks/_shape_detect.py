@@ -150,6 +150,18 @@ def score_image(image: Any, prompt: str, **detect_kw: Any) -> dict[str, float]:
     return score(prompt, detect(image, **detect_kw))
 
 
+def parseable(prompt: str) -> bool:
+    """True if ``prompt`` is in the detector's grammar ("a <colour> <shape> [at the <cell>]" joined by "and")."""
+    try:
+        parse_prompt(prompt)
+    except ValueError:
+        return False
+    return True
+
+
+score_image.applies = parseable  # metric hooks (components/diffusion/image_metrics.py) skip other prompts
+
+
 def masked_fidelity(result: Any, source: Any, mask: np.ndarray, prompt: str | None = None,
                     **detect_kw: Any) -> dict[str, float]:
     """Inpainting scores: ``mse_outside`` / ``psnr_outside`` (pixels in [0, 255], outside the mask, result vs

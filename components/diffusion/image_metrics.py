@@ -76,9 +76,14 @@ def resolve_hooks(names: Sequence[str]) -> tuple[dict[str, Callable[[Any, str], 
 
 
 def run_hooks(hooks: dict[str, Callable[[Any, str], dict[str, float]]], image: Any, prompt: str) -> dict[str, float]:
-    """Every hook on one image; metric names are prefixed by the hook's name (``shapes/count_correct``)."""
+    """Every hook on one image; metric names are prefixed by the hook's name (``shapes/count_correct``). A hook
+    with an ``applies(prompt)`` attribute is skipped for prompts it does not apply to (the shape detector scores
+    only prompts in its grammar), so those images have no value for it rather than a made-up one."""
     out = {}
     for name, fn in hooks.items():
+        applies = getattr(fn, "applies", None)
+        if applies is not None and not applies(prompt):
+            continue
         for k, v in dict(fn(image, prompt)).items():
             out[f"{name}/{k}"] = float(v)
     return out

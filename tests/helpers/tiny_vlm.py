@@ -143,9 +143,17 @@ def tiny_llava_with_processor(seed: int = 0):
     return model, proc
 
 
-def save_tiny_llava(path, seed: int = 0):
-    """Save ``tiny_llava_with_processor`` to a model directory (safetensors + processor files); returns the path."""
+def save_tiny_llava(path, seed: int = 0, wings: bool = False):
+    """Save ``tiny_llava_with_processor`` to a model directory (safetensors + processor files); ``wings`` also
+    writes zero-initialised Wings learners to ``path/wings`` (bench --smoke runs). Returns the path."""
+    from pathlib import Path
+
     model, proc = tiny_llava_with_processor(seed)
     model.save_pretrained(path)
     proc.save_pretrained(path)
+    if wings:
+        from components.patches.wings import WingsLearners
+
+        WingsLearners.for_model(model, rank=4, router_len=512).save(Path(path) / "wings")
     return path
+
