@@ -61,15 +61,17 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean(vals) if vals else math.nan, "ci95": [lo, hi], "per_seed": values}
 
 
-def run_method(model, spec: str, prompts: list[str], seeds: list[int], steps: int, cfg_scale: float) -> dict:
+def run_method(model, spec: str, prompts: list[str], seeds: list[int], steps: int, cfg_scale: float,
+               size: int = 0) -> dict:
     comps = build_components(spec)
     per_seed = {m: [] for m in METRICS}
     seconds, grid = 0.0, None
-    t2i_train.generate(model, prompts[:1], seed=0, steps=1, cfg_scale=cfg_scale, components=comps)  # warm-up
+    t2i_train.generate(model, prompts[:1], seed=0, steps=1, cfg_scale=cfg_scale, components=comps,
+                       size=size)  # warm-up
     for seed in seeds:
         start = time.perf_counter()
         images = t2i_train.generate(model, prompts, seed=seed, steps=steps, cfg_scale=cfg_scale, components=comps,
-                                    batch_size=len(prompts))
+                                    batch_size=len(prompts), size=size)
         seconds += time.perf_counter() - start
         scores = [_shape_detect.score_image(im, p) for p, im in zip(prompts, images)]
         for m in METRICS:
@@ -101,6 +103,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--size", type=int, default=0, help="sample side in pixels (0 = the training size; HiDiffusion "
+                    "is measured above it)")
     ap.add_argument("--out", default="", help="JSON result path (default: none)")
     ap.add_argument("--images", default="", help="folder for one grid PNG per method (default: none)")
     ap.add_argument("--smoke", action="store_true", help="2 prompts x 2 seeds x 2 steps")
@@ -126,11 +130,12 @@ def main() -> None:
     prompts = pool[: args.prompts]
     seeds = list(range(args.seeds))
     print(f"model {path}: {len(prompts)} prompts x {len(seeds)} seeds, {args.steps} DDIM steps, "
-          f"cfg {args.cfg_scale}")
-    runs = [run_method(model, spec, prompts, seeds, args.steps, args.cfg_scale) for spec in args.components]
+          f"cfg {args.cfg_scale}, {args.size or model.image_size} px")
+    runs = [run_method(model, spec, prompts, seeds, args.steps, args.cfg_scale, args.size)
+            for spec in args.components]
     base = runs[0]
     result = {"model": str(path), "prompts": prompts, "seeds": seeds, "steps": args.steps,
-              "cfg_scale": args.cfg_scale, "methods": []}
+              "cfg_scale": args.cfg_scale, "size": args.size or model.image_size, "methods": []}
     print(f"\n| method | s/image | {' | '.join(METRICS)} |\n|---|---|{'---|' * len(METRICS)}")
     for r in runs:
         entry = {"spec": r["spec"], "seconds_per_image": r["seconds_per_image"],
@@ -148,7 +153,8 @@ def main() -> None:
               + " | ".join(cells) + " |")
         if args.images:
             name = r["spec"].split("(")[0]
-            entry["grid"] = f"{args.images.rstrip('/')}/diffusion_{name}.png"
+            tag = f"_{args.size}px" if args.size else ""
+            entry["grid"] = f"{args.images.rstrip('/')}/diffusion_{name}{tag}.png"
             save_grid(r["grid"], prompts, Path(entry["grid"]))
         result["methods"].append(entry)
     if args.out:

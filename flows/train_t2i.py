@@ -1,6 +1,6 @@
 """train-t2i: the demo-t2i recipe, a small text-conditional pixel-space diffusion model on generated shape scenes.
 
-validate (sizes, rates, output folder) -> build UNet + CLIP text encoder + word-level tokenizer -> train (DDPM noise
+validate (sizes, rates, output folder) -> build UNet + CLIP text encoder + word-level tokenizer -> train (v or noise
 prediction, CFG dropout) with held-out loss before and after -> sample unseen captions and score them with the shape
 detector -> save the model folder (components/diffusion/pipeline.py) -> MLflow run with loss per step, loss figure
 and sample grid. Recipe: components/diffusion/t2i_train.py.
@@ -8,7 +8,7 @@ and sample grid. Recipe: components/diffusion/t2i_train.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import infra.settings  # noqa: F401  (environment defaults before Prefect reads its settings)
 from prefect import flow
@@ -27,12 +27,13 @@ def train_t2i(
     text_hidden: Positive = 64,
     text_layers: Positive = 2,
     heads: Positive = 4,
-    steps: Positive = 750,
+    prediction: Literal["v_prediction", "epsilon"] = "v_prediction",
+    steps: Positive = 4000,
     n_scenes: Positive = 20000,
     batch_size: BatchSize = 32,
     lr: float = 2e-3,
     cfg_dropout: float = 0.1,
-    ema_decay: float = 0.99,
+    ema_decay: float = 0.999,
     mixed_precision: bool = False,
     sample_prompts: Positive = 16,
     sample_steps: Positive = 25,
@@ -50,6 +51,7 @@ def train_t2i(
         text_hidden: Hidden size of the text encoder (= the UNet's cross-attention dimension).
         text_layers: Layers of the text encoder.
         heads: Attention heads of the text encoder and of every UNet attention layer.
+        prediction: What the UNet predicts: the velocity v (default) or the noise eps (DDPM).
         steps: Optimizer steps.
         n_scenes: Generated training scenes (rendered once).
         batch_size: Images per step.
@@ -67,12 +69,13 @@ def train_t2i(
     out_dir = plan_train_t2i(out, image_size, list(channels), text_hidden, heads, cfg_dropout, ema_decay, lr,
                              sample_steps)
     params = {"image_size": image_size, "channels": list(channels), "layers_per_block": layers_per_block,
-              "text_hidden": text_hidden, "text_layers": text_layers, "heads": heads, "steps": steps,
+              "text_hidden": text_hidden, "text_layers": text_layers, "heads": heads, "prediction": prediction,
+              "steps": steps,
               "n_scenes": n_scenes, "batch_size": batch_size, "lr": lr, "cfg_dropout": cfg_dropout,
               "ema_decay": ema_decay, "mixed_precision": mixed_precision, "sample_steps": sample_steps,
               "cfg_scale": cfg_scale, "seed": seed}
     # 2. Build the model.
-    model = build(image_size, list(channels), text_hidden, text_layers, heads, layers_per_block, seed)
+    model = build(image_size, list(channels), text_hidden, text_layers, heads, layers_per_block, seed, prediction)
     with tracked_run(experiment, "train-t2i demo-t2i", tags={"attnflow.kind": "train-t2i"}, params=params) as run_id:
         # 3. Train, held-out loss before and after.
         trained = train(model, steps, n_scenes, batch_size, lr, cfg_dropout, ema_decay, mixed_precision, seed)

@@ -50,10 +50,11 @@ def plan_train_t2i(out: str, image_size: int, channels: list[int], text_hidden: 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="build demo-t2i")
 def build(image_size: int, channels: list[int], text_hidden: int, text_layers: int, heads: int,
-          layers_per_block: int, seed: int) -> T2IModel:
+          layers_per_block: int, seed: int, prediction: str = "v_prediction") -> T2IModel:
     """A random model (UNet, text encoder, word-level tokenizer, DDIM scheduler)."""
     model = t2i_train.build_model(image_size=image_size, channels=channels, text_hidden=text_hidden,
-                                  text_layers=text_layers, heads=heads, layers_per_block=layers_per_block, seed=seed)
+                                  text_layers=text_layers, heads=heads, layers_per_block=layers_per_block, seed=seed,
+                                  prediction=prediction)
     n_unet = sum(p.numel() for p in model.unet.parameters())
     n_text = sum(p.numel() for p in model.text_encoder.parameters())
     print(f"built demo-t2i: UNet {n_unet:,} + text encoder {n_text:,} parameters, vocabulary "
@@ -64,7 +65,7 @@ def build(image_size: int, channels: list[int], text_hidden: int, text_layers: i
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="train demo-t2i")
 def train(model: T2IModel, steps: int, n_scenes: int, batch_size: int, lr: float, cfg_dropout: float,
           ema_decay: float, mixed_precision: bool, seed: int) -> dict[str, Any]:
-    """Train in place; held-out noise-prediction loss (other scenes, fixed noise and timesteps) before and after."""
+    """Train in place; held-out prediction loss (other scenes, fixed noise and timesteps) before and after."""
     held = t2i_train.held_out_set(seed + 7919, 128, model.image_size, model.scheduler.config.num_train_timesteps)
     start = time.perf_counter()
     before = t2i_train.held_out_loss(model, held)
@@ -135,7 +136,7 @@ def log_training(run_id: str, trained: dict[str, Any], samples: dict[str, Any]) 
     ax.plot(trained["losses"], lw=0.6)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("noise-prediction MSE")
+    ax.set_ylabel("training MSE (v or eps)")
     fig.tight_layout()
     c.log_figure(run_id, fig, "loss.png")
     plots.close(fig)

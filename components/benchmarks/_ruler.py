@@ -120,9 +120,30 @@ def variable_names(rng: random.Random, n: int) -> list[str]:
     return names
 
 
+#: the shared parameters' entries (numpy style, 4-space indent as in a class docstring)
+COMMON_DOCS = """\
+    lengths : list of int
+        Total lengths in tokens of ``tokenizer`` (prompt + ``max_new_tokens``), each at most the model's context.
+        Default {lengths}.
+    n_per_length : int
+        Examples per length. Default {n}.
+    tokenizer : str
+        Model whose tokenizer counts the lengths; empty = the evaluated model (flows fill it in). Default empty.
+    max_new_tokens : int
+        Greedy answer length (reserved in every length). Default {new}.
+    seed : int
+        Data seed. Default {seed}.
+"""
+
+
 @dataclass(frozen=True)
 class RulerBenchmark(Benchmark):
-    """Common fields and evaluation of the RULER-style tasks (subclasses implement ``make``)."""
+    """Common fields and evaluation of the RULER-style tasks (subclasses implement ``make``).
+
+    A subclass's docstring lists only its own parameters under ``Parameters``; the common ones (``COMMON_DOCS``, with
+    the subclass's defaults) are inserted at the top of that section when the subclass is defined, so ``help()``,
+    the CLI and the UI form show them once per task without a second copy in the source.
+    """
 
     lengths: tuple[int, ...] = (1024,)
     n_per_length: int = 8
@@ -137,6 +158,16 @@ class RulerBenchmark(Benchmark):
     needs_tokenizer: ClassVar[bool] = True
     #: rows hold ``context`` and the prompt is ``context + question`` (query-agnostic evaluation is possible)
     query_split: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        doc = cls.__dict__.get("__doc__") or ""
+        header = "    Parameters\n    ----------\n"
+        if header not in doc:
+            raise TypeError(f"{cls.__name__}: a RULER task's docstring needs a Parameters section")
+        common = COMMON_DOCS.format(lengths=",".join(map(str, cls.lengths)), n=cls.n_per_length,
+                                    new=cls.max_new_tokens, seed=cls.seed)
+        cls.__doc__ = doc.replace(header, header + common, 1)
 
     def check_common(self) -> None:
         name = self.component_name

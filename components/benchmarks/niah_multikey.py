@@ -28,17 +28,6 @@ class NiahMultikey(_ruler.RulerBenchmark):
 
     Parameters
     ----------
-    lengths : list of int
-        Total lengths in tokens of ``tokenizer`` (prompt + ``max_new_tokens``), each at most the model's context.
-        Default 1024.
-    n_per_length : int
-        Examples per length. Default 8.
-    tokenizer : str
-        Model whose tokenizer counts the lengths; empty = the evaluated model (flows fill it in). Default empty.
-    max_new_tokens : int
-        Greedy answer length (reserved in every length). Default 16.
-    seed : int
-        Data seed. Default 0.
     n_keys : int
         Keys in the haystack, one queried (1..40). Default 4.
     digits : int

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 
@@ -156,6 +156,12 @@ class DiffusionComponent(Component):
         """Per image (B,): the loss from what the update pass recorded, and (B,) bool: its targets are met
         (that image is not updated, and the iterations stop when every image's are)."""
         raise NotImplementedError(f"{self.component_name} declares no embedding loss")
+
+    # -- the sampler's scheduler -------------------------------------------------------------------------------------
+    def wrap_scheduler(self, scheduler: Any) -> Any:
+        """The scheduler the samplers step with while this component is applied (default: ``scheduler`` itself;
+        RASG substitutes its guided DDIM step). ``runner.sample`` and ``inpaint.sample_inpaint`` call it."""
+        return scheduler
 
     # -- guidance (needs_extra_pass) -------------------------------------------------------------------------------
     def guidance_weight(self) -> float:

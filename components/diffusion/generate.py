@@ -32,7 +32,7 @@ from components.diffusion.cross_maps import CrossAttentionMaps
 from components.diffusion.dispatch import applied
 from components.diffusion.inpaint import denoiser_layout, sample_inpaint
 from components.diffusion.pipeline import T2IModel
-from components.diffusion.runner import encode_prompts, sample
+from components.diffusion.runner import encode_prompts, prompt_ids, sample
 
 
 @dataclass
@@ -101,7 +101,8 @@ def generate(
     maps: dict[str, np.ndarray] = {}
     with applied(model.unet, maps_comp) if maps_comp else nullcontext() as outer:
         if source is None:
-            x = sample(model.unet, fresh_scheduler(model), cond, **kw)  # (1, C, h, w)
+            x = sample(model.unet, fresh_scheduler(model), cond, text_encoder=model.text_encoder,
+                       input_ids=prompt_ids(model.tokenizer, [prompt], model.max_length), **kw)  # (1, C, h, w)
         else:
             x = sample_inpaint(model.unet, fresh_scheduler(model), cond, source=image_to_sample(model, source),
                                mask=mask_to_sample(model, mask), masked_source=_masked_latents(model, source, mask),

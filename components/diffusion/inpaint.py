@@ -40,6 +40,7 @@ import torch
 
 from components.diffusion.base import DiffusionComponent
 from components.diffusion.dispatch import applied
+from components.diffusion.runner import latent_update, check_prompt_inputs, guided_prediction
 from components.diffusion.types import WordTokens
 
 KNOWN_NOISE_OFFSET = 1_000_003
@@ -114,13 +115,11 @@ def sample_inpaint(
     if resample > 1 and type(scheduler).__name__ not in ("DDPMScheduler", "DDIMScheduler"):
         raise ValueError(f"resample > 1 needs a DDPMScheduler or DDIMScheduler (stateless step), "
                          f"not {type(scheduler).__name__}")
-    if uncond is not None and uncond.shape[0] not in (1, b):
-        raise ValueError(f"uncond has {uncond.shape[0]} rows, cond {b}: give 1 or {b}")
-    if word_tokens is not None and len(word_tokens) != b:
-        raise ValueError(f"word_tokens has {len(word_tokens)} entries for {b} prompts")
-    needs_words = [c.component_name for c in components if c.needs_word_tokens]
-    if needs_words and word_tokens is None:
-        raise ValueError(f"{', '.join(needs_words)} read prompt-word positions: pass word_tokens (encode_prompts)")
+    check_prompt_inputs(cond, uncond, word_tokens, components)
+    learners = [c.component_name for c in components if c.needs_embedding_update and c.embedding_update_steps() > 0]
+    if learners:
+        raise ValueError(f"{', '.join(learners)} learn prompt-token embeddings, which the inpainting sampler does not "
+                         "run: use runner.sample")
     m = check_inpaint_inputs(source, mask, b, channels).to(device=cond.device, dtype=cond.dtype)
     src = source.to(device=cond.device, dtype=cond.dtype).expand(b, -1, -1, -1)  # (B, C, H, W)
     fill = (m > 0.5).expand(b, channels, -1, -1)  # (B, C, H, W) True where the denoiser fills
@@ -142,6 +141,8 @@ def sample_inpaint(
     known_gen = torch.Generator(device="cpu").manual_seed(seed + KNOWN_NOISE_OFFSET)
     x = torch.randn((b, channels, h, w), generator=gen, dtype=cond.dtype).to(cond.device)
     x = x * scheduler.init_noise_sigma
+    for c in components:
+        scheduler = c.wrap_scheduler(scheduler)
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
     n_steps = len(timesteps)
@@ -171,24 +172,13 @@ def sample_inpaint(
             for u in range(resample):
                 for c in updaters:
                     if i < c.latent_update_steps():
-                        x = impose(_latent_update(unet, scheduler, session, c, x, t, cond, word_tokens, i, n_steps,
+                        x = impose(latent_update(unet, scheduler, session, c, x, t, cond, word_tokens, i, n_steps,
                                                   net_in), known)
                 if on_step is not None:
                     on_step(i, t, x)
                 xin = scheduler.scale_model_input(x, t)  # (B, C, H, W)
-                runtime.set_word_tokens(rows_both)
-                out = unet(net_in(torch.cat([xin, xin]) if cfg else xin, 2 * b if cfg else b), t,
-                           encoder_hidden_states=enc_both).sample
-                if cfg:
-                    eps_u, eps_c = out.chunk(2)
-                    eps = eps_u + cfg_scale * (eps_c - eps_u)
-                else:
-                    eps_c = eps = out
-                for g in guiders:
-                    runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
-                    with runtime.pass_of("perturbed", g):
-                        eps_p = unet(net_in(xin, b), t, encoder_hidden_states=cond).sample
-                    eps = g.guide(eps, eps_c, eps_p)
+                eps = guided_prediction(unet, runtime, xin, t, cond, enc_both, rows_both, word_tokens, cfg_scale,
+                                        guiders, net_in)
                 x_next = scheduler.step(eps, t, x, generator=gen).prev_sample
                 known_next = known_at(i + 1) if blend else None
                 x_next = impose(x_next, known_next)
@@ -208,17 +198,3 @@ def _renoise(scheduler: Any, x_next: torch.Tensor, i: int, gen: torch.Generator)
     ratio = (a_t / a_next).to(x_next.dtype)
     z = torch.randn(x_next.shape, generator=gen, dtype=x_next.dtype).to(x_next.device)  # (B, C, H, W)
     return ratio.sqrt() * x_next + (1 - ratio).sqrt() * z
-
-
-def _latent_update(unet, scheduler, session, comp: DiffusionComponent, x, t, cond, word_tokens, i, n_steps, net_in):
-    """One test-time update of the sample: x - a_i grad_x loss, the loss read from a conditional pass."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        comp.begin_update(session)
-        session.runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
-        unet(net_in(scheduler.scale_model_input(xg, t), x.shape[0]), t, encoder_hidden_states=cond)
-        loss = comp.latent_loss(session)
-        if loss.dim() != 0:
-            raise ValueError(f"{comp.component_name}.latent_loss returned shape {tuple(loss.shape)}, not a scalar")
-        (grad,) = torch.autograd.grad(loss, xg)
-    return (x - comp.latent_step_size(i, n_steps) * grad).detach()

@@ -21,8 +21,9 @@ Form used: the DDIM-with-guidance form of the paper. The gradient comes from the
 (``needs_latent_update``, a conditional pass under autograd in every step; ``latent_step_size`` is 0, so the runner
 leaves x unchanged bit for bit); a tensor hook on the denoiser's input captures grad_x L during the runner's
 backward, and :class:`RASGScheduler` (a wrapper of a ``DDIMScheduler``: ``rasg.scheduler(ddim)``) makes the DDIM
-step with ``eta`` and ``variance_noise = g / std(g)`` (per image). Sampling with RASG and an unwrapped scheduler
-fails at the next step (the gradient would be wasted). With ``eta = 0`` there is no pass and every step is the
+step with ``eta`` and ``variance_noise = g / std(g)`` (per image). ``runner.sample`` and ``sample_inpaint`` wrap a
+plain DDIM scheduler themselves (``wrap_scheduler``); a hand-written loop with an unwrapped scheduler fails at the
+next step (the gradient would be wasted). With ``eta = 0`` there is no pass and every step is the
 plain DDIM step.
 
 Defaults (the reference's): eta 0.1 (``hd_inpaint.py --rasg-eta``), grid latent / 4 (the 16x16 cross-attention of a
@@ -96,6 +97,15 @@ class RASG(DiffusionComponent):
     def scheduler(self, ddim: Any) -> "RASGScheduler":
         """``ddim`` (a diffusers ``DDIMScheduler``) wrapped so that its steps use this component's gradient."""
         return RASGScheduler(ddim, self)
+
+    def wrap_scheduler(self, scheduler: Any) -> Any:
+        """The samplers' hook: a plain ``DDIMScheduler`` is wrapped (``scheduler(ddim)``) unless eta is 0; a
+        scheduler already wrapped for this component is kept."""
+        if isinstance(scheduler, RASGScheduler):
+            if scheduler.rasg is not self:
+                raise ValueError("rasg: the scheduler is wrapped for another RASG component (one RASG per sampler)")
+            return scheduler
+        return self.scheduler(scheduler) if self.latent_update_steps() > 0 else scheduler
 
     def check_denoiser(self, modules: dict[str, torch.nn.Module]) -> None:
         if not self.box and self._mask is None:
@@ -179,8 +189,6 @@ class RASGScheduler:
     def __init__(self, ddim: Any, rasg: RASG) -> None:
         if type(ddim).__name__ != "DDIMScheduler":
             raise ValueError(f"RASG guides a DDIM step (eta, variance_noise); got {type(ddim).__name__}")
-        if ddim.config.prediction_type != "epsilon":
-            raise ValueError(f"RASG needs an epsilon-prediction DDIM scheduler, not {ddim.config.prediction_type!r}")
         self.inner = ddim
         self.rasg = rasg
 

@@ -16,7 +16,9 @@ latent denoiser:
         eps = component.guide(eps, eps_c, eps_p)
     x = scheduler.step(eps, t, x).prev_sample
 
-Each guider gets its own pass (``Runtime.perturber`` names it, so two guiders never perturb each other's pass).
+Before the loop every component may substitute the scheduler (``wrap_scheduler``: RASG's guided DDIM step), so
+callers pass a plain scheduler. Each guider gets its own pass (``Runtime.perturber`` names it, so two guiders never
+perturb each other's pass).
 A component with weight 0 costs no pass and leaves every step bit for bit as without it. Prompt-word token
 positions (``dispatch.word_token_indices``) are handed to the cross-attention calls per batch row (the
 unconditional rows name no words). Encoding prompts is ``encode_prompts``; prompt-learning components also need
@@ -25,7 +27,7 @@ the text encoder and the token ids (``prompt_ids``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -80,13 +82,7 @@ def sample(
     b = cond.shape[0]
     if steps < 1:
         raise ValueError(f"steps={steps}: need at least one denoising step")
-    if uncond is not None and uncond.shape[0] not in (1, b):
-        raise ValueError(f"uncond has {uncond.shape[0]} rows, cond {b}: give 1 or {b}")
-    if word_tokens is not None and len(word_tokens) != b:
-        raise ValueError(f"word_tokens has {len(word_tokens)} entries for {b} prompts")
-    needs_words = [c.component_name for c in components if c.needs_word_tokens]
-    if needs_words and word_tokens is None:
-        raise ValueError(f"{', '.join(needs_words)} read prompt-word positions: pass word_tokens (encode_prompts)")
+    check_prompt_inputs(cond, uncond, word_tokens, components)
     embedders = [c for c in components if c.needs_embedding_update and c.embedding_update_steps() > 0]
     if embedders and (text_encoder is None or input_ids is None):
         raise ValueError(f"{', '.join(c.component_name for c in embedders)} learn prompt-token embeddings: pass "
@@ -100,6 +96,8 @@ def sample(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn((b, config.in_channels, h, w), generator=gen, dtype=cond.dtype).to(cond.device)
     x = x * scheduler.init_noise_sigma
+    for c in components:
+        scheduler = c.wrap_scheduler(scheduler)
     scheduler.set_timesteps(steps)
     guiders = [c for c in components if c.needs_extra_pass and c.guidance_weight() != 0]
     updaters = [c for c in components if c.needs_latent_update and c.latent_update_steps() > 0]
@@ -121,31 +119,63 @@ def sample(
                     enc_both = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond  # (2B | B, L, E)
             for u in updaters:
                 if i < u.latent_update_steps():
-                    x = _latent_update(unet, scheduler, session, u, x, t, cond, word_tokens, i, n_steps)
+                    x = latent_update(unet, scheduler, session, u, x, t, cond, word_tokens, i, n_steps)
             xin = scheduler.scale_model_input(x, t)  # (B, C, H, W)
-            runtime.set_word_tokens(rows_both)
-            out = unet(torch.cat([xin, xin]) if cfg else xin, t, encoder_hidden_states=enc_both).sample
-            if cfg:
-                eps_u, eps_c = out.chunk(2)
-                eps = eps_u + cfg_scale * (eps_c - eps_u)
-            else:
-                eps_c = eps = out
-            for g in guiders:
-                runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
-                with runtime.pass_of("perturbed", g):
-                    eps_p = unet(xin, t, encoder_hidden_states=cond).sample
-                eps = g.guide(eps, eps_c, eps_p)
+            eps = guided_prediction(unet, runtime, xin, t, cond, enc_both, rows_both, word_tokens, cfg_scale,
+                                    guiders)
             x = scheduler.step(eps, t, x, generator=gen).prev_sample
     return x
 
 
-def _latent_update(unet, scheduler, session, comp: DiffusionComponent, x, t, cond, word_tokens, i, n_steps):
-    """One test-time update of the latent: x - a_i grad_x loss, the loss read from a conditional pass."""
+def check_prompt_inputs(cond: torch.Tensor, uncond: torch.Tensor | None, word_tokens: list[WordTokens] | None,
+                        components: Sequence[DiffusionComponent]) -> None:
+    """The prompt-side checks every sampler makes before compute: uncond rows, word-token rows, and word tokens
+    present when a component reads them."""
+    b = cond.shape[0]
+    if uncond is not None and uncond.shape[0] not in (1, b):
+        raise ValueError(f"uncond has {uncond.shape[0]} rows, cond {b}: give 1 or {b}")
+    if word_tokens is not None and len(word_tokens) != b:
+        raise ValueError(f"word_tokens has {len(word_tokens)} entries for {b} prompts")
+    needs_words = [c.component_name for c in components if c.needs_word_tokens]
+    if needs_words and word_tokens is None:
+        raise ValueError(f"{', '.join(needs_words)} read prompt-word positions: pass word_tokens (encode_prompts)")
+
+
+def guided_prediction(unet, runtime, xin: torch.Tensor, t, cond: torch.Tensor, enc_both: torch.Tensor, rows_both,
+                      word_tokens, cfg_scale: float, guiders: Sequence[DiffusionComponent],
+                      net_in: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+    """One step's denoiser prediction (B, C, H, W): the (CFG-batched when ``enc_both`` has 2B rows) pass, then
+    one perturbed pass per guider. ``net_in(x, rows)`` builds the denoiser input from the scaled sample
+    (inpainting UNets append mask and masked source); identity by default."""
+    net_in = net_in or (lambda z, rows: z)
+    b = xin.shape[0]
+    cfg = enc_both.shape[0] == 2 * b
+    runtime.set_word_tokens(rows_both)
+    out = unet(net_in(torch.cat([xin, xin]) if cfg else xin, 2 * b if cfg else b), t,
+               encoder_hidden_states=enc_both).sample
+    if cfg:
+        eps_u, eps_c = out.chunk(2)
+        eps = eps_u + cfg_scale * (eps_c - eps_u)
+    else:
+        eps_c = eps = out
+    for g in guiders:
+        runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
+        with runtime.pass_of("perturbed", g):
+            eps_p = unet(net_in(xin, b), t, encoder_hidden_states=cond).sample
+        eps = g.guide(eps, eps_c, eps_p)
+    return eps
+
+
+def latent_update(unet, scheduler, session, comp: DiffusionComponent, x, t, cond, word_tokens, i, n_steps,
+                   net_in: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
+    """One test-time update of the sample: x - a_i grad_x loss, the loss read from a conditional pass
+    (``net_in`` as in ``guided_prediction``)."""
+    net_in = net_in or (lambda z, rows: z)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         comp.begin_update(session)
         session.runtime.set_word_tokens(None if word_tokens is None else list(word_tokens))
-        unet(scheduler.scale_model_input(xg, t), t, encoder_hidden_states=cond)
+        unet(net_in(scheduler.scale_model_input(xg, t), x.shape[0]), t, encoder_hidden_states=cond)
         loss = comp.latent_loss(session)
         if loss.dim() != 0:
             raise ValueError(f"{comp.component_name}.latent_loss returned shape {tuple(loss.shape)}, not a scalar")

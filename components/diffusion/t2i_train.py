@@ -11,17 +11,22 @@ Guidance", arXiv:2207.12598; reference code github.com/huggingface/diffusers ``e
   pretrained CLIP; none is available offline here: a deviation);
 - denoiser: ``UNet2DConditionModel`` on RGB pixels (no VAE), blocks at resolutions S, S/2, S/4 with cross-attention
   in the two lower ones (S/2 and S/4) and in the mid block;
-- objective: ``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2``, t uniform in [0, T), the
-  squared-cosine beta schedule (Nichol & Dhariwal, arXiv:2102.09672) with T = 1000;
+- objective: ``|| y - f_theta(x_t, t, c) ||^2`` with ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, t uniform in
+  [0, T), the squared-cosine beta schedule (Nichol & Dhariwal, arXiv:2102.09672) with T = 1000; the target ``y`` is
+  the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` by default (Salimans & Ho, arXiv:2202.00512;
+  ``prediction="epsilon"``: y = eps, DDPM's). Why v: this schedule ends at abar_999 = 2.4e-9 (zero terminal SNR),
+  where an epsilon model's x0 estimate ``(x_t - sqrt(1 - abar) eps_theta) / sqrt(abar)`` multiplies its error by
+  up to 2e4. The first demo-t2i (epsilon, 750 steps) denoised noised real scenes well from t <= 600 but sampled
+  pure noise from t = 961 into grey noise (docs/diffusion.md, section demo-t2i). Sampling with v uses the
+  "trailing" DDIM timesteps (start at t = 999, Lin et al., arXiv:2305.08891);
 - classifier-free guidance: the caption is replaced by the empty caption with probability ``cfg_dropout`` (0.1);
 - AdamW (weight decay 0), linear warm-up over the first 5 % of steps then cosine decay, gradient clipping at 1,
   optional bfloat16 autocast (weights, gradients and optimizer stay float32), optional EMA of all weights (the EMA
   weights are the ones saved and sampled);
 - scheduler saved for sampling: ``DDIMScheduler`` with the training betas (deterministic, few steps).
 
-The flow's defaults (channels 16/32/64, 750 steps x batch 32) were sized from a FLOP count for about 30 minutes on
-2 CPU cores; the measured run took 38 min on a shared machine and its samples are not yet recognisable
-(docs/diffusion.md, section demo-t2i): more steps are needed.
+The flow's defaults (channels 16/32/64, batch 32) were sized from a FLOP count for about 30 minutes on 2 CPU cores;
+measured runs: docs/diffusion.md, section demo-t2i.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ SPECIAL = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 CELL_WORDS = ("top", "bottom", "left", "right", "centre")
 VOCAB = (*SPECIAL, "a", "an", "and", "at", "the", *sorted(_scenes.COLOURS), *_scenes.SHAPES, *CELL_WORDS)
 MAX_OBJECTS = 3
-SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-                clip_sample=True)
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+PREDICTIONS = ("v_prediction", "epsilon")
 
 
 def object_phrase(colour: str, shape: str, cell: int | None = None) -> str:
@@ -84,13 +89,16 @@ def build_tokenizer(max_length: int | None = None) -> Any:
 
 
 def build_model(*, image_size: int = 32, channels: Sequence[int] = (16, 32, 64), text_hidden: int = 64,
-                text_layers: int = 2, heads: int = 4, layers_per_block: int = 1, seed: int = 0) -> T2IModel:
+                text_layers: int = 2, heads: int = 4, layers_per_block: int = 1, seed: int = 0,
+                prediction: str = "v_prediction") -> T2IModel:
     """A random ``T2IModel``: UNet (cross-attention in every block but the first, and in the mid block), CLIP text
-    encoder, word-level tokenizer and DDIM scheduler."""
+    encoder, word-level tokenizer and DDIM scheduler predicting ``prediction`` (``PREDICTIONS``)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
 
     channels = tuple(int(c) for c in channels)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction {prediction!r}: choose one of {PREDICTIONS}")
     if len(channels) < 3:
         raise ValueError(f"channels {channels}: need at least 3 resolutions (cross-attention at 2 of them)")
     if image_size % 2 ** (len(channels) - 1):
@@ -113,7 +121,8 @@ def build_model(*, image_size: int = 32, channels: Sequence[int] = (16, 32, 64),
         sample_size=image_size, in_channels=3, out_channels=3, block_out_channels=channels,
         layers_per_block=layers_per_block, down_block_types=down, up_block_types=up,
         cross_attention_dim=text_hidden, attention_head_dim=heads, norm_num_groups=groups)  # attention_head_dim = heads
-    sched = diffusers.DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
+    spacing = dict(timestep_spacing="trailing") if prediction == "v_prediction" else dict(steps_offset=1)
+    sched = diffusers.DDIMScheduler(**SCHEDULE, prediction_type=prediction, set_alpha_to_one=False, **spacing)
     return T2IModel(unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, image_size=image_size,
                     max_length=max_length, meta={"vocabulary": list(VOCAB), "pixel_space": True})
 
@@ -134,12 +143,20 @@ def tokenize(model: T2IModel, texts: Sequence[str]) -> torch.Tensor:
 
 def diffusion_loss(model: T2IModel, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor,
                    noise: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the predicted noise: x0 (B, 3, S, S), ids (B, L), t (B,), noise like x0."""
+    """Mean squared error of the prediction (v or eps, the scheduler's ``prediction_type``): x0 (B, 3, S, S),
+    ids (B, L), t (B,), noise like x0."""
     alphas = model.scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
     xt = alphas.sqrt() * x0 + (1 - alphas).sqrt() * noise  # (B, 3, S, S)
+    kind = model.scheduler.config.prediction_type
+    if kind == "v_prediction":
+        target = alphas.sqrt() * noise - (1 - alphas).sqrt() * x0  # (B, 3, S, S)
+    elif kind == "epsilon":
+        target = noise
+    else:
+        raise ValueError(f"diffusion_loss: prediction_type {kind!r} is not one of {PREDICTIONS}")
     hidden = model.text_encoder(ids)[0]  # (B, L, E)
-    eps = model.unet(xt, t, encoder_hidden_states=hidden).sample  # (B, 3, S, S)
-    return torch.nn.functional.mse_loss(eps.float(), noise.float())
+    out = model.unet(xt, t, encoder_hidden_states=hidden).sample  # (B, 3, S, S)
+    return torch.nn.functional.mse_loss(out.float(), target.float())
 
 
 def held_out_set(seed: int, n: int, image_size: int, n_timesteps: int = 1000) -> dict[str, Any]:
@@ -153,7 +170,7 @@ def held_out_set(seed: int, n: int, image_size: int, n_timesteps: int = 1000) ->
 
 @torch.no_grad()
 def held_out_loss(model: T2IModel, held: dict[str, Any], batch_size: int = 32) -> float:
-    """Mean noise-prediction MSE on ``held`` (same timesteps and noise every call)."""
+    """Mean prediction MSE (v or eps) on ``held`` (same timesteps and noise every call)."""
     model.unet.eval()
     model.text_encoder.eval()
     ids = tokenize(model, held["captions"])
@@ -224,18 +241,21 @@ def train(model: T2IModel, *, steps: int, n_scenes: int, batch_size: int = 32, l
 
 
 def generate(model: T2IModel, prompts: Sequence[str], *, seed: int = 0, steps: int = 25, cfg_scale: float = 3.0,
-             components: Sequence[Any] = (), batch_size: int = 16) -> list[Any]:
+             components: Sequence[Any] = (), batch_size: int = 16, size: int = 0) -> list[Any]:
     """PIL images for ``prompts`` with ``runner.sample`` (classifier-free guidance against the empty caption);
-    image i uses seed ``seed`` within its batch of ``batch_size``."""
-    from components.diffusion.runner import encode_prompts, sample
+    image i uses seed ``seed + (i // batch_size) * batch_size`` for its batch. ``size``: side of the sample in
+    pixels (0 = the training size). Prompt-learning components get the text encoder and the token ids."""
+    from components.diffusion.runner import encode_prompts, prompt_ids, sample
 
+    side = size or model.image_size
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         cond, words = encode_prompts(model.tokenizer, model.text_encoder, chunk, model.max_length)
         uncond, _ = encode_prompts(model.tokenizer, model.text_encoder, [""], model.max_length)
         x = sample(model.unet, model.scheduler, cond, uncond=uncond, cfg_scale=cfg_scale, components=components,
-                   word_tokens=words, steps=steps, seed=seed + i)
+                   word_tokens=words, steps=steps, seed=seed + i, sample_size=(side, side),
+                   text_encoder=model.text_encoder, input_ids=prompt_ids(model.tokenizer, chunk, model.max_length))
         out += model.to_images(x)
     return out
 

@@ -41,6 +41,9 @@ SMOKE_LINES = {
     "prompts": r"(?m)^\| planted \| pgi\+zerotuning\(gamma=2\) \| [\d.]+ ± [\d.]+ \| [+-][\d.]+ ± [\d.]+ \|$",
     "diffusion_claims": r"(?m)^\| softpag\(strength=1\.0, scale=2\.0\) \| [\d.]+ \(x[\d.]+\) \| "
                         r"(nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] Δ(nan|[+-][\d.]+)",
+    "diffusion_edit_claims": r"(?m)^\| painta \+ rasg\(eta=0\.1\) \| [\d.]+ \(x[\d.]+\) \| "
+                             r"(nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] Δ(nan|[+-][\d.]+)",
+    "diffusion_head_hunt": r"(?m)^found: softpag@[\d.]+\(strength=1\.0, scale=2\.0, blocks=, heads=[\d:;]+\)$",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
 

@@ -171,3 +171,33 @@ def test_bad_parameters_and_missing_inputs_fail_before_anything_changes():
         with applied(unet, DynamicPromptLearning(words=NOUNS, blocks=("nowhere",))):
             pass
     assert all(unet.attn_processors[k] is before[k] for k in before)
+
+
+def test_generate_feeds_prompt_learning_and_the_inpainting_sampler_refuses_it():
+    """The flows' generate() hands the text encoder and token ids to the sampler (DPL learns there, and equals the
+    sampler called by hand); sample_inpaint cannot learn embeddings and says so before sampling."""
+    import numpy as np
+    from PIL import Image
+
+    from components.diffusion.generate import generate
+    from components.diffusion.inpaint import sample_inpaint
+    from components.diffusion.pipeline import T2IModel
+
+    model = T2IModel(unet=tiny_unet(), text_encoder=tiny_text_encoder(), tokenizer=tiny_tokenizer(),
+                     scheduler=DDIMScheduler(num_train_timesteps=50), image_size=8, max_length=12)
+    comp = DynamicPromptLearning(words=NOUNS, iterations=2)
+    prompt = "a red circle and a blue square"
+    out = generate(model, prompt, [comp], seed=1, steps=2)
+    cond, words = encode_prompts(model.tokenizer, model.text_encoder, [prompt], max_length=12)
+    x = sample(model.unet, DDIMScheduler(num_train_timesteps=50), cond, components=[comp], word_tokens=words,
+               steps=2, seed=1, text_encoder=model.text_encoder, input_ids=prompt_ids(model.tokenizer, [prompt], 12))
+    plain = sample(model.unet, DDIMScheduler(num_train_timesteps=50), cond, word_tokens=words, steps=2, seed=1)
+    assert np.array_equal(np.asarray(out.image), np.asarray(model.to_images(x)[0]))
+    assert not torch.equal(x, plain)  # the embeddings were learned
+    src = torch.zeros(1, 3, 8, 8)
+    mask = torch.ones(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="dpl learn prompt-token embeddings, which the inpainting sampler"):
+        sample_inpaint(model.unet, DDIMScheduler(num_train_timesteps=50), cond, source=src, mask=mask,
+                       components=[comp], word_tokens=words, steps=1)
+    with pytest.raises(ValueError, match="inpainting sampler"):
+        generate(model, prompt, [comp], steps=1, source=Image.new("RGB", (8, 8)), mask=Image.new("L", (8, 8), 255))

@@ -98,7 +98,7 @@ def test_rasg_eta_zero_equals_plain_ddim_bit_for_bit_without_a_pass():
     assert torch.equal(zero, plain) and calls == [2, 2, 2]
 
 
-def test_rasg_refuses_bad_parameters_and_an_unwrapped_scheduler():
+def test_rasg_refuses_bad_parameters_and_a_scheduler_it_cannot_guide():
     unet = tiny_unet()
     cond, uncond, words = _prompts()
     before = dict(unet.attn_processors)
@@ -117,9 +117,20 @@ def test_rasg_refuses_bad_parameters_and_an_unwrapped_scheduler():
         RASG().with_mask(torch.full((8, 8), 0.3))
     assert all(unet.attn_processors[k] is before[k] for k in before)
     rasg = RASG(eta=0.5, box=BOX, factors=(1,))
-    with pytest.raises(ValueError, match="sample with rasg.scheduler"):
-        sample(unet, _ddim(), cond, components=[rasg], word_tokens=words, steps=2)
+    with pytest.raises(ValueError, match="RASG guides a DDIM step"):  # the samplers wrap; only DDIM can be
+        sample(unet, DDPMScheduler(num_train_timesteps=50), cond, components=[rasg], word_tokens=words, steps=2)
+    with pytest.raises(ValueError, match="another RASG component"):
+        sample(unet, RASG(eta=0.5, box=BOX).scheduler(_ddim()), cond, components=[rasg], word_tokens=words, steps=2)
     assert all(unet.attn_processors[k] is before[k] for k in before) and not unet._forward_pre_hooks
+
+
+def test_the_samplers_wrap_a_plain_ddim_scheduler_themselves():
+    """sample(plain DDIM, [rasg]) == sample(rasg.scheduler(DDIM), [rasg]) bit for bit (the flows pass plain ones)."""
+    unet = tiny_unet()
+    cond, uncond, words = _prompts()
+    rasg = RASG(eta=0.8, box=BOX, factors=(1,))
+    kw = dict(uncond=uncond, cfg_scale=2.5, components=[rasg], word_tokens=words, steps=3, seed=7)
+    assert torch.equal(sample(unet, _ddim(), cond, **kw), sample(unet, rasg.scheduler(_ddim()), cond, **kw))
 
 
 def test_rasg_tensor_mask_matches_the_box():

@@ -60,3 +60,25 @@ def test_training_lowers_held_out_loss_and_the_saved_model_samples(tmp_path):
     b = T.generate(loaded, prompts, steps=3, seed=1, components=[SoftPAG(strength=0.5, scale=0.0)])
     assert [im.size for im in a] == [(16, 16)] * 2
     assert [list(im.getdata()) for im in a] == [list(im.getdata()) for im in b]
+
+
+@pytest.mark.parametrize("prediction", T.PREDICTIONS)
+def test_loss_target_is_the_schedulers_prediction_type(prediction):
+    """diffusion_loss == MSE(unet(x_t), target) with x_t from the scheduler's add_noise and the target from
+    diffusers' get_velocity (v) or the noise (eps); v models sample on trailing timesteps (start at t = 999)."""
+    model = T.build_model(**TINY, prediction=prediction)
+    sched = model.scheduler
+    assert sched.config.prediction_type == prediction
+    held = T.held_out_set(3, 4, TINY["image_size"])
+    ids = T.tokenize(model, held["captions"])
+    x0, noise, t = held["x0"], held["noise"], held["t"]
+    with torch.no_grad():
+        got = T.diffusion_loss(model, x0, ids, t, noise)
+        xt = sched.add_noise(x0, noise, t)
+        out = model.unet(xt, t, encoder_hidden_states=model.text_encoder(ids)[0]).sample
+    target = sched.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
+    assert torch.allclose(got, torch.nn.functional.mse_loss(out, target), rtol=1e-5, atol=1e-7)
+    sched.set_timesteps(10)
+    assert int(sched.timesteps[0]) == (999 if prediction == "v_prediction" else 901)
+    with pytest.raises(ValueError, match="prediction 'x0'"):
+        T.build_model(**TINY, prediction="x0")
