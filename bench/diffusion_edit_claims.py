@@ -14,11 +14,18 @@ cell; the text region is ``--text-box`` (default the centre cell). Metrics: ``in
 pixels the detector's pixel classifier calls a palette colour: lower = freer), ``binding`` and ``count`` (the
 objects must stay; position is not scored, the method moves objects on purpose).
 
+``--claim compose`` (PrimeComposer, arXiv:2403.05053): the inpainting cases' scenes with the new object pasted in
+its cell (the composite; the scene alone is the background) and the whole caption as the prompt, through
+``primecomposer.compose`` (tau_b 0.8, tau_c 0.2). The baseline is the same progressive combination without
+steering or RCA (``primecomposer(strength=0)``); each method gets the case's cell as its box. Metrics: the pasted
+object kept in its box (``object_in_mask``, colour alone) and ``psnr_outside`` against the background.
+
 Methods are specs of the ``diffusion`` family, several joined by " + " (``painta + rasg`` is HD-Painter);
 ``baseline`` = none. Differences to baseline are paired (same scenes, seeds and initial noise).
 
     python bench/diffusion_edit_claims.py --claim inpaint --methods baseline painta "rasg(eta=0.1)" "painta + rasg"
     python bench/diffusion_edit_claims.py --claim text --methods baseline textcengen
+    python bench/diffusion_edit_claims.py --claim compose
     python bench/diffusion_edit_claims.py --smoke
 """
 
@@ -48,9 +55,11 @@ from registry.specs import parse  # noqa: E402
 from tasks.claims_stats import mean  # noqa: E402
 
 CLAIMS = {"inpaint": ("object_in_mask", "colour_in_mask", "shape_in_mask", "empty_mask"),
-          "text": ("ink_in_box", "binding", "count")}
+          "text": ("ink_in_box", "binding", "count"),
+          "compose": ("object_in_mask", "colour_in_mask", "psnr_outside")}
 DEFAULTS = {"inpaint": ("baseline", "painta", "rasg(eta=0.1)", "painta + rasg(eta=0.1)"),
-            "text": ("baseline", "textcengen")}
+            "text": ("baseline", "textcengen"),
+            "compose": ("baseline", "primecomposer", "primecomposer(words=circle;square;triangle)")}
 
 
 def build(spec: str, masks: torch.Tensor | None = None, text_box: tuple = ()) -> list:
@@ -82,8 +91,10 @@ def inpaint_cases(n: int, seed: int, size: int) -> list[dict]:
         x0, y0, x1, y1 = (round(v * size) for v in cell_box(new["cell"]))
         mask = np.zeros((size, size), dtype=bool)
         mask[y0:y1, x0:x1] = True
-        cases.append({"source": _scenes.render(scene, size), "mask": mask,
-                      "prompt": t2i_train.object_phrase(new["colour"], new["shape"], new["cell"])})
+        pasted = {**scene, "objects": [*scene["objects"], new]}
+        cases.append({"source": _scenes.render(scene, size), "mask": mask, "cell": new["cell"],
+                      "prompt": t2i_train.object_phrase(new["colour"], new["shape"], new["cell"]),
+                      "composite": _scenes.render(pasted, size), "caption": t2i_train.caption(pasted)})
     return cases
 
 
@@ -128,6 +139,35 @@ def mask_scores(image, mask: np.ndarray, prompt: str) -> dict[str, float]:
             "colour_in_mask": float(any(d["colour"] == asked["colour"] for d in inside)),
             "shape_in_mask": float(any(d["shape"] == asked["shape"] for d in inside)),
             "empty_mask": float(not inside)}
+
+
+def run_compose(model, spec: str, cases: list[dict], seed: int, steps: int, cfg: float) -> tuple[list, list[dict]]:
+    """``compose`` per cell (one box per batch); images and scores in the cases' order."""
+    from components.diffusion.primecomposer import compose
+
+    spec = "primecomposer(strength=0)" if spec == "baseline" else spec
+    images: list = [None] * len(cases)
+    for cell in sorted({c["cell"] for c in cases}):
+        idx = [i for i, c in enumerate(cases) if c["cell"] == cell]
+        ps = parse(spec)
+        if ps.name != "primecomposer":
+            raise ValueError(f"--claim compose measures primecomposer specs, not {spec!r}")
+        comp = ps.create("diffusion", extra={"box": ",".join(f"{v:.4f}" for v in cell_box(cell))})
+        captions = [cases[i]["caption"] for i in idx]
+        cond, words = encode_prompts(model.tokenizer, model.text_encoder, captions, model.max_length)
+        uncond, _ = encode_prompts(model.tokenizer, model.text_encoder, [""], model.max_length)
+        composite = torch.cat([_pixels(cases[i]["composite"]) for i in idx])  # (b, 3, S, S)
+        x = compose(model.unet, fresh_scheduler(model), cond, composite, comp, uncond=uncond, cfg_scale=cfg,
+                    word_tokens=words, steps=steps, seed=seed)
+        for i, im in zip(idx, model.to_images(x)):
+            images[i] = im
+    scores = []
+    for im, c in zip(images, cases):
+        s = mask_scores(im, c["mask"], c["prompt"])
+        fid = _shape_detect.masked_fidelity(im, c["source"], c["mask"])
+        scores.append({"object_in_mask": s["object_in_mask"], "colour_in_mask": s["colour_in_mask"],
+                       "psnr_outside": fid["psnr_outside"]})
+    return images, scores
 
 
 def run_text(model, spec: str, prompts: list[str], seed: int, steps: int, cfg: float, box: tuple):
@@ -180,9 +220,10 @@ def main() -> None:
     else:
         model = load_t2i(path)
     names = CLAIMS[args.claim]
-    if args.claim == "inpaint":
+    if args.claim in ("inpaint", "compose"):
         cases = inpaint_cases(args.scenes, 0, model.image_size)
-        items, run = [c["prompt"] for c in cases], lambda spec, seed: run_inpaint(
+        runner = run_inpaint if args.claim == "inpaint" else run_compose
+        items, run = [c["prompt"] for c in cases], lambda spec, seed: runner(
             model, spec, cases, seed, args.steps, args.cfg_scale)
     else:
         items = text_prompts(args.scenes, 0)

@@ -36,6 +36,8 @@ def test_train_t2i_flow(tmp_path):
     assert set(out["sample_scores"]) >= {"binding", "all_bound", "count"}
     model = load_t2i(tmp_path / "t2i")
     assert model.image_size == 16 and model.meta["training"]["steps"] == TINY["steps"]
+    assert model.scheduler.config.prediction_type == model.meta["training"]["prediction"] == "v_prediction"
+    assert model.scheduler.config.timestep_spacing == "trailing"
     assert (tmp_path / "t2i" / "README.md").is_file()
     mlflow.set_tracking_uri(settings().tracking_uri)
     client = mlflow.MlflowClient()
