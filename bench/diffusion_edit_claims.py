@@ -21,7 +21,8 @@ steering or RCA (``primecomposer(strength=0)``); each method gets the case's cel
 object kept in its box (``object_in_mask``, colour alone) and ``psnr_outside`` against the background.
 
 Methods are specs of the ``diffusion`` family, several joined by " + " (``painta + rasg`` is HD-Painter);
-``baseline`` = none. Differences to baseline are paired (same scenes, seeds and initial noise).
+``baseline`` = none; ``ddim(eta=e)`` (inpaint claim) is RASG's control: the same stochastic DDIM step with Gaussian
+noise instead of the gradient. Differences to baseline are paired (same scenes, seeds and initial noise).
 
     python bench/diffusion_edit_claims.py --claim inpaint --methods baseline painta "rasg(eta=0.1)" "painta + rasg"
     python bench/diffusion_edit_claims.py --claim text --methods baseline textcengen
@@ -57,14 +58,14 @@ from tasks.claims_stats import mean  # noqa: E402
 CLAIMS = {"inpaint": ("object_in_mask", "colour_in_mask", "shape_in_mask", "empty_mask"),
           "text": ("ink_in_box", "binding", "count"),
           "compose": ("object_in_mask", "colour_in_mask", "psnr_outside")}
-DEFAULTS = {"inpaint": ("baseline", "painta", "rasg(eta=0.1)", "painta + rasg(eta=0.1)"),
+DEFAULTS = {"inpaint": ("baseline", "ddim(eta=0.1)", "painta", "rasg(eta=0.1)", "painta + rasg(eta=0.1)"),
             "text": ("baseline", "textcengen"),
             "compose": ("baseline", "primecomposer", "primecomposer(words=circle;square;triangle)")}
 
 
 def build(spec: str, masks: torch.Tensor | None = None, text_box: tuple = ()) -> list:
     """A method spec -> components; masked components read ``masks`` (B, 1, H, W), TextCenGen gets ``text_box``."""
-    if spec == "baseline":
+    if spec == "baseline" or ddim_eta(spec) is not None:
         return []
     out = []
     for part in spec.split(" + "):
@@ -116,14 +117,38 @@ def ink_in_box(image, box: tuple) -> float:
     return float((lab[y0:y1, x0:x1] >= 0).mean())
 
 
+class EtaDDIM:
+    """Control for RASG: the DDIM step with ``eta`` and Gaussian noise (RASG replaces this noise by its normalised
+    gradient), so "rasg(eta=e)" vs "ddim(eta=e)" separates the guidance from the stochasticity."""
+
+    def __init__(self, inner, eta: float) -> None:
+        self.inner, self.eta = inner, eta
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def step(self, model_output, timestep, sample, generator=None, **kw):
+        return self.inner.step(model_output, timestep, sample, eta=self.eta, generator=generator, **kw)
+
+
+def ddim_eta(spec: str) -> float | None:
+    """The eta of a "ddim(eta=...)" control spec; None for component specs."""
+    if not spec.startswith("ddim(eta=") or not spec.endswith(")"):
+        return None
+    return float(spec[len("ddim(eta="):-1])
+
+
 def run_inpaint(model, spec: str, cases: list[dict], seed: int, steps: int, cfg: float) -> tuple[list, list[dict]]:
     prompts = [c["prompt"] for c in cases]
     src = torch.cat([_pixels(c["source"]) for c in cases])  # (B, 3, S, S)
     masks = torch.stack([torch.from_numpy(c["mask"]).float()[None] for c in cases])  # (B, 1, S, S)
     cond, words = encode_prompts(model.tokenizer, model.text_encoder, prompts, model.max_length)
     uncond, _ = encode_prompts(model.tokenizer, model.text_encoder, [""], model.max_length)
-    x = sample_inpaint(model.unet, fresh_scheduler(model), cond, source=src, mask=masks, uncond=uncond,
-                       cfg_scale=cfg, components=build(spec, masks), word_tokens=words, steps=steps, seed=seed)
+    eta = ddim_eta(spec)
+    sched = fresh_scheduler(model) if eta is None else EtaDDIM(fresh_scheduler(model), eta)
+    comps = [] if eta is not None else build(spec, masks)
+    x = sample_inpaint(model.unet, sched, cond, source=src, mask=masks, uncond=uncond, cfg_scale=cfg,
+                       components=comps, word_tokens=words, steps=steps, seed=seed)
     images = model.to_images(x)
     return images, [mask_scores(im, c["mask"], c["prompt"]) for im, c in zip(images, cases)]
 

@@ -112,16 +112,17 @@ def maps_grid(records: list[dict[str, Any]], title: str) -> plt.Figure | None:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Stack -> metric -> mean over its images (finite values only), plus n_images and n_cached."""
+    """Stack -> metric -> mean over its images, plus n_images and n_cached. NaN means "does not apply to this image"
+    (e.g. position for a prompt naming no cell) and is left out of the mean (NaN when no image has a value); +inf
+    (known_psnr of an exact known region) makes the mean +inf."""
     out: dict[str, dict[str, float]] = {}
     for stack in dict.fromkeys(r["stack"] for r in records):
         rs = [r for r in records if r["stack"] == stack]
         names = list(dict.fromkeys(k for r in rs for k in r["metrics"]))
         row: dict[str, float] = {"n_images": float(len(rs)), "n_cached": float(sum(r["cached"] for r in rs))}
         for k in names:
-            vals = [r["metrics"][k] for r in rs if k in r["metrics"]]
-            finite = [v for v in vals if math.isfinite(v)]
-            row[k] = float(np.mean(finite)) if len(finite) == len(vals) else math.inf if vals else math.nan
+            vals = [r["metrics"][k] for r in rs if k in r["metrics"] and not math.isnan(r["metrics"][k])]
+            row[k] = float(np.mean(vals)) if vals else math.nan
         out[stack] = row
     return out
 

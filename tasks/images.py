@@ -51,9 +51,11 @@ def load_t2i_model(path: str, plan: ImagePlan, dtype: str = "float32") -> Loaded
 
     model = load_t2i(path, dtype=getattr(torch, DTYPES[dtype]))
     mods = attention_modules(model.unet)
+    region = torch.ones((1, 1, *model.sample_shape[1:]))  # inpainting: region-filling components read the mask
     for stack in plan.stacks:
         for spec in stack.specs:
-            spec.component.check_denoiser(mods)
+            comp = gen.with_region([spec.component], region)[0] if plan.sources else spec.component
+            comp.check_denoiser(mods)
     layout = gen.denoiser_layout(model.unet)
     if layout == "inpainting" and not plan.sources:
         raise ValueError(f"{path}: an inpainting denoiser ({model.unet.config.in_channels} input channels) needs "

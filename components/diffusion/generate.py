@@ -3,8 +3,9 @@ and inpaint flows (tasks/diffusion.py calls these; the flows never touch tensors
 
 ``generate(model, prompt, components, seed=..., steps=..., cfg_scale=...)`` encodes the prompt (and the empty
 prompt when ``cfg_scale != 1``), runs ``runner.sample`` (or ``inpaint.sample_inpaint`` when a source image and a
-mask are given) with the components' capabilities, and returns the RGB image, the wall time of encoding +
-sampling + decoding, and optionally per-word cross-attention maps.
+mask are given; region-filling components without a box then read the mask) with the components' capabilities,
+and returns the RGB image, the wall time of encoding + sampling + decoding, and optionally per-word
+cross-attention maps.
 
 Cross-attention maps (``map_words``): a ``CrossAttentionMaps`` component in a scope around the sampler's scope,
 so it observes the probabilities after every component's logit biases and logit edits (``score_bias``,
@@ -104,13 +105,21 @@ def generate(
             x = sample(model.unet, fresh_scheduler(model), cond, text_encoder=model.text_encoder,
                        input_ids=prompt_ids(model.tokenizer, [prompt], model.max_length), **kw)  # (1, C, h, w)
         else:
+            m = mask_to_sample(model, mask)  # (1, 1, h, w)
+            kw["components"] = with_region(kw["components"], m)
             x = sample_inpaint(model.unet, fresh_scheduler(model), cond, source=image_to_sample(model, source),
-                               mask=mask_to_sample(model, mask), masked_source=_masked_latents(model, source, mask),
-                               resample=resample, **kw)
+                               mask=m, masked_source=_masked_latents(model, source, mask), resample=resample, **kw)
         if maps_comp is not None:
             maps = {w: m[-1].float().cpu().numpy() for w, m in maps_comp.maps(outer).items()}  # (h, w) each
     image = model.to_images(x)[0]
     return Generated(image=image, seconds=time.perf_counter() - start, maps=maps)
+
+
+def with_region(components: Sequence[DiffusionComponent], mask: torch.Tensor) -> list[DiffusionComponent]:
+    """Components that fill a region (HD-Painter's ``painta`` / ``rasg``: a ``with_mask`` method) and were given no
+    ``box`` read the inpainting mask (1, 1, h, w); the others are returned as they are."""
+    return [c.with_mask(mask) if hasattr(c, "with_mask") and not getattr(c, "box", ()) and c._mask is None else c
+            for c in components]
 
 
 def _masked_latents(model: T2IModel, source: Any, mask: Any) -> torch.Tensor | None:

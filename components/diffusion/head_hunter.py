@@ -17,7 +17,7 @@ Cost: |candidates| + sum over rounds of |P - S| objective calls, each sampling t
 The search never changes the model: every evaluation runs inside the component's scope.
 
 Defaults: ``pool`` 8, ``rounds`` 4, ``min_gain`` 0 (stop when nothing improves). The objective is the user's:
-on demo-t2i, bench/diffusion_claims.py uses the shape detector's object-presence rate.
+on demo-t2i, bench/diffusion_head_hunt.py uses the shape detector's binding rate.
 
 Deviations: the paper ranks heads on SD3 / FLUX with learned quality and style rewards (e.g. HPS, PickScore,
 style similarity) over many prompts; here any callable, and UNet self-attention heads as candidates

@@ -147,9 +147,11 @@ def test_inpaint_scenes_and_files(t2i_dir, tmp_path):
     from tests.helpers.t2i_folder import save_tiny_clip
 
     clip = save_tiny_clip(tmp_path / "clip")
-    out = inpaint(model=str(t2i_dir), scenes=1, prompts=["a red circle"], components=["baseline"], seeds=[0],
-                  steps=2, metrics=[], clip_model=str(clip), experiment="inpaint-test")
-    (rec,) = out["images"]
+    out = inpaint(model=str(t2i_dir), scenes=1, prompts=["a red circle"],
+                  components=["baseline", "painta(factors=1)+rasg(eta=0.5, factors=1)"], seeds=[0], steps=2,
+                  metrics=[], clip_model=str(clip), experiment="inpaint-test")
+    rec, hd = out["images"]  # HD-Painter without a box fills the scene's mask
+    assert hd["stack"] != rec["stack"] and hd["metrics"]["known_mse"] == 0.0
     assert 0.0 <= rec["metrics"]["clip_score"] <= 100.0
     assert rec["source"] == "scene0_0" and rec["metrics"]["known_mse"] == 0.0  # blending keeps the known region
     assert math.isinf(rec["metrics"]["known_psnr"])

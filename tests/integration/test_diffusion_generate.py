@@ -6,6 +6,7 @@ inpainting UNet, the vae latents of the grey-masked source as the extra channels
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
@@ -98,3 +99,27 @@ def test_latent_blending_keeps_the_latent_known_region():
     keep[2:6, 0:4] = False
     assert not torch.equal(seen[0][0, :, keep], noise_only[0, :, keep])
     assert torch.equal(seen[0][0, :, ~keep], noise_only[0, :, ~keep])
+
+
+def test_hd_painter_without_a_box_reads_the_inpainting_mask():
+    """The inpaint flow's path: painta + rasg given no box fill the flow's mask (== with_mask of the latent mask);
+    a component with its own box keeps it."""
+    from components.diffusion.generate import mask_to_sample, with_region
+    from components.diffusion.painta import PAIntA
+    from components.diffusion.rasg import RASG
+
+    model = _pixel_model()
+    rng = np.random.default_rng(1)
+    src = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[2:6, 0:4] = 255
+    mask = Image.fromarray(mask)
+    comps = [PAIntA(factors=(1,)), RASG(eta=0.5, factors=(1,))]
+    out = generate(model, "a red circle", comps, seed=2, steps=2, source=src, mask=mask)
+    m = mask_to_sample(model, mask)
+    want = generate(model, "a red circle", [c.with_mask(m) for c in comps], seed=2, steps=2, source=src, mask=mask)
+    assert np.array_equal(np.asarray(out.image), np.asarray(want.image))
+    boxed = PAIntA(box=(0.0, 0.0, 0.5, 0.5))
+    assert with_region([boxed], m) == [boxed] and with_region([boxed], m)[0]._mask is None
+    with pytest.raises(Exception, match="region to fill"):
+        generate(model, "a red circle", [PAIntA()], steps=1)  # text-to-image: no mask to read
