@@ -136,6 +136,7 @@ def main() -> None:
     base = runs[0]
     result = {"model": str(path), "prompts": prompts, "seeds": seeds, "steps": args.steps,
               "cfg_scale": args.cfg_scale, "size": args.size or model.image_size, "methods": []}
+    used: set[str] = set()
     print(f"\n| method | s/image | {' | '.join(METRICS)} |\n|---|---|{'---|' * len(METRICS)}")
     for r in runs:
         entry = {"spec": r["spec"], "seconds_per_image": r["seconds_per_image"],
@@ -153,6 +154,8 @@ def main() -> None:
               + " | ".join(cells) + " |")
         if args.images:
             name = r["spec"].split("(")[0]
+            name = name if name not in used else f"{name}_{len(used)}"  # two specs of one component: numbered
+            used.add(name)
             tag = f"_{args.size}px" if args.size else ""
             entry["grid"] = f"{args.images.rstrip('/')}/diffusion_{name}{tag}.png"
             save_grid(r["grid"], prompts, Path(entry["grid"]))
