@@ -16,6 +16,7 @@ from prefect import flow
 from flows.params import Dtype, Experiment, ModelName, Positive, Seeds, Specs
 from infra.runners import task_runner
 from tasks.diffusion import plan_images
+from tasks.image_compare import comparison_markdown, log_comparison
 from tasks.image_log import log_images, summary_markdown
 from tasks.images import generate_image, load_t2i_model, score_images
 from tasks.report import log_run_link, log_table
@@ -77,9 +78,13 @@ def generate_images(
         scored = score_images(records, plan)
         summary = log_images(parent, experiment, plan, scored, loaded.name, loaded.digest, versions,
                              "generate-images")
+        # 5. Stacks against the baseline over seeds (paired, 95 % intervals).
+        comparison = log_comparison(parent, scored)
     log_table(summary_markdown(summary))
+    log_table(comparison_markdown(comparison))
     log_run_link(parent, experiment)
-    return {"summary": summary, "images": scored, "run_id": parent, "experiment": experiment}
+    return {"summary": summary, "comparison": comparison, "images": scored, "run_id": parent,
+            "experiment": experiment}
 
 
 if __name__ == "__main__":

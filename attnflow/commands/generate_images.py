@@ -19,10 +19,14 @@ def check(call: Call) -> None:
 
 
 def show(out: dict[str, Any], call: Call) -> None:
+    """The per-stack summary, the comparison over seeds, the MLflow link (inpaint shows the same)."""
     from attnflow.output import print_mlflow
+    from tasks.image_compare import comparison_markdown
     from tasks.image_log import summary_markdown
 
     typer.echo(summary_markdown(out["summary"]))
+    typer.echo("")
+    typer.echo(comparison_markdown(out["comparison"]))
     print_mlflow(call.params["experiment"], out["run_id"])
 
 

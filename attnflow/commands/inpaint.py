@@ -4,10 +4,10 @@ server starts."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import typer
 
+from attnflow.commands.generate_images import show as show_images
 from attnflow.flowcli import Call, lazy_flow_command
 
 
@@ -20,13 +20,5 @@ def check(call: Call) -> None:
                     p["metrics"], p["clip_model"] or None)
 
 
-def show(out: dict[str, Any], call: Call) -> None:
-    from attnflow.output import print_mlflow
-    from tasks.image_log import summary_markdown
-
-    typer.echo(summary_markdown(out["summary"]))
-    print_mlflow(call.params["experiment"], out["run_id"])
-
-
 def register(app: typer.Typer) -> None:
-    lazy_flow_command("inpaint", "flows.inpaint:inpaint", lambda: {"prepare": check, "show": show})
+    lazy_flow_command("inpaint", "flows.inpaint:inpaint", lambda: {"prepare": check, "show": show_images})

@@ -116,9 +116,17 @@ def test_generate_images_caches_and_logs(t2i_dir, tmp_path):
         assert r.data.metrics["seconds_per_image"] > 0 and "mean_red/mean_red" in r.data.metrics
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "images")}
         assert "images/p0_seed0.png" in arts and "images/p1_seed1.json" in arts
-    assert {"grid.png", "maps_grid.png", "images.json", "summary.md"} <= \
+    assert {"grid.png", "maps_grid.png", "images.json", "summary.md", "comparison.md", "comparison.json"} <= \
         {a.path for a in client.list_artifacts(first["run_id"])}
-    assert "baseline/seconds_per_image" in client.get_run(first["run_id"]).data.metrics
+    parent_metrics = client.get_run(first["run_id"]).data.metrics
+    assert "baseline/seconds_per_image" in parent_metrics
+    # the stacks compared over the two seeds: softpag's paired delta of a hook metric, equal to the hand-made one
+    comp = first["comparison"]["stacks"]["softpag(scale=2.0)"]["mean_red/mean_red"]["delta"]
+    want = [by[("softpag(scale=2.0)", p, s)]["metrics"]["mean_red/mean_red"] for s in (0, 1) for p in (0, 1)]
+    base = [by[("baseline", p, s)]["metrics"]["mean_red/mean_red"] for s in (0, 1) for p in (0, 1)]
+    per_seed = [(want[0] + want[1] - base[0] - base[1]) / 2, (want[2] + want[3] - base[2] - base[3]) / 2]
+    assert comp["per_seed"] == pytest.approx(per_seed)
+    assert parent_metrics["softpag.scale_2.0/delta/mean_red/mean_red"] == pytest.approx(comp["mean"])
 
 
 def test_a_tampered_or_foreign_cache_entry_is_never_served(t2i_dir):
