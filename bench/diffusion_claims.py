@@ -86,10 +86,10 @@ def save_grid(images, prompts, path: Path, cols: int = 6) -> None:
     from PIL import Image
 
     ims = images[: 2 * cols]
-    side = ims[0].size[0] * 3
-    sheet = Image.new("RGB", (cols * (side + 2), -(-len(ims) // cols) * (side + 2)), (128, 128, 128))
+    w, h = ims[0].size[0] * 3, ims[0].size[1] * 3
+    sheet = Image.new("RGB", (cols * (w + 2), -(-len(ims) // cols) * (h + 2)), (128, 128, 128))
     for i, im in enumerate(ims):
-        sheet.paste(im.resize((side, side), Image.NEAREST), ((i % cols) * (side + 2), (i // cols) * (side + 2)))
+        sheet.paste(im.resize((w, h), Image.NEAREST), ((i % cols) * (w + 2), (i // cols) * (h + 2)))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, optimize=True)
 

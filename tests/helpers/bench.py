@@ -43,6 +43,8 @@ SMOKE_LINES = {
                         r"(nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] Δ(nan|[+-][\d.]+)",
     "diffusion_edit_claims": r"(?m)^\| painta \+ rasg\(eta=0\.1\) \| [\d.]+ \(x[\d.]+\) \| "
                              r"(nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] Δ(nan|[+-][\d.]+)",
+    "icbrush_claim": r"(?m)^\| icbrush \| [\d.]+ \(x[\d.]+\) \| (nan|-?[\d.]+) \[(nan|-?[\d.]+), (nan|-?[\d.]+)\] "
+                     r"Δ(nan|[+-][\d.]+)",
     "diffusion_head_hunt": r"(?m)^found: softpag@[\d.]+\(strength=1\.0, scale=2\.0, blocks=, heads=[\d:;]+\)$",
 }
 FLOW_BENCHES = {"reproduce", "reproduce_fewshot", "training_free_eval"}  # run Prefect flows: tests/flows
