@@ -61,6 +61,26 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean(vals) if vals else math.nan, "ci95": [lo, hi], "per_seed": values}
 
 
+def table_header(names) -> str:
+    return f"\n| method | s/image | {' | '.join(names)} |\n|---|---|{'---|' * len(names)}"
+
+
+def method_entry(spec: str, per_seed: dict, seconds_per_image: float, base_per_seed: dict, base_seconds: float,
+                 names, is_base: bool) -> tuple[dict, str]:
+    """One method's JSON entry (metrics and paired deltas to the baseline with intervals over seeds, time ratio)
+    and its markdown row; shared by every diffusion claims script."""
+    entry = {"spec": spec, "seconds_per_image": seconds_per_image,
+             "time_ratio_to_baseline": seconds_per_image / base_seconds, "metrics": {}, "delta_vs_baseline": {}}
+    cells = []
+    for m in names:
+        s = entry["metrics"][m] = interval(per_seed[m])
+        d = entry["delta_vs_baseline"][m] = interval([a - b for a, b in zip(per_seed[m], base_per_seed[m])])
+        cells.append(f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+                     + ("" if is_base else f" Δ{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"))
+    row = f"| {spec} | {seconds_per_image:.3f} (x{entry['time_ratio_to_baseline']:.2f}) | " + " | ".join(cells) + " |"
+    return entry, row
+
+
 def run_method(model, spec: str, prompts: list[str], seeds: list[int], steps: int, cfg_scale: float,
                size: int = 0) -> dict:
     comps = build_components(spec)
@@ -137,21 +157,11 @@ def main() -> None:
     result = {"model": str(path), "prompts": prompts, "seeds": seeds, "steps": args.steps,
               "cfg_scale": args.cfg_scale, "size": args.size or model.image_size, "methods": []}
     used: set[str] = set()
-    print(f"\n| method | s/image | {' | '.join(METRICS)} |\n|---|---|{'---|' * len(METRICS)}")
+    print(table_header(METRICS))
     for r in runs:
-        entry = {"spec": r["spec"], "seconds_per_image": r["seconds_per_image"],
-                 "time_ratio_to_baseline": r["seconds_per_image"] / base["seconds_per_image"], "metrics": {},
-                 "delta_vs_baseline": {}}
-        cells = []
-        for m in METRICS:
-            entry["metrics"][m] = interval(r["per_seed"][m])
-            d = interval([a - b for a, b in zip(r["per_seed"][m], base["per_seed"][m])])
-            entry["delta_vs_baseline"][m] = d
-            s = entry["metrics"][m]
-            cells.append(f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
-                         + ("" if r is base else f" Δ{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"))
-        print(f"| {r['spec']} | {r['seconds_per_image']:.3f} (x{entry['time_ratio_to_baseline']:.2f}) | "
-              + " | ".join(cells) + " |")
+        entry, row = method_entry(r["spec"], r["per_seed"], r["seconds_per_image"], base["per_seed"],
+                                  base["seconds_per_image"], METRICS, r is base)
+        print(row)
         if args.images:
             name = r["spec"].split("(")[0]
             name = name if name not in used else f"{name}_{len(used)}"  # two specs of one component: numbered

@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.diffusion_claims import interval, model_dir, save_grid  # noqa: E402
+from bench.diffusion_claims import method_entry, model_dir, save_grid, table_header  # noqa: E402
 from components.benchmarks import _scenes, _shape_detect  # noqa: E402
 from components.diffusion import t2i_train  # noqa: E402
 from components.diffusion.generate import fresh_scheduler  # noqa: E402
@@ -269,18 +269,10 @@ def main() -> None:
             grid = grid or images
         per_method[spec] = (per_seed, seconds / (len(items) * args.seeds), grid)
     base = per_method["baseline"]
-    print(f"\n| method | s/image | {' | '.join(names)} |\n|---|---|{'---|' * len(names)}")
+    print(table_header(names))
     for spec, (per_seed, spi, grid) in per_method.items():
-        entry = {"spec": spec, "seconds_per_image": spi, "time_ratio_to_baseline": spi / base[1], "metrics": {},
-                 "delta_vs_baseline": {}}
-        cells = []
-        for m in names:
-            s = entry["metrics"][m] = interval(per_seed[m])
-            d = entry["delta_vs_baseline"][m] = interval([a - b for a, b in zip(per_seed[m], base[0][m])])
-            cells.append(f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
-                         + ("" if spec == "baseline" else f" Δ{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, "
-                                                          f"{d['ci95'][1]:+.3f}]"))
-        print(f"| {spec} | {spi:.3f} (x{entry['time_ratio_to_baseline']:.2f}) | " + " | ".join(cells) + " |")
+        entry, row = method_entry(spec, per_seed, spi, base[0], base[1], names, spec == "baseline")
+        print(row)
         if args.images:
             slug = spec.replace(" + ", "+").split("(")[0].replace("+", "_")
             entry["grid"] = f"{args.images.rstrip('/')}/diffusion_{args.claim}_{slug}.png"

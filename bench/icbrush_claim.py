@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.diffusion_claims import interval, save_grid  # noqa: E402
+from bench.diffusion_claims import method_entry, save_grid, table_header  # noqa: E402
 from bench.diffusion_edit_claims import mask_scores  # noqa: E402
 from components.benchmarks import _scenes  # noqa: E402
 from components.diffusion import t2i_train  # noqa: E402
@@ -203,16 +203,10 @@ def main() -> None:
     result = {"train_steps": args.steps, "train_seconds": train_seconds, "final_loss": mean(losses[-50:]),
               "cases": len(cases), "seeds": args.seeds, "methods": []}
     print(f"\ntrained in {train_seconds:.0f}s, final loss {result['final_loss']:.4f}")
-    print(f"| method | s/image | {' | '.join(METRICS)} |\n|---|---|{'---|' * len(METRICS)}")
+    print(table_header(METRICS))
     for i, (spec, (per_seed, spi, grid)) in enumerate(per_method.items()):
-        entry = {"spec": spec, "seconds_per_image": spi, "time_ratio": spi / base[1], "metrics": {}, "delta": {}}
-        cells = []
-        for m in METRICS:
-            s = entry["metrics"][m] = interval(per_seed[m])
-            d = entry["delta"][m] = interval([a - b for a, b in zip(per_seed[m], base[0][m])])
-            delta = "" if spec == "baseline" else f" Δ{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-            cells.append(f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]{delta}")
-        print(f"| {spec} | {spi:.3f} (x{entry['time_ratio']:.2f}) | " + " | ".join(cells) + " |")
+        entry, row = method_entry(spec, per_seed, spi, base[0], base[1], METRICS, spec == "baseline")
+        print(row)
         if args.images:
             entry["grid"] = f"{args.images.rstrip('/')}/icbrush_{i}_{spec.split('(')[0]}.png"
             save_grid(grid, [], Path(entry["grid"]))
